@@ -1,0 +1,68 @@
+"""medgen's exception hierarchy.
+
+Every error medgen raises on purpose is a :class:`MedgenError` and also a subclass of the matching
+builtin, so callers can catch ``ValueError`` / ``FileNotFoundError`` as they would anywhere else, or
+``MedgenError`` to catch only medgen's own.
+
+Messages name the file, column or argument at fault and say how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DicomError",
+    "ImageReadError",
+    "ManifestError",
+    "MedgenError",
+    "MedgenFileNotFoundError",
+    "MedgenRuntimeError",
+    "MedgenValueError",
+    "MetricWarning",
+    "MultipleSeriesError",
+    "SeriesGeometryError",
+]
+
+
+class MedgenError(Exception):
+    """Base class of all errors raised by medgen."""
+
+
+class MedgenValueError(MedgenError, ValueError):
+    """A value (argument, file content, table cell) is not acceptable."""
+
+
+class MedgenFileNotFoundError(MedgenError, FileNotFoundError):
+    """A file or directory that medgen was asked to read does not exist."""
+
+
+class MedgenRuntimeError(MedgenError, RuntimeError):
+    """An operation failed for a reason other than its input (e.g. an interrupted write)."""
+
+
+class ImageReadError(MedgenValueError):
+    """An image file exists but cannot be read (corrupt, truncated, unsupported, empty)."""
+
+
+class DicomError(ImageReadError):
+    """A DICOM file or series cannot be read or is inconsistent."""
+
+
+class MultipleSeriesError(DicomError):
+    """A directory holds more than one DICOM series and none was chosen with ``series=``."""
+
+
+class SeriesGeometryError(DicomError):
+    """A DICOM series has inconsistent geometry (mixed orientation, missing slices, ...)."""
+
+
+class ManifestError(MedgenValueError):
+    """A manifest table violates the cohort schema (missing columns, duplicates, bad paths...)."""
+
+
+class ConfigError(MedgenValueError):
+    """A configuration (YAML file, dict or dataclass) is invalid."""
+
+
+class MetricWarning(UserWarning):
+    """A metric is undefined or unreliable for a group (one class only, tiny group, ...)."""
