@@ -21,6 +21,7 @@ __all__ = [
     "MetricWarning",
     "MultipleSeriesError",
     "SeriesGeometryError",
+    "SeriesGeometryWarning",
 ]
 
 
@@ -54,6 +55,10 @@ class MultipleSeriesError(DicomError):
 
 class SeriesGeometryError(DicomError):
     """A DICOM series has inconsistent geometry (mixed orientation, missing slices, ...)."""
+
+
+class SeriesGeometryWarning(UserWarning):
+    """A DICOM series loads but its geometry is suspect (missing slices, uneven slice spacing)."""
 
 
 class ManifestError(MedgenValueError):
