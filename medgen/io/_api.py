@@ -1,0 +1,175 @@
+"""``load`` and ``save``: the public entry points of :mod:`medgen.io`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medgen.errors import MedgenValueError
+from medgen.io._common import check_exists, image_format, to_numpy
+
+if TYPE_CHECKING:
+    from monai.data import MetaTensor
+
+logger = logging.getLogger(__name__)
+
+_FORMATS = ("nifti", "dicom")
+
+
+def load(path: str | os.PathLike[str], *, series: str | int | None = None) -> MetaTensor:
+    """Load a NIfTI file, a DICOM file or a folder holding a DICOM series.
+
+    Args:
+        path: ``.nii``/``.nii.gz`` file, DICOM file (single- or multi-frame), or a folder of DICOM
+            files (one per slice).
+        series: when the folder holds several series, the ``SeriesInstanceUID`` (or
+            ``SeriesNumber``) of the one to load.
+
+    Returns:
+        A float32 ``monai.data.MetaTensor``, channel first: ``(C, X, Y)`` for 2D NIfTI,
+        ``(C, X, Y, Z)`` for volumes (DICOM is always volumetric: one slice is ``(1, X, Y, 1)``;
+        RGB DICOM has ``C = 3``; a 4D NIfTI puts its 4th axis in ``C``). ``.affine`` (4x4 float64)
+        maps voxel indices to RAS world millimetres. ``.meta`` holds ``spacing`` (mm per voxel
+        axis), ``filename_or_obj``, ``format`` (``"nifti"``/``"dicom"``), ``synthetic`` and, for DICOM,
+        key header fields by DICOM keyword (``Modality``, ``PatientSex``, ``PatientAge``,
+        ``Manufacturer``, ``SeriesInstanceUID``, ...). Intensities are rescaled (NIfTI
+        ``scl_slope``/``scl_inter``; DICOM RescaleSlope/Intercept, DoseGridScaling).
+
+    Raises:
+        MedgenFileNotFoundError: ``path`` does not exist.
+        ImageReadError: unsupported suffix, empty, truncated or corrupt file.
+        DicomError: unreadable DICOM; ``MultipleSeriesError`` when a folder holds several series
+            and ``series`` is not given; ``SeriesGeometryError`` for mixed orientations or
+            duplicate slice positions.
+
+    Warns:
+        SeriesGeometryWarning: missing slices or uneven slice spacing in a DICOM series.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> from medgen.io import load, save
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = save(np.ones((1, 4, 5, 6), np.float32), d / "x.nii.gz", affine=np.diag([2.0, 2, 3, 1]))
+        >>> img = load(d / "x.nii.gz")
+        >>> tuple(img.shape), img.meta["spacing"]
+        ((1, 4, 5, 6), (2.0, 2.0, 3.0))
+    """
+    p = check_exists(path)
+    fmt = image_format(p)
+    if fmt == "nifti":
+        from medgen.io._nifti import load_nifti
+
+        return load_nifti(p)
+    from medgen.io._dicom import load_dicom_dir, load_dicom_file
+
+    if p.is_dir():
+        return load_dicom_dir(p, series=series)
+    return load_dicom_file(p)
+
+
+def _infer_format(path: Path, format: str | None) -> str:
+    if format is not None:
+        if format not in _FORMATS:
+            raise MedgenValueError(f"save: format={format!r} is not one of {_FORMATS}.")
+        if format == "nifti" and not path.name.lower().endswith((".nii", ".nii.gz")):
+            raise MedgenValueError(
+                f"save: format='nifti' needs a path ending .nii or .nii.gz, got {path}."
+            )
+        return format
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if path.suffix == "" or path.is_dir():
+        return "dicom"
+    raise MedgenValueError(
+        f"save: cannot infer the format from {path}: use a path ending .nii.gz (NIfTI) or a "
+        "directory name (a DICOM series), or pass format='nifti'/'dicom'."
+    )
+
+
+def save(
+    img: Any,
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    affine: Any = None,
+    dicom_tags: Mapping[str, Any] | None = None,
+    synthetic: bool = False,
+    derivation_description: str | None = None,
+    copy_identity: bool = False,
+) -> Path:
+    """Write an image as NIfTI or as a DICOM series, atomically.
+
+    Args:
+        img: a MetaTensor (its ``.affine`` and ``.meta`` are used) or an array/tensor shaped like
+            :func:`load`'s output, ``(C, X, Y)`` or ``(C, X, Y, Z)``, with ``affine=``.
+        path: ``.nii``/``.nii.gz`` file, or a directory that receives one DICOM file per slice.
+        format: ``"nifti"`` or ``"dicom"``; inferred from ``path`` when ``None``.
+        affine: 4x4 voxel-to-RAS (mm) affine; overrides ``img.affine``. Identity when neither.
+        dicom_tags: DICOM keywords to set in every written file (e.g. ``PatientSex``,
+            ``PatientAge``, ``InstitutionName``, ``Manufacturer``, ``Modality``).
+        synthetic: mark the output as synthetic (NIfTI ``descrip``; DICOM ImageComments and
+            DerivationDescription); ``load`` reports it as ``meta["synthetic"]``.
+        derivation_description: free text on how the image was made (DICOM DerivationDescription,
+            NIfTI ``descrip``).
+        copy_identity: copy PatientName/PatientID/PatientBirthDate from ``img.meta`` (the
+            reference header) into written DICOM. Off by default: written files carry no identity.
+
+    Returns:
+        The written path (the file, or the series directory).
+
+    Raises:
+        MedgenValueError: bad shape, affine or format.
+    """
+    p = Path(path).expanduser()
+    fmt = _infer_format(p, format)
+    meta: dict[str, Any] = dict(getattr(img, "meta", {}) or {})
+    aff = affine if affine is not None else getattr(img, "affine", None)
+    array = to_numpy(img)
+    aff_np = np.eye(4) if aff is None else np.asarray(to_numpy(aff), dtype=np.float64)
+    if aff_np.shape == (3, 3):  # a 2D MONAI affine: embed it in 3D
+        full = np.eye(4)
+        full[:2, :2] = aff_np[:2, :2]
+        full[:2, 3] = aff_np[:2, 2]
+        aff_np = full
+    if aff_np.shape != (4, 4) or not np.all(np.isfinite(aff_np)):
+        raise MedgenValueError(
+            f"save: affine must be a finite 4x4 matrix, got shape {aff_np.shape}."
+        )
+    if abs(np.linalg.det(aff_np[:3, :3])) < 1e-12:
+        raise MedgenValueError(
+            f"save: affine {aff_np.tolist()} is singular; check its voxel sizes."
+        )
+    if array.ndim not in (3, 4):
+        raise MedgenValueError(
+            f"save: img has shape {array.shape}; expected channel-first (C, X, Y) or (C, X, Y, Z) "
+            "like medgen.io.load returns (add a channel axis with img[None])."
+        )
+    if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
+        raise MedgenValueError(f"save: img has dtype {array.dtype}; expected numbers.")
+    if fmt == "nifti":
+        from medgen.io._nifti import save_nifti
+
+        return save_nifti(
+            array,
+            aff_np,
+            p,
+            synthetic=synthetic,
+            derivation_description=derivation_description,
+        )
+    from medgen.io._dicom_write import save_dicom
+
+    return save_dicom(
+        array,
+        aff_np,
+        p,
+        meta=meta,
+        dicom_tags=dict(dicom_tags or {}),
+        synthetic=synthetic,
+        derivation_description=derivation_description,
+        copy_identity=copy_identity,
+    )
