@@ -1,0 +1,672 @@
+"""Training: seeded, balanced / mixed sampling, early stopping on validation AUC, calibration, DDP.
+
+The loop is deliberately plain PyTorch over an in-memory ``NxCx[SPATIAL DIMS]`` tensor (see
+``_data.load_images``) so its throughput stays within a few percent of a bare loop. Under
+``torchrun`` (``WORLD_SIZE > 1``) the same call wraps the network in ``DistributedDataParallel`` on
+the gloo backend (CPU) or NCCL (CUDA) and shards each epoch with a ``DistributedSampler``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medgen.errors import ConfigError, ManifestError, MedgenValueError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from medgen.classify._model import Classifier
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "train"]
+
+
+@dataclass
+class TrainConfig:
+    """The resolved options of one training run (saved as JSON beside the weights)."""
+
+    target: str = "label"
+    model: str = "densenet121"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    spatial_dims: int = 2
+    image_size: list[int] | None = None
+    in_channels: int = 1
+    classes: list[Any] = field(default_factory=list)
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    augment: str = "light"
+    balance: list[str] | None = None
+    class_weights: bool = False
+    synthetic_fraction: float | None = None
+    patience: int | None = 3
+    calibrate: bool = True
+    val_fraction: float = 0.2
+    steps_per_epoch: int | None = None
+    time_budget_s: float | None = None
+    channels_last: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    world_size: int = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling
+
+
+def sample_weights(
+    df: pd.DataFrame,
+    *,
+    target: str,
+    balance: Sequence[str] | None,
+    synthetic_fraction: float | None,
+) -> np.ndarray | None:
+    """Per-row sampling weights for the training rows, or ``None`` for uniform sampling.
+
+    ``balance`` lists columns (``"label"`` means ``target``): each row gets ``1 / size of its
+    group``, groups being the combinations of those columns, so every group is drawn equally often.
+    ``synthetic_fraction`` ``f`` then rescales so that rows with ``source == "synthetic"`` carry a
+    total weight ``f`` and the others ``1 - f``.
+    """
+    import numpy as np
+
+    n = len(df)
+    w = np.ones(n, dtype=float)
+    if balance:
+        cols = [target if c == "label" and "label" not in df.columns else c for c in balance]
+        for c in cols:
+            if c not in df.columns:
+                raise ConfigError(
+                    f"balance names column {c!r}, which is not in the manifest; columns: "
+                    f"{', '.join(map(str, df.columns))}"
+                )
+        keys = df[cols].astype(str).agg("|".join, axis=1)
+        counts = keys.map(keys.value_counts())
+        w = 1.0 / counts.to_numpy(dtype=float)
+    if synthetic_fraction is not None:
+        f = float(synthetic_fraction)
+        if not 0.0 <= f <= 1.0:
+            raise ConfigError(f"synthetic_fraction must be in [0, 1], not {synthetic_fraction!r}")
+        if "source" not in df.columns:
+            raise ManifestError("synthetic_fraction needs the manifest column 'source'")
+        syn = (df["source"].astype(str) == "synthetic").to_numpy()
+        if f > 0 and not syn.any():
+            raise ManifestError(
+                f"synthetic_fraction={f} but the training split has no rows with "
+                "source == 'synthetic'; add a synthetic cohort or pass synthetic_fraction=None"
+            )
+        if f < 1 and syn.all():
+            raise ManifestError(
+                f"synthetic_fraction={f} but every training row is synthetic; add real images"
+            )
+        out = np.zeros(n)
+        if syn.any():
+            out[syn] = f * w[syn] / w[syn].sum()
+        if (~syn).any():
+            out[~syn] = (1 - f) * w[~syn] / w[~syn].sum()
+        w = out
+    elif not balance:
+        return None
+    return w / w.sum()
+
+
+def _epoch_indices(
+    n: int,
+    *,
+    weights: np.ndarray | None,
+    epoch: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+) -> list[int]:
+    """Indices of the training rows this process visits in one epoch.
+
+    Uniform sampling uses ``torch.utils.data.DistributedSampler`` (a seeded permutation sharded by
+    rank; with one process it is a plain shuffle). Weighted sampling draws ``n`` rows with
+    replacement from a generator seeded identically on every rank, then shards the draw by rank.
+    """
+    import torch
+    from torch.utils.data import DistributedSampler, WeightedRandomSampler
+
+    if weights is None:
+        sampler: DistributedSampler[int] = DistributedSampler(
+            range(n),  # type: ignore[arg-type] num_replicas=world_size, rank=rank, shuffle=True, seed=seed
+        )
+        sampler.set_epoch(epoch)
+        return list(sampler)
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    draw = list(
+        WeightedRandomSampler(weights.tolist(), num_samples=n, replacement=True, generator=g)
+    )
+    if world_size > 1:
+        per = -(-n // world_size)
+        draw = (draw * 2)[: per * world_size]
+        draw = draw[rank::world_size]
+    return draw
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+def _auc(y: np.ndarray, probs: np.ndarray) -> float:
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(y, probs[:, 1]))
+    return float(roc_auc_score(y, probs, multi_class="ovr", labels=list(range(probs.shape[1]))))
+
+
+def _logits(
+    net: torch.nn.Module, x: torch.Tensor, *, batch_size: int, device: Any, channels_last: bool
+) -> torch.Tensor:
+    import torch
+
+    outs = []
+    net.eval()
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size].to(device)
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            outs.append(net(xb).float().cpu())
+    return torch.cat(outs)
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed
+
+
+def _dist_setup(distributed: bool | str, device: str) -> tuple[int, int, bool]:
+    """Return ``(rank, world_size, initialised_here)``; initialise the process group if needed."""
+    import torch.distributed as dist
+
+    env_world = int(os.environ.get("WORLD_SIZE", "1"))
+    if distributed == "auto":
+        use = env_world > 1
+    elif isinstance(distributed, bool):
+        use = distributed
+    else:
+        raise ConfigError(f"distributed must be True, False or 'auto', not {distributed!r}")
+    if not use:
+        return 0, 1, False
+    if env_world <= 1 and not dist.is_initialized():
+        raise ConfigError(
+            "distributed=True but WORLD_SIZE is not set; launch with "
+            "`torchrun --nproc_per_node N ...` or pass distributed='auto'"
+        )
+    here = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        here = True
+    return dist.get_rank(), dist.get_world_size(), here
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; other strings pass through."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            return f"cuda:{local}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "cuda"
+        return "cpu"
+    return device
+
+
+# ---------------------------------------------------------------------------------------------
+# the fit on tensors
+
+
+@dataclass
+class FitResult:
+    net: Any
+    history: pd.DataFrame
+    best_epoch: int
+    best_val_auc: float
+    temperature: float
+    ece_before: float | None
+    ece_after: float | None
+    seen: list[list[int]]
+    wall_s: float
+
+
+def fit_tensors(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    *,
+    cfg: TrainConfig,
+    weights: np.ndarray | None = None,
+    metrics_csv: Path | None = None,
+    distributed: bool | str = "auto",
+    progress: bool = True,
+) -> FitResult:
+    """Train ``cfg.model`` on tensors: ``x_*`` are ``NxCx[SPATIAL DIMS]``, ``y_*`` class indices.
+
+    Returns the best network by validation AUC (ties and NaN AUC fall back to validation loss),
+    the per-epoch history and, when ``cfg.calibrate``, the fitted temperature with ECE before/after.
+    """
+    import numpy as np
+    import pandas as pd
+    import torch
+    from tqdm.auto import tqdm
+
+    from medgen.classify._calibrate import expected_calibration_error, fit_temperature
+    from medgen.classify._registry import build_model, get_model_spec
+    from medgen.transforms import augmentation
+
+    t0 = time.perf_counter()
+    device = torch.device(cfg.device)
+    rank, world, init_here = _dist_setup(distributed, cfg.device)
+    cfg.world_size = world
+    torch.manual_seed(cfg.seed)
+    spec = get_model_spec(cfg.model)
+    net = build_model(
+        cfg.model,
+        spatial_dims=cfg.spatial_dims,
+        in_channels=cfg.in_channels,
+        num_classes=len(cfg.classes),
+        image_size=cfg.image_size or list(x_train.shape[2:]),
+        model_kwargs=cfg.model_kwargs,
+    ).to(device)
+    channels_last = bool(cfg.channels_last and spec.channels_last and cfg.spatial_dims == 2)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    train_net: torch.nn.Module = net
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_net = DistributedDataParallel(net)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    class_w = None
+    if cfg.class_weights:
+        counts = torch.bincount(y_train, minlength=len(cfg.classes)).float().clamp_min(1)
+        class_w = (counts.sum() / (len(counts) * counts)).to(device)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=class_w)
+    aug = augmentation(cfg.augment, spatial_dims=cfg.spatial_dims, seed=cfg.seed + 7919 * rank)
+
+    rows: list[dict[str, Any]] = []
+    seen: list[list[int]] = []
+    best_state: dict[str, Any] | None = None
+    best_key = (-np.inf, -np.inf)
+    best_epoch, best_auc, stale = -1, float("nan"), 0
+    y_val_np = y_val.numpy()
+    out_of_time = False
+    for epoch in range(cfg.epochs):
+        te = time.perf_counter()
+        idx = _epoch_indices(
+            len(x_train), weights=weights, epoch=epoch, seed=cfg.seed, rank=rank, world_size=world
+        )
+        if cfg.steps_per_epoch is not None:
+            idx = idx[: cfg.steps_per_epoch * cfg.batch_size]
+        seen.append(list(idx))
+        train_net.train()
+        losses: list[float] = []
+        batches = [idx[i : i + cfg.batch_size] for i in range(0, len(idx), cfg.batch_size)]
+        bar = tqdm(
+            batches,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not progress or rank != 0,
+            leave=False,
+        )
+        for b in bar:
+            bt = torch.as_tensor(b)
+            xb = x_train[bt]
+            if cfg.augment != "none":
+                xb = torch.stack([torch.as_tensor(aug(im)).float() for im in xb])
+            xb = xb.to(device)
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yb = y_train[bt].to(device)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(train_net(xb), yb)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
+                out_of_time = True
+                break
+        logits = _logits(
+            net,
+            x_val,
+            batch_size=max(cfg.batch_size, 32),
+            device=device,
+            channels_last=channels_last,
+        )
+        probs = torch.softmax(logits, dim=1).numpy()
+        val_loss = float(torch.nn.functional.cross_entropy(logits, y_val))
+        auc = _auc(y_val_np, probs)
+        acc = float((probs.argmax(1) == y_val_np).mean())
+        rows.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                "val_loss": val_loss,
+                "val_auc": auc,
+                "val_acc": acc,
+                "n_train_seen": len(idx),
+                "seconds": time.perf_counter() - te,
+            }
+        )
+        if rank == 0:
+            log.info("epoch %d: %s", epoch + 1, rows[-1])
+            if metrics_csv is not None:
+                _write_csv(metrics_csv, rows)
+        key = (auc if not np.isnan(auc) else -np.inf, -val_loss)
+        if key > best_key:
+            best_key, best_epoch, best_auc, stale = key, epoch + 1, auc, 0
+            best_state = copy.deepcopy(net.state_dict())
+        else:
+            stale += 1
+        if cfg.patience is not None and stale >= cfg.patience:
+            log.info("early stopping after epoch %d (best epoch %d)", epoch + 1, best_epoch)
+            break
+        if out_of_time:
+            log.info("time budget of %.0f s reached after epoch %d", cfg.time_budget_s, epoch + 1)
+            break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    if channels_last:
+        net = net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    temperature, ece_b, ece_a = 1.0, None, None
+    if cfg.calibrate and len(x_val) > 0:
+        logits = _logits(net, x_val, batch_size=64, device=device, channels_last=False)
+        ece_b = expected_calibration_error(torch.softmax(logits, 1).numpy(), y_val_np)
+        temperature = fit_temperature(logits, y_val)
+        ece_a = expected_calibration_error(torch.softmax(logits / temperature, 1).numpy(), y_val_np)
+    if init_here:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return FitResult(
+        net=net.cpu().eval(),
+        history=pd.DataFrame(rows),
+        best_epoch=best_epoch,
+        best_val_auc=float(best_auc),
+        temperature=temperature,
+        ece_before=ece_b,
+        ece_after=ece_a,
+        seen=seen,
+        wall_s=time.perf_counter() - t0,
+    )
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# public entry point
+
+
+def _split_train_val(
+    df: pd.DataFrame, *, val_fraction: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    import numpy as np
+
+    split = df["split"].fillna("").astype(str).str.lower() if "split" in df.columns else None
+    if split is None or not (split == "train").any():
+        if split is not None and (split != "").any():
+            raise ManifestError(
+                "the manifest has no rows with split == 'train'; assign splits "
+                "(e.g. Cohort.split(...)) before training"
+            )
+        pool = df
+    else:
+        pool = df[split == "train"]
+        val = df[split == "val"]
+        if len(val):
+            return pool, val
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"val_fraction must be in (0, 1), not {val_fraction!r}")
+    subjects = (
+        pool["subject_id"].astype(str).unique()
+        if "subject_id" in pool
+        else pool.index.astype(str).unique()
+    )
+    rng = np.random.default_rng(seed)
+    n_val = max(1, round(len(subjects) * val_fraction))
+    val_subjects = set(rng.choice(subjects, size=n_val, replace=False).tolist())
+    key = pool["subject_id"].astype(str) if "subject_id" in pool else pool.index.astype(str)
+    is_val = np.asarray(key.isin(val_subjects), dtype=bool)
+    log.info("no validation split in the manifest: carved %d subjects out of train", n_val)
+    return pool[~is_val], pool[is_val]
+
+
+def _encode_target(
+    df: pd.DataFrame, target: str, classes: list[Any] | None = None
+) -> tuple[torch.Tensor, list[Any]]:
+    import torch
+
+    if target not in df.columns:
+        raise ManifestError(
+            f"target column {target!r} is not in the manifest; columns: {', '.join(map(str, df.columns))}. "
+            "Pass target=<column> (CLI: --target)."
+        )
+    col = df[target]
+    if col.isna().any():
+        bad = df.loc[col.isna(), "image_id"].astype(str).tolist()[:5] if "image_id" in df else []
+        raise ManifestError(
+            f"target column {target!r} has {int(col.isna().sum())} missing values (e.g. images {bad}); "
+            "fill them or drop those rows"
+        )
+    if classes is None:
+        classes = sorted(col.unique().tolist(), key=lambda v: (str(type(v)), v))
+        if len(classes) < 2:
+            raise MedgenValueError(
+                f"target column {target!r} has a single class ({classes[0]!r}) in the training "
+                "rows; a classifier needs at least two classes"
+            )
+    lookup = {c: i for i, c in enumerate(classes)}
+    unknown = set(col.unique().tolist()) - set(lookup)
+    if unknown:
+        raise MedgenValueError(
+            f"target column {target!r} has values {sorted(map(str, unknown))} not among the "
+            f"training classes {classes}"
+        )
+    return torch.as_tensor(col.map(lookup).to_numpy(dtype="int64")), [
+        c.item() if hasattr(c, "item") else c for c in classes
+    ]
+
+
+def train(
+    cohort: Any,
+    *,
+    target: str = "label",
+    model: str = "densenet121",
+    spatial_dims: int = 2,
+    image_size: Sequence[int] | None = None,
+    epochs: int = 10,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    augment: str = "light",
+    balance: str | Sequence[str] | None = None,
+    class_weights: bool = False,
+    synthetic_fraction: float | None = None,
+    patience: int | None = 3,
+    calibrate: bool = True,
+    val_fraction: float = 0.2,
+    steps_per_epoch: int | None = None,
+    time_budget_s: float | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    channels_last: bool = True,
+    device: str = "auto",
+    distributed: bool | str = "auto",
+    out_dir: str | Path | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+) -> Classifier:
+    """Train an image classifier on a cohort.
+
+    Args:
+        cohort: a :class:`medgen.Cohort` or a manifest path. Rows with ``split == "train"`` train,
+            ``split == "val"`` validate (when absent, ``val_fraction`` of the training subjects are
+            held out, whole subjects only).
+        target: the label column.
+        model: a registry name (:func:`medgen.classify.available_models`).
+        spatial_dims: 2 or 3.
+        image_size: resize every image to this spatial size; ``None`` keeps the native size (then
+            all images must share it).
+        epochs: maximum number of epochs.
+        batch_size: images per optimiser step (per process under DDP).
+        lr, weight_decay: AdamW settings.
+        augment: augmentation preset (:data:`medgen.transforms.AUGMENT_PRESETS`).
+        balance: re-sample so groups are drawn equally often: ``"label"`` (the target), an attribute
+            column (``"sex"``), or a list of columns (``["label", "sex"]``).
+        class_weights: weight the loss by inverse class frequency.
+        synthetic_fraction: expected fraction of each epoch drawn from ``source == "synthetic"`` rows.
+        patience: early stopping after this many epochs without a better validation AUC (``None``: off).
+        calibrate: fit a temperature on the validation split; ECE before/after goes in ``metrics``.
+        val_fraction: share of training subjects held out when the manifest has no ``val`` rows.
+        steps_per_epoch: cap on optimiser steps per epoch (``None``: one pass over the training rows).
+        time_budget_s: stop after the epoch in which this wall time (seconds) is exceeded.
+        model_kwargs: extra arguments for the MONAI network constructor.
+        channels_last: use the channels-last memory format for 2D CNNs (faster on CPU).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        distributed: ``"auto"`` uses DDP when launched by ``torchrun`` (``WORLD_SIZE > 1``).
+        out_dir: if given, the run is saved there (config, weights, ``metrics.csv``) as it trains.
+        seed: seeds weights, sampling and augmentation; ``None`` draws one and records it.
+        progress: show tqdm bars.
+
+    Returns:
+        The trained :class:`Classifier` (best validation epoch, with its temperature).
+    """
+    import numpy as np
+
+    from medgen.classify._data import as_cohort, load_images, manifest_hash, manifest_of
+    from medgen.classify._model import Classifier, package_versions
+    from medgen.classify._registry import get_model_spec
+
+    get_model_spec(model)
+    if seed is None:
+        seed = int(np.random.default_rng().integers(0, 2**31 - 1))
+    for name, val in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(val, int) or val < 1:
+            raise ConfigError(f"{name} must be a positive integer, not {val!r}")
+    if isinstance(balance, str):
+        balance = [balance]
+    co = as_cohort(cohort)
+    df = manifest_of(co)
+    if target not in df.columns:
+        _encode_target(df, target)  # raises the missing-column error
+    tr_df, va_df = _split_train_val(df, val_fraction=val_fraction, seed=seed)
+    y_tr, classes = _encode_target(tr_df, target)
+    y_va, _ = _encode_target(va_df, target, classes)
+    weights = sample_weights(
+        tr_df.reset_index(drop=True),
+        target=target,
+        balance=balance,
+        synthetic_fraction=synthetic_fraction,
+    )
+    size = list(image_size) if image_size is not None else None
+    x_tr = load_images(
+        co,
+        tr_df["image_id"].astype(str).tolist(),
+        image_size=size,
+        spatial_dims=spatial_dims,
+        progress=progress,
+    )
+    x_va = load_images(
+        co,
+        va_df["image_id"].astype(str).tolist(),
+        image_size=size,
+        spatial_dims=spatial_dims,
+        progress=progress,
+    )
+    if x_tr.shape[1:] != x_va.shape[1:]:
+        raise MedgenValueError(
+            f"training images are {tuple(x_tr.shape[1:])} but validation images are "
+            f"{tuple(x_va.shape[1:])}; pass image_size=(...) to resize both"
+        )
+    cfg = TrainConfig(
+        target=target,
+        model=get_model_spec(model).name,
+        model_kwargs=dict(model_kwargs or {}),
+        spatial_dims=spatial_dims,
+        image_size=[int(s) for s in x_tr.shape[2:]],
+        in_channels=int(x_tr.shape[1]),
+        classes=classes,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        augment=augment,
+        balance=list(balance) if balance else None,
+        class_weights=class_weights,
+        synthetic_fraction=synthetic_fraction,
+        patience=patience,
+        calibrate=calibrate,
+        val_fraction=val_fraction,
+        steps_per_epoch=steps_per_epoch,
+        time_budget_s=time_budget_s,
+        channels_last=channels_last,
+        seed=seed,
+        device=resolve_device(device),
+    )
+    out = Path(out_dir) if out_dir is not None else None
+    res = fit_tensors(
+        x_tr,
+        y_tr,
+        x_va,
+        y_va,
+        cfg=cfg,
+        weights=weights,
+        metrics_csv=out / "metrics.csv" if out else None,
+        distributed=distributed,
+        progress=progress,
+    )
+    metrics = {
+        "best_epoch": res.best_epoch,
+        "best_val_auc": res.best_val_auc,
+        "epochs_run": len(res.history),
+        "temperature": res.temperature,
+        "ece_before": res.ece_before,
+        "ece_after": res.ece_after,
+        "n_train": len(tr_df),
+        "n_val": len(va_df),
+        "train_seconds": res.wall_s,
+    }
+    tr_ids = tr_df["image_id"].astype(str).tolist()
+    clf = Classifier(
+        res.net,
+        config=asdict(cfg),
+        temperature=res.temperature,
+        metrics=metrics,
+        history=res.history,
+        provenance={
+            "manifest_sha256": manifest_hash(df),
+            "seed": seed,
+            "versions": package_versions(),
+        },
+    )
+    clf.seen_image_ids = [[tr_ids[i] for i in ep] for ep in res.seen]
+    import os as _os
+
+    if out is not None and int(_os.environ.get("RANK", "0")) == 0:
+        clf.save(out)
+    return clf
