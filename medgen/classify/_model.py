@@ -293,6 +293,21 @@ class Classifier:
         )
 
 
+def write_table(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a table atomically as ``.csv`` or ``.parquet`` (by suffix)."""
+    p = Path(path)
+    if p.suffix not in (".csv", ".parquet"):
+        raise MedgenValueError(f"output {p} must end in .csv or .parquet")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    if p.suffix == ".csv":
+        df.to_csv(tmp, index=False)
+    else:
+        df.to_parquet(tmp, index=False)
+    os.replace(tmp, p)
+    return p
+
+
 def _atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)

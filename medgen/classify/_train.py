@@ -141,8 +141,9 @@ def _epoch_indices(
     from torch.utils.data import DistributedSampler, WeightedRandomSampler
 
     if weights is None:
+        rows: Any = range(n)
         sampler: DistributedSampler[int] = DistributedSampler(
-            range(n),  # type: ignore[arg-type] num_replicas=world_size, rank=rank, shuffle=True, seed=seed
+            rows, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
         )
         sampler.set_epoch(epoch)
         return list(sampler)
@@ -488,7 +489,7 @@ def _encode_target(
             f"target column {target!r} has values {sorted(map(str, unknown))} not among the "
             f"training classes {classes}"
         )
-    return torch.as_tensor(col.map(lookup).to_numpy(dtype="int64")), [
+    return torch.as_tensor(col.map(lookup).to_numpy(dtype="int64").copy()), [
         c.item() if hasattr(c, "item") else c for c in classes
     ]
 

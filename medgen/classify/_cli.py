@@ -1,0 +1,105 @@
+"""``medgen train`` and ``medgen predict``: thin shells over :mod:`medgen.classify`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _parse_size(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    from medgen.errors import ConfigError
+
+    try:
+        parts = [int(p) for p in text.lower().replace("x", ",").split(",") if p.strip()]
+    except ValueError as err:
+        raise ConfigError(f"--image-size must look like 64x64 or 64,64,32, not {text!r}") from err
+    if not parts or any(p < 1 for p in parts):
+        raise ConfigError(f"--image-size must be positive integers like 64x64, not {text!r}")
+    return parts
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` and ``predict`` to the ``medgen`` app."""
+
+    @app.command("train")
+    def train_cmd(
+        manifest: Annotated[Path, typer.Argument(help="cohort manifest (CSV/Parquet)")],
+        output: Annotated[Path, typer.Option("-o", "--output", help="run folder to write")],
+        target: Annotated[str, typer.Option(help="label column")] = "label",
+        model: Annotated[
+            str, typer.Option(help="network name (see --list-models)")
+        ] = "densenet121",
+        spatial_dims: Annotated[int, typer.Option(help="2 or 3")] = 2,
+        image_size: Annotated[str | None, typer.Option(help="resize to e.g. 64x64")] = None,
+        epochs: Annotated[int, typer.Option(help="maximum epochs")] = 10,
+        batch_size: Annotated[int, typer.Option(help="images per step")] = 16,
+        lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 1e-3,
+        augment: Annotated[str, typer.Option(help="none | light | medium")] = "light",
+        balance: Annotated[
+            list[str] | None, typer.Option(help="column(s) to balance by; 'label' = target")
+        ] = None,
+        class_weights: Annotated[bool, typer.Option(help="inverse-frequency loss weights")] = False,
+        synthetic_fraction: Annotated[
+            float | None, typer.Option(help="share of each epoch from source=synthetic rows")
+        ] = None,
+        patience: Annotated[int, typer.Option(help="early-stopping patience (0 = off)")] = 3,
+        time_budget: Annotated[float | None, typer.Option(help="seconds of training")] = None,
+        device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+        seed: Annotated[int, typer.Option(help="random seed")] = 0,
+        progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    ) -> None:
+        """Train a classifier on a cohort; writes config.json, model.safetensors, metrics.csv.
+
+        Runs under `torchrun --nproc_per_node N` unchanged (DDP, gloo on CPU).
+        """
+        import logging
+
+        from medgen.classify import train
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        clf = train(
+            manifest,
+            target=target,
+            model=model,
+            spatial_dims=spatial_dims,
+            image_size=_parse_size(image_size),
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            augment=augment,
+            balance=balance or None,
+            class_weights=class_weights,
+            synthetic_fraction=synthetic_fraction,
+            patience=patience or None,
+            time_budget_s=time_budget,
+            device=device,
+            out_dir=output,
+            seed=seed,
+            progress=progress,
+        )
+        m = clf.metrics
+        typer.echo(
+            f"saved {output}: best epoch {m['best_epoch']}, val AUC {m['best_val_auc']:.3f}, "
+            f"temperature {m['temperature']:.2f}"
+        )
+
+    @app.command("predict")
+    def predict_cmd(
+        run: Annotated[Path, typer.Argument(help="run folder written by `medgen train`")],
+        manifest: Annotated[Path, typer.Argument(help="cohort manifest to predict")],
+        output: Annotated[Path, typer.Option("-o", "--output", help="predictions .csv/.parquet")],
+        split: Annotated[str | None, typer.Option(help="only this split (e.g. test)")] = None,
+        progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    ) -> None:
+        """Predict a cohort: one row per image with the manifest columns, y_true, y_score, y_pred."""
+        from medgen.classify import Classifier
+        from medgen.classify._model import write_table
+
+        clf = Classifier.load(run)
+        preds = clf.predict(manifest, split=split, progress=progress)
+        write_table(preds, output)
+        typer.echo(f"wrote {len(preds)} predictions to {output}")
