@@ -20,6 +20,7 @@ app = typer.Typer(
 
 # modules that define `register(app: typer.Typer) -> None`; each adds its own commands.
 _COMMANDS: list[str] = [
+    "medgen.simulate._cli",
 ]
 
 
