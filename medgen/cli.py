@@ -20,6 +20,9 @@ app = typer.Typer(
 
 # modules that define `register(app: typer.Typer) -> None`; each adds its own commands.
 _COMMANDS: list[str] = [
+    "medgen._cli_cohort",
+    "medgen.classify._cli",
+    "medgen._cli_demo",
     "medgen.simulate._cli",
 ]
 

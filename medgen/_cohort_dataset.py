@@ -1,0 +1,326 @@
+"""MONAI datasets over a cohort: the loader transform and the three cache modes.
+
+Private to :mod:`medgen.cohort` (imports torch and MONAI; :meth:`medgen.Cohort.dataset` imports
+this module only when called).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import pickle
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
+from monai.transforms import Compose, MapTransform, Randomizable, Transform
+from monai.transforms.utility.array import SqueezeDim
+
+from medgen.errors import ImageReadError, MedgenValueError
+
+__all__ = [
+    "CohortCacheDataset",
+    "CohortDataset",
+    "LoadImaged",
+    "SafePersistentDataset",
+    "build_dataset",
+    "cache_key",
+]
+
+logger = logging.getLogger(__name__)
+
+#: bumped when the cached item layout changes, so old cache entries are not reused.
+_CACHE_FORMAT = "medgen-cohort-cache-1"
+
+
+class LoadImaged(MapTransform):
+    """Load the paths under ``keys`` with :func:`medgen.io.load` (a MONAI dictionary transform).
+
+    Like ``monai.transforms.LoadImaged`` but through medgen's readers, so DICOM series are ordered
+    by position and geometry is RAS world millimetres. Output: ``MetaTensor`` float32,
+    channel-first ``(C, X, Y, Z)`` (or ``(C, X, Y)`` for 2D NIfTI).
+
+    Args:
+        keys: keys of the data dict holding paths, e.g. ``("image", "mask")``.
+        spatial_dims: ``2`` squeezes a singleton last spatial axis (a single DICOM slice loads as
+            ``(C, X, Y, 1)``) to ``(C, X, Y)``; the affine becomes 3x3 and ``spacing`` 2 values.
+            An image with more than one slice is then an error. ``None``/``3`` keep the shape.
+        allow_missing_keys: skip keys that are absent from the dict.
+    """
+
+    def __init__(
+        self,
+        keys: str | Sequence[str] = ("image",),
+        *,
+        spatial_dims: int | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys=allow_missing_keys)
+        if spatial_dims not in (None, 2, 3):
+            raise MedgenValueError(
+                f"LoadImaged(spatial_dims={spatial_dims!r}): use 2 (squeeze a singleton slice "
+                "axis), 3 or None (keep the loaded shape)."
+            )
+        self.spatial_dims = spatial_dims
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from medgen.io import load
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            img = value if isinstance(value, MetaTensor) else load(value)
+            if self.spatial_dims == 2:
+                img = _squeeze_to_2d(img, key=str(key))
+            d[key] = img
+        return d
+
+
+def _squeeze_to_2d(img: MetaTensor, *, key: str) -> MetaTensor:
+    if img.ndim == 3:  # already (C, X, Y)
+        return img
+    if img.ndim == 4 and img.shape[-1] == 1:
+        out = SqueezeDim(dim=-1)(img)
+        if not isinstance(out, MetaTensor):  # pragma: no cover - SqueezeDim keeps the type
+            out = MetaTensor(out)
+        spacing = out.meta.get("spacing")
+        if isinstance(spacing, (tuple, list)) and len(spacing) == 3:
+            out.meta["spacing"] = tuple(spacing[:2])
+        return out
+    src = img.meta.get("filename_or_obj", "?") if isinstance(img, MetaTensor) else "?"
+    raise ImageReadError(
+        f"dataset(spatial_dims=2): {key!r} image {src!r} has shape {tuple(img.shape)}, not a single "
+        "slice (C, X, Y, 1). Use spatial_dims=3 for volumes, or extract slices first."
+    )
+
+
+def _deterministic_prefix(transform: Compose) -> list[Any]:
+    """Transforms up to the first random one: what CacheDataset/PersistentDataset cache."""
+    prefix = []
+    for t in transform.flatten().transforms:
+        if isinstance(t, Randomizable) or not isinstance(t, Transform):
+            # MONAI stops caching at the first random or non-`Transform` callable.
+            break
+        prefix.append(t)
+    return prefix
+
+
+def _describe(obj: Any, depth: int = 0) -> Any:
+    """A stable, address-free description of a transform for hashing."""
+    if depth > 4:
+        return type(obj).__qualname__
+    if isinstance(obj, (str, int, float, bool, type(None))):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return [_describe(x, depth + 1) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): _describe(v, depth + 1) for k, v in sorted(obj.items(), key=str)}
+    if isinstance(obj, torch.Tensor):
+        return ["tensor", obj.detach().cpu().numpy().tobytes().hex()[:4096]]
+    if hasattr(obj, "tobytes"):
+        return ["array", obj.tobytes().hex()[:4096]]
+    if callable(obj) and hasattr(obj, "__code__"):
+        code = obj.__code__
+        return [
+            "function",
+            obj.__qualname__,
+            code.co_code.hex(),
+            _describe(code.co_consts, depth + 1),
+        ]
+    cls = type(obj)
+    state = getattr(obj, "__dict__", None)
+    if state is None:
+        return f"{cls.__module__}.{cls.__qualname__}"
+    return [f"{cls.__module__}.{cls.__qualname__}", _describe(state, depth + 1)]
+
+
+def transform_hash(transform: Compose) -> str:
+    """sha256 (hex) of the cached (deterministic) part of ``transform``: classes and settings."""
+    desc = _describe(_deterministic_prefix(transform))
+    blob = pickle.dumps([_CACHE_FORMAT, repr(desc)], protocol=4)
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def cache_key(item: Mapping[str, Any], *, path_keys: Sequence[str]) -> bytes:
+    """Disk-cache key of one data item: its content plus size and mtime of each path it names.
+
+    Called by :class:`monai.data.PersistentDataset` on every access, so a file replaced or
+    modified after caching gets a new key and is loaded again (stale entries are never reused).
+    """
+    h = hashlib.sha256()
+    h.update(_CACHE_FORMAT.encode())
+    for k in sorted(item, key=str):
+        h.update(repr((str(k), item[k])).encode())
+    for k in path_keys:
+        p = item.get(k)
+        if isinstance(p, str):
+            h.update(_stat_signature(Path(p)).encode())
+    return h.hexdigest().encode()
+
+
+def _tagged_key(item: Mapping[str, Any], *, path_keys: Sequence[str], tag: str) -> bytes:
+    return cache_key(item, path_keys=path_keys) + b"-" + tag.encode()
+
+
+def _stat_signature(path: Path) -> str:
+    """size + mtime of a file, or of every file in a DICOM series directory."""
+    try:
+        if path.is_dir():
+            parts = []
+            for entry in sorted(os.scandir(path), key=lambda e: e.name):
+                if entry.is_file():
+                    st = entry.stat()
+                    parts.append(f"{entry.name}:{st.st_size}:{st.st_mtime_ns}")
+            return f"{path}|" + ";".join(parts)
+        st = path.stat()
+        return f"{path}|{st.st_size}:{st.st_mtime_ns}"
+    except FileNotFoundError:
+        return f"{path}|missing"
+
+
+def _numpy_safe_globals() -> list[Any]:
+    """numpy names a cached item's metadata needs (affines, shapes); nothing that runs code."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    names: list[Any] = [np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar]
+    for t in (
+        np.float16,
+        np.float32,
+        np.float64,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.bool_,
+        np.str_,
+        np.bytes_,
+    ):
+        names.append(type(np.dtype(t)))
+    return names
+
+
+def _medgen_cause(err: BaseException) -> BaseException | None:
+    """The medgen error MONAI wrapped in ``RuntimeError('applying transform ...')``, if any."""
+    from medgen.errors import MedgenError
+
+    seen: BaseException | None = err
+    for _ in range(16):
+        if seen is None:
+            return None
+        if isinstance(seen, MedgenError):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
+class _UnwrapMedgenErrors:
+    """Re-raise medgen errors (bad image file, wrong shape) that MONAI wraps in RuntimeError.
+
+    MONAI's ``apply_transform`` turns every exception into ``RuntimeError('applying transform')``,
+    which hides the file name and remedy medgen's errors carry and changes their type. Mixed into
+    the dataset classes below.
+    """
+
+    def _transform(self, index: int) -> Any:
+        try:
+            return super()._transform(index)  # type: ignore[misc]
+        except RuntimeError as err:
+            cause = _medgen_cause(err)
+            if cause is None:
+                raise
+            raise cause from err
+
+    def _load_cache_item(self, idx: int) -> Any:
+        try:
+            return super()._load_cache_item(idx)  # type: ignore[misc]
+        except RuntimeError as err:
+            cause = _medgen_cause(err)
+            if cause is None:
+                raise
+            raise cause from err
+
+
+class CohortDataset(_UnwrapMedgenErrors, Dataset):
+    """``monai.data.Dataset`` (loads every access) that surfaces medgen errors unwrapped."""
+
+
+class CohortCacheDataset(_UnwrapMedgenErrors, CacheDataset):
+    """``monai.data.CacheDataset`` (in-memory cache) that surfaces medgen errors unwrapped."""
+
+
+class SafePersistentDataset(_UnwrapMedgenErrors, PersistentDataset):
+    """``PersistentDataset`` whose cache files load with ``weights_only=True`` and numpy metadata.
+
+    ``medgen.io.load`` puts numpy arrays in ``.meta`` (``original_affine``, ``spatial_shape``), which
+    ``torch.load(weights_only=True)`` refuses by default: MONAI then calls every entry corrupt and
+    recomputes it on each access, so the cache never hits. This subclass allow-lists only numpy's
+    array and scalar reconstruction while reading, keeping the safe loader.
+    """
+
+    def _cachecheck(self, item_transformed: Any) -> Any:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return super()._cachecheck(item_transformed)
+
+
+def build_dataset(
+    records: Sequence[dict[str, Any]],
+    transform: Callable[..., Any] | Sequence[Callable[..., Any]] | None,
+    *,
+    cache: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    keys: tuple[str, ...],
+    spatial_dims: int | None,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> Dataset:
+    """Compose ``LoadImaged`` + ``transform`` and wrap ``records`` in the requested dataset."""
+    user: list[Callable[..., Any]]
+    if transform is None:
+        user = []
+    elif isinstance(transform, Compose):
+        user = [transform]
+    elif isinstance(transform, Sequence):
+        user = list(transform)
+    else:
+        user = [transform]
+    pipeline = Compose([LoadImaged(keys, spatial_dims=spatial_dims), *user])
+    if cache is None:
+        if cache_dir is not None:
+            logger.warning("dataset(cache=None): cache_dir=%s is ignored", cache_dir)
+        return CohortDataset(list(records), transform=pipeline)
+    if cache == "memory":
+        return CohortCacheDataset(
+            list(records),
+            transform=pipeline,
+            cache_rate=1.0,
+            num_workers=num_workers or 1,
+            progress=progress,
+            copy_cache=True,
+        )
+    if cache == "disk":
+        if cache_dir is None:
+            raise MedgenValueError(
+                "dataset(cache='disk') needs cache_dir=<folder for the cache files>; it is "
+                "created if missing and can be shared between runs."
+            )
+        hash_func = functools.partial(_tagged_key, path_keys=keys, tag=transform_hash(pipeline))
+        return SafePersistentDataset(
+            list(records),
+            transform=pipeline,
+            cache_dir=Path(cache_dir),
+            hash_func=hash_func,
+            track_meta=True,
+        )
+    raise MedgenValueError(
+        f"dataset(cache={cache!r}): use None (no cache), 'memory' (CacheDataset) or 'disk' "
+        "(PersistentDataset with cache_dir=...)."
+    )

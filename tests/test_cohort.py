@@ -1,0 +1,619 @@
+"""Tests of medgen.cohort: manifest validation, selection, subgroups, splits, datasets, `medgen info`.
+
+Images are real anatomy: crops of nilearn's MNI152 T1 template written as NIfTI, and pydicom's
+CT_small for the single-slice DICOM case. Split statistics use simulated metadata tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from medgen.cohort import Cohort, load_schema
+from medgen.errors import ManifestError, MedgenFileNotFoundError, MedgenValueError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def mni() -> np.ndarray:
+    from nilearn.datasets import load_mni152_template
+
+    return np.asarray(load_mni152_template(resolution=2).get_fdata(), dtype=np.float32)
+
+
+def _write_nifti(path: Path, data: np.ndarray, spacing: float = 2.0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.diag([spacing, spacing, spacing, 1.0])), str(path))
+
+
+@pytest.fixture()
+def cohort_dir(tmp_path: Path, mni: np.ndarray) -> Path:
+    """12 subjects x 2 images (16x16x8 MNI crops), a manifest.csv with relative paths."""
+    rng = np.random.default_rng(0)
+    rows = []
+    sites = ["A", "B", "C"]
+    for s in range(12):
+        for k in range(2):
+            x0, y0, z0 = (int(v) for v in rng.integers(20, 60, size=3))
+            crop = mni[x0 : x0 + 16, y0 : y0 + 16, z0 : z0 + 8].copy()
+            rel = f"images/sub-{s:02d}/img-{k}.nii.gz"
+            _write_nifti(tmp_path / rel, crop)
+            rows.append(
+                {
+                    "image_id": f"s{s:02d}_{k}",
+                    "image_path": rel,
+                    "subject_id": f"sub-{s:02d}",
+                    "split": "",
+                    "source": "real" if s < 10 else "synthetic",
+                    "label": s % 2,
+                    "sex": ["F", "M", None][s % 3],
+                    "age": 30.0 + s,
+                    "site": sites[s % 3],
+                    "scanner_field": 1.5 if s < 6 else 3.0,
+                }
+            )
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    return tmp_path
+
+
+def _manifest(cohort_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(cohort_dir / "manifest.csv", dtype={"split": str})
+
+
+def _write(df: pd.DataFrame, path: Path) -> Path:
+    df.to_csv(path, index=False)
+    return path
+
+
+def simulated_table(n_subjects: int, *, seed: int = 0) -> pd.DataFrame:
+    """Metadata of a realistic cohort: 1-4 images per subject, 30% positive, 3 sites, 2 sexes."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_subjects):
+        label = int(rng.random() < 0.3)
+        sex = "F" if rng.random() < 0.55 else "M"
+        site = rng.choice(["A", "B", "C"], p=[0.5, 0.3, 0.2])
+        for k in range(int(rng.integers(1, 5))):
+            rows.append(
+                {
+                    "image_id": f"{s}-{k}",
+                    "image_path": f"/data/{s}/{k}.nii.gz",
+                    "subject_id": f"P{s:04d}",
+                    "split": "",
+                    "source": "real",
+                    "label": label,
+                    "sex": sex,
+                    "site": str(site),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------- schema
+def test_schema_copy_in_repo_matches_packaged_schema() -> None:
+    repo_copy = json.loads((REPO / "data_manifests" / "schema.json").read_text())
+    assert repo_copy == load_schema()
+    spec = load_schema()["x-medgen"]
+    assert spec["required_columns"] == load_schema()["required"]
+    assert spec["required_columns"] == ["image_id", "image_path", "subject_id", "split", "source"]
+
+
+def test_example_manifest_validates_against_schema_without_files() -> None:
+    example = REPO / "data_manifests" / "example_manifest.csv"
+    cohort = Cohort.from_manifest(example, check_files=False)
+    assert len(cohort) >= 4
+    assert {"sex", "age", "site"} <= set(cohort.attributes)
+
+
+# ---------------------------------------------------------------------- reading
+def test_from_manifest_resolves_paths_relative_to_manifest(cohort_dir: Path) -> None:
+    cohort = Cohort.from_manifest(cohort_dir / "manifest.csv")
+    assert len(cohort) == 24
+    assert cohort.root == cohort_dir.resolve()
+    assert all(p.is_absolute() and p.is_file() for p in cohort.paths)
+    assert cohort.paths[0] == cohort_dir.resolve() / "images/sub-00/img-0.nii.gz"
+    assert cohort.label_columns == ("label",)
+    assert cohort.attributes == ["sex", "age", "site", "scanner_field"]
+    assert cohort.splits == {"": 24}
+    assert len(cohort.subjects) == 12
+    # .df is a copy: mutating it does not change the cohort
+    df = cohort.df
+    df.loc[0, "image_id"] = "changed"
+    assert cohort.image_ids[0] == "s00_0"
+
+
+def test_from_manifest_with_root_and_dataframe(cohort_dir: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    manifest = shutil.copy(cohort_dir / "manifest.csv", moved / "manifest.csv")
+    with pytest.raises(MedgenFileNotFoundError):
+        Cohort.from_manifest(manifest)
+    cohort = Cohort.from_manifest(manifest, root=cohort_dir)
+    assert all(p.is_file() for p in cohort.paths)
+
+    df = _manifest(cohort_dir)
+    with pytest.raises(ManifestError, match=r"relative paths .* Pass root="):
+        Cohort.from_manifest(df)
+    assert len(Cohort.from_manifest(df, root=cohort_dir)) == 24
+    df["image_path"] = [str(cohort_dir / p) for p in df["image_path"]]
+    assert Cohort.from_manifest(df).paths == Cohort.from_manifest(df, root="/nowhere").paths
+
+
+def test_parquet_roundtrip_and_to_manifest_relative(cohort_dir: Path, tmp_path: Path) -> None:
+    cohort = Cohort.from_manifest(cohort_dir / "manifest.csv").split(seed=3)
+    out_dir = tmp_path / "derived" / "deeper"
+    for name in ("m.parquet", "m.csv"):
+        written = cohort.to_manifest(out_dir / name)
+        raw = pd.read_parquet(written) if name.endswith("parquet") else pd.read_csv(written)
+        # written paths are relative to the new file's folder and point at the same images
+        assert not any(os.path.isabs(p) for p in raw["image_path"])
+        assert raw["image_path"][0].startswith("../../")
+        back = Cohort.from_manifest(written)
+        assert back.paths == cohort.paths
+        assert back.image_ids == cohort.image_ids
+        assert back.df["split"].tolist() == cohort.df["split"].tolist()
+        np.testing.assert_array_equal(back.df["age"], cohort.df["age"])
+    # atomic write leaves no temporary files
+    assert sorted(p.name for p in out_dir.iterdir()) == ["m.csv", "m.parquet"]
+    with pytest.raises(MedgenValueError, match=r"to_manifest\('.*m\.xlsx'\): use a path ending"):
+        cohort.to_manifest(out_dir / "m.xlsx")
+
+
+def test_to_manifest_failure_keeps_existing_file(cohort_dir: Path, tmp_path: Path) -> None:
+    cohort = Cohort.from_manifest(cohort_dir / "manifest.csv")
+    target = cohort.to_manifest(tmp_path / "keep.parquet")
+    before = target.read_bytes()
+    bad = cohort.select()
+    bad._df["weird"] = [object()] * len(bad)  # pyarrow cannot write arbitrary objects
+    with pytest.raises(Exception):  # noqa: B017 - pyarrow's own error type
+        bad.to_manifest(target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".keep")] == []
+
+
+# ---------------------------------------------------------------------- validation errors
+def test_missing_manifest_file(tmp_path: Path) -> None:
+    with pytest.raises(MedgenFileNotFoundError, match=r"nope\.csv' does not exist"):
+        Cohort.from_manifest(tmp_path / "nope.csv")
+
+
+def test_bad_suffix(tmp_path: Path) -> None:
+    p = tmp_path / "m.xlsx"
+    p.write_text("x")
+    with pytest.raises(ManifestError, match=r"suffix '\.xlsx'; medgen reads manifests ending in"):
+        Cohort.from_manifest(p)
+
+
+def test_missing_required_column_names_file_and_column(cohort_dir: Path) -> None:
+    df = _manifest(cohort_dir).drop(columns=["subject_id"]).rename(columns={"source": "Source"})
+    path = _write(df, cohort_dir / "bad.csv")
+    with pytest.raises(ManifestError) as info:
+        Cohort.from_manifest(path)
+    msg = str(info.value)
+    assert str(path) in msg
+    assert "missing required column(s) ['subject_id', 'source']" in msg
+    assert "Rename 'Source' -> 'source'" in msg
+    assert isinstance(info.value, ValueError)
+
+
+def test_empty_manifest(cohort_dir: Path) -> None:
+    path = _write(_manifest(cohort_dir).iloc[:0], cohort_dir / "empty.csv")
+    with pytest.raises(ManifestError, match=r"empty\.csv has the columns but no rows"):
+        Cohort.from_manifest(path)
+
+
+def test_duplicate_image_ids_listed(cohort_dir: Path) -> None:
+    df = _manifest(cohort_dir)
+    df.loc[1, "image_id"] = "s00_0"
+    df.loc[5, "image_id"] = "s01_0"
+    path = _write(df, cohort_dir / "dup.csv")
+    with pytest.raises(ManifestError) as info:
+        Cohort.from_manifest(path)
+    msg = str(info.value)
+    assert "column 'image_id' must be unique, but 2 id(s) appear more than once" in msg
+    assert "'s00_0', 's01_0'" in msg and "dup.csv" in msg
+
+
+def test_missing_files_listed_with_count(cohort_dir: Path) -> None:
+    for k in range(4):
+        (cohort_dir / f"images/sub-0{k}/img-1.nii.gz").unlink()
+    with pytest.raises(MedgenFileNotFoundError) as info:
+        Cohort.from_manifest(cohort_dir / "manifest.csv")
+    msg = str(info.value)
+    assert "4 of 24 file(s) in column 'image_path' do not exist" in msg
+    assert "sub-00/img-1.nii.gz" in msg and "(and 1 more)" in msg
+    assert "check_files=False" in msg
+    assert isinstance(info.value, FileNotFoundError)
+    assert len(Cohort.from_manifest(cohort_dir / "manifest.csv", check_files=False)) == 24
+
+
+def test_subject_in_two_splits(cohort_dir: Path) -> None:
+    df = _manifest(cohort_dir)
+    df["split"] = "train"
+    df.loc[df["image_id"] == "s03_1", "split"] = "test"
+    path = _write(df, cohort_dir / "leak.csv")
+    with pytest.raises(ManifestError) as info:
+        Cohort.from_manifest(path)
+    assert "1 subject(s) have images in more than one split" in str(info.value)
+    assert "'sub-03' in ['test', 'train']" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("bad", "suggestion"),
+    [("valid", "val"), ("Train", "train"), ("testing", "test"), ("validation", "val")],
+)
+def test_unknown_split_suggests_closest(cohort_dir: Path, bad: str, suggestion: str) -> None:
+    df = _manifest(cohort_dir)
+    df.loc[df["subject_id"] == "sub-02", "split"] = bad
+    path = _write(df, cohort_dir / "split.csv")
+    with pytest.raises(ManifestError) as info:
+        Cohort.from_manifest(path)
+    msg = str(info.value)
+    assert f"column 'split' has unknown value(s) {bad!r}" in msg
+    assert "allowed are ['train', 'val', 'test'] or empty" in msg
+    assert msg.endswith(f"Did you mean {suggestion!r}?")
+
+
+def test_unknown_source(cohort_dir: Path) -> None:
+    df = _manifest(cohort_dir)
+    df.loc[3, "source"] = "synth"
+    with pytest.raises(
+        ManifestError, match=r"'source' has unknown value\(s\) 'synth'.*Did you mean 'synthetic'\?"
+    ):
+        Cohort.from_manifest(df, root=cohort_dir)
+
+
+def test_empty_required_cell_names_line(cohort_dir: Path) -> None:
+    df = _manifest(cohort_dir)
+    df.loc[4, "subject_id"] = None
+    with pytest.raises(
+        ManifestError, match=r"column 'subject_id' is empty in 1 row\(s\) \(file lines 6\)"
+    ):
+        Cohort.from_manifest(_write(df, cohort_dir / "hole.csv"))
+
+
+def test_non_numeric_age(cohort_dir: Path) -> None:
+    df = _manifest(cohort_dir)
+    df["age"] = df["age"].astype(object)
+    df.loc[2, "age"] = "forty"
+    with pytest.raises(ManifestError, match=r"column 'age' must be numeric; found 'forty'"):
+        Cohort.from_manifest(_write(df, cohort_dir / "age.csv"))
+
+
+# ---------------------------------------------------------------------- select / subgroups
+def test_select(cohort_dir: Path) -> None:
+    cohort = Cohort.from_manifest(cohort_dir / "manifest.csv")
+    df = cohort.df
+    assert len(cohort.select(source="synthetic")) == 4
+    assert len(cohort.select(sex="F", site=["A", "B"])) == int(
+        ((df["sex"] == "F") & df["site"].isin(["A", "B"])).sum()
+    )
+    assert len(cohort.select(sex=None)) == int(df["sex"].isna().sum()) == 8
+    assert len(cohort.select(split="train")) == 0
+    with pytest.raises(MedgenValueError, match=r"unknown split.*Did you mean 'val'\?"):
+        cohort.select(split="valid")
+    with pytest.raises(MedgenValueError, match=r"no column 'sx'.*Did you mean 'sex'\?"):
+        cohort.select(sx="F")
+
+
+def test_subgroups_match_pandas_groupby_and_keep_missing(cohort_dir: Path) -> None:
+    cohort = Cohort.from_manifest(cohort_dir / "manifest.csv").split(seed=1)
+    table = cohort.subgroups(["sex", "site"])
+    assert table.index.names == ["sex", "site", "split", "label"]
+    assert list(table.columns) == ["n_images", "n_subjects"]
+    assert table["n_images"].sum() == len(cohort)
+    df = cohort.df
+    expected = df.groupby(["sex", "site", "split", "label"], dropna=False).size()
+    pd.testing.assert_series_equal(
+        table["n_images"].sort_index(), expected.sort_index(), check_names=False
+    )
+    # missing sex is its own group, never dropped
+    nan_rows = table[table.index.get_level_values("sex").isna()]
+    assert nan_rows["n_images"].sum() == int(df["sex"].isna().sum()) == 8
+    subj = df.groupby(["site", "split"]).subject_id.nunique()
+    got = cohort.subgroups(["site"], label=None)["n_subjects"]
+    pd.testing.assert_series_equal(got.sort_index(), subj.sort_index(), check_names=False)
+    with pytest.raises(MedgenValueError, match=r"no column 'sexx'"):
+        cohort.subgroups(["sexx"])
+    with pytest.raises(MedgenValueError, match=r"subgroups\(label='grade'\)"):
+        cohort.subgroups(["sex"], label="grade")
+
+
+# ---------------------------------------------------------------------- split
+def test_split_is_subject_level_deterministic_and_recorded() -> None:
+    cohort = Cohort.from_manifest(simulated_table(200), check_files=False)
+    a = cohort.split(seed=7)
+    b = cohort.split(seed=7)
+    c = cohort.split(seed=8)
+    assert a.df["split"].tolist() == b.df["split"].tolist()
+    assert a.df["split"].tolist() != c.df["split"].tolist()
+    per_subject = a.df.groupby("subject_id")["split"].nunique()
+    assert per_subject.max() == 1
+    assert set(a.df["split"]) == {"train", "val", "test"}
+    assert a.history[-1] == {
+        "op": "split",
+        "seed": 7,
+        "fractions": {"train": 0.7, "val": 0.15, "test": 0.15},
+        "stratify": ["label"],
+        "unit": "subject",
+    }
+    # a split cohort re-validates (no leakage) and round-trips
+    Cohort.from_manifest(a.df, check_files=False)
+    with pytest.raises(ManifestError, match=r"already have a split.*overwrite=True"):
+        a.split(seed=1)
+    assert (
+        a.split(seed=1, overwrite=True).df["split"].tolist()
+        == cohort.split(seed=1).df["split"].tolist()
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_split_fractions_and_stratification_within_sampling_error(seed: int) -> None:
+    n = 600
+    cohort = Cohort.from_manifest(simulated_table(n, seed=seed), check_files=False)
+    out = cohort.split(seed=seed, stratify=("label", "sex"))
+    subj = out.df.drop_duplicates("subject_id")
+    frac = subj["split"].value_counts(normalize=True)
+    for name, f in {"train": 0.7, "val": 0.15, "test": 0.15}.items():
+        # stratified allocation: off by at most one subject per stratum (4 strata)
+        assert abs(frac[name] - f) <= 4 / n + 1e-9, (name, frac[name])
+    overall = subj.groupby(["label", "sex"]).size() / len(subj)
+    for name in ("train", "val", "test"):
+        part = subj[subj["split"] == name]
+        share = part.groupby(["label", "sex"]).size() / len(part)
+        # each stratum's share within a split is within rounding of its overall share
+        np.testing.assert_allclose(share.reindex(overall.index), overall, atol=4.0 / len(part))
+
+
+def test_unstratified_split_is_looser_than_stratified() -> None:
+    """Stratification must actually help: label balance of small val sets over many seeds."""
+    cohort = Cohort.from_manifest(simulated_table(150, seed=5), check_files=False)
+    subj = cohort.df.drop_duplicates("subject_id")
+    p = subj["label"].mean()
+    err_strat, err_plain = [], []
+    for seed in range(20):
+        for stratify, errs in (((("label",)), err_strat), ((), err_plain)):
+            val = cohort.split(seed=seed, stratify=stratify).df.drop_duplicates("subject_id")
+            val = val[val["split"] == "val"]
+            errs.append(abs(val["label"].mean() - p))
+    assert max(err_strat) < 0.05
+    assert np.mean(err_strat) < np.mean(err_plain)
+
+
+def test_split_majority_value_for_mixed_subjects() -> None:
+    df = simulated_table(40, seed=2)
+    # a subject whose images disagree is stratified on its majority label
+    first = df["subject_id"].iloc[0]
+    n_img = int((df["subject_id"] == first).sum())
+    out = Cohort.from_manifest(df, check_files=False).split(
+        seed=0, fractions={"train": 0.5, "test": 0.5}
+    )
+    assert set(out.df["split"]) == {"train", "test"}
+    assert n_img >= 1
+
+
+def test_split_argument_errors() -> None:
+    cohort = Cohort.from_manifest(simulated_table(30), check_files=False)
+    with pytest.raises(MedgenValueError, match=r"fractions must sum to 1, not 1\.2"):
+        cohort.split(seed=0, fractions={"train": 0.8, "val": 0.2, "test": 0.2})
+    with pytest.raises(MedgenValueError, match=r"unknown split name 'valid'.*Did you mean 'val'\?"):
+        cohort.split(seed=0, fractions={"train": 0.8, "valid": 0.2})
+    with pytest.raises(MedgenValueError, match=r"must be a number >= 0, not -0\.1"):
+        cohort.split(seed=0, fractions={"train": 1.1, "val": -0.1})
+    with pytest.raises(MedgenValueError, match=r"no column 'gender'"):
+        cohort.split(seed=0, stratify=("gender",))
+    with pytest.raises(MedgenValueError, match=r"seed must be an int"):
+        cohort.split(seed=0.5)  # type: ignore[arg-type]
+
+
+def test_concat_checks_unique_ids(cohort_dir: Path) -> None:
+    cohort = Cohort.from_manifest(cohort_dir / "manifest.csv")
+    real, synth = cohort.select(source="real"), cohort.select(source="synthetic")
+    both = Cohort.concat([real, synth])
+    assert sorted(both.image_ids) == sorted(cohort.image_ids)
+    with pytest.raises(ManifestError, match="must be unique"):
+        Cohort.concat([real, real])
+
+
+# ---------------------------------------------------------------------- CLI
+def test_cli_info_counts_and_errors(cohort_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medgen.cli import app
+
+    cohort = Cohort.from_manifest(cohort_dir / "manifest.csv").split(seed=0)
+    path = cohort.to_manifest(cohort_dir / "split.csv")
+    result = CliRunner().invoke(app, ["info", str(path), "--by", "sex", "--by", "site"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "24 images, 12 subjects" in out
+    assert "real=20, synthetic=4" in out
+    counts = cohort.df["split"].value_counts()
+    assert f"train={counts['train']}" in out
+    assert re.search(r"sex\s+site\s+split\s+label\s+n_images\s+n_subjects", out)
+    assert "(missing)" in out  # missing sex shown as its own group
+
+    bad = _manifest(cohort_dir).drop(columns=["source"])
+    bad_path = _write(bad, cohort_dir / "nosource.csv")
+    result = CliRunner().invoke(app, ["info", str(bad_path)])
+    assert result.exit_code == 2
+    assert "missing required column(s) ['source']" in result.output
+
+
+# ---------------------------------------------------------------------- datasets
+def _items(ds) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [ds[i] for i in range(len(ds))]
+
+
+def test_dataset_items_and_three_cache_modes_identical(cohort_dir: Path, tmp_path: Path) -> None:
+    import torch
+    from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
+    from monai.transforms import ScaleIntensityd
+
+    cohort = Cohort.from_manifest(cohort_dir / "manifest.csv").split(seed=0)
+    tf = ScaleIntensityd(keys="image")
+    plain = cohort.dataset(tf, split="train")
+    memory = cohort.dataset(tf, split="train", cache="memory")
+    disk = cohort.dataset(tf, split="train", cache="disk", cache_dir=tmp_path / "cache")
+    assert isinstance(plain, Dataset) and not isinstance(plain, CacheDataset)
+    assert isinstance(memory, CacheDataset) and isinstance(disk, PersistentDataset)
+    n_train = int((cohort.df["split"] == "train").sum())
+    assert len(plain) == len(memory) == len(disk) == n_train
+
+    first = plain[0]
+    assert set(first) == {
+        "image",
+        "image_id",
+        "subject_id",
+        "label",
+        "sex",
+        "age",
+        "site",
+        "scanner_field",
+    }
+    img = first["image"]
+    assert isinstance(img, MetaTensor) and img.dtype == torch.float32
+    assert tuple(img.shape) == (1, 16, 16, 8)
+    assert float(img.min()) == 0.0 and float(img.max()) == 1.0  # ScaleIntensityd ran
+    np.testing.assert_allclose(img.affine.numpy()[:3, :3], np.diag([2.0, 2.0, 2.0]))
+    row = cohort.df.set_index("image_id").loc[first["image_id"]]
+    raw = nib.load(row["image_path"]).get_fdata()
+    np.testing.assert_allclose(
+        img[0].numpy(), (raw - raw.min()) / (raw.max() - raw.min()), atol=1e-6
+    )
+    assert first["label"] == row["label"] and first["site"] == row["site"]
+
+    for a, b, c in zip(_items(plain), _items(memory), _items(disk), strict=True):
+        assert a["image_id"] == b["image_id"] == c["image_id"]
+        torch.testing.assert_close(a["image"].as_tensor(), b["image"].as_tensor(), rtol=0, atol=0)
+        torch.testing.assert_close(a["image"].as_tensor(), c["image"].as_tensor(), rtol=0, atol=0)
+        assert isinstance(c["image"], MetaTensor)
+        np.testing.assert_array_equal(a["image"].affine, c["image"].affine)
+        assert {k: v for k, v in a.items() if k != "image"} == {
+            k: v for k, v in c.items() if k != "image"
+        }
+    # cache files load with weights_only=True: a warm read must not warn about corrupt files
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warm = _items(disk)
+    assert [w["image_id"] for w in warm] == [a["image_id"] for a in _items(plain)]
+    # a second disk epoch reads the cache (same files, no new entries) and still agrees
+    n_files = len(list((tmp_path / "cache").glob("*.pt")))
+    assert n_files == n_train
+    again = _items(cohort.dataset(tf, split="train", cache="disk", cache_dir=tmp_path / "cache"))
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == n_train
+    for a, c in zip(_items(plain), again, strict=True):
+        torch.testing.assert_close(a["image"].as_tensor(), c["image"].as_tensor(), rtol=0, atol=0)
+
+
+def test_dataset_batches_collate_with_missing_attributes(cohort_dir: Path) -> None:
+    from monai.data import DataLoader
+
+    cohort = Cohort.from_manifest(cohort_dir / "manifest.csv")
+    batch = next(iter(DataLoader(cohort.dataset(), batch_size=6, num_workers=0)))
+    assert tuple(batch["image"].shape) == (6, 1, 16, 16, 8)
+    assert batch["sex"] == ["F", "F", "M", "M", "", ""]  # missing sex collates as ""
+    assert batch["label"].tolist() == [0, 0, 1, 1, 0, 0]
+
+
+def test_disk_cache_invalidated_when_file_or_transform_changes(
+    cohort_dir: Path, tmp_path: Path, mni: np.ndarray
+) -> None:
+    import torch
+    from monai.transforms import ScaleIntensityd, ShiftIntensityd
+
+    cohort = Cohort.from_manifest(cohort_dir / "manifest.csv").select(subject_id="sub-00")
+    cache = tmp_path / "cache"
+    ds = cohort.dataset(cache="disk", cache_dir=cache)
+    before = ds[0]["image"].clone()
+    assert len(list(cache.glob("*.pt"))) == 1
+
+    # overwrite the image in place with different anatomy (new content, size and mtime)
+    path = cohort.paths[0]
+    _write_nifti(path, mni[40:56, 40:56, 40:48].copy() * 3.0)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    after = cohort.dataset(cache="disk", cache_dir=cache)[0]["image"]
+    np.testing.assert_allclose(after[0].numpy(), nib.load(path).get_fdata(), rtol=1e-6)
+    assert not torch.equal(before, after)
+    assert len(list(cache.glob("*.pt"))) == 2  # stale entry not reused
+
+    # a different deterministic transform gets its own entries, not the cached raw image
+    shifted = cohort.dataset(
+        ShiftIntensityd(keys="image", offset=5.0), cache="disk", cache_dir=cache
+    )
+    torch.testing.assert_close(shifted[0]["image"].as_tensor(), after.as_tensor() + 5.0)
+    scaled = cohort.dataset(ScaleIntensityd(keys="image", maxv=2.0), cache="disk", cache_dir=cache)
+    assert float(scaled[0]["image"].max()) == pytest.approx(2.0)
+    assert len(list(cache.glob("*.pt"))) == 4
+
+
+def test_dataset_spatial_dims_2_squeezes_single_dicom_slice(tmp_path: Path) -> None:
+    from monai.data import MetaTensor
+    from pydicom.data import get_testdata_file
+
+    ct = Path(get_testdata_file("CT_small.dcm"))
+    mr = Path(get_testdata_file("MR_small.dcm"))
+    df = pd.DataFrame(
+        {
+            "image_id": ["ct", "mr"],
+            "image_path": [str(ct), str(mr)],
+            "subject_id": ["p1", "p2"],
+            "split": ["train", "test"],
+            "source": ["real", "real"],
+            "label": [1, 0],
+        }
+    )
+    cohort = Cohort.from_manifest(df)
+    vol = cohort.dataset()[0]["image"]
+    assert tuple(vol.shape) == (1, 128, 128, 1)
+    flat = cohort.dataset(spatial_dims=2)
+    img = flat[0]["image"]
+    assert isinstance(img, MetaTensor)
+    assert tuple(img.shape) == (1, 128, 128)
+    assert tuple(img.affine.shape) == (3, 3)
+    np.testing.assert_array_equal(img.numpy(), vol[..., 0].numpy())
+    assert tuple(flat[1]["image"].shape) == (1, 64, 64)
+
+
+def test_dataset_spatial_dims_2_rejects_volumes_and_bad_options(cohort_dir: Path) -> None:
+    from medgen.errors import ImageReadError
+
+    cohort = Cohort.from_manifest(cohort_dir / "manifest.csv")
+    with pytest.raises(ImageReadError, match=r"has shape \(1, 16, 16, 8\), not a single slice"):
+        cohort.dataset(spatial_dims=2)[0]
+    with pytest.raises(MedgenValueError, match=r"cache='disk'\) needs cache_dir"):
+        cohort.dataset(cache="disk")
+    with pytest.raises(MedgenValueError, match=r"dataset\(cache='ram'\)"):
+        cohort.dataset(cache="ram")  # type: ignore[arg-type]
+    with pytest.raises(MedgenValueError, match=r"key 'mask' reads column 'mask_path'"):
+        cohort.dataset(keys=("image", "mask"))
+    with pytest.raises(MedgenValueError, match=r"spatial_dims=4"):
+        cohort.dataset(spatial_dims=4)
+
+
+def test_dataset_loads_masks(cohort_dir: Path, mni: np.ndarray) -> None:
+    df = _manifest(cohort_dir).head(4)
+    masks = []
+    for i, rel in enumerate(df["image_path"]):
+        m = (nib.load(cohort_dir / rel).get_fdata() > 5000).astype(np.float32)
+        mp = f"masks/{i}.nii.gz"
+        _write_nifti(cohort_dir / mp, m)
+        masks.append(mp)
+    df["mask_path"] = masks
+    cohort = Cohort.from_manifest(df, root=cohort_dir)
+    assert "mask_path" not in cohort.attributes
+    item = cohort.dataset(keys=("image", "mask"))[2]
+    np.testing.assert_array_equal(item["mask"][0].numpy(), (item["image"][0].numpy() > 5000))
