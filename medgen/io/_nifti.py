@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +21,11 @@ logger = logging.getLogger(__name__)
 #: written into the NIfTI ``descrip`` field of synthetic images
 SYNTHETIC_MARK = "medgen:synthetic"
 
+_gzip_impl: types.ModuleType
 try:  # isal's igzip decompresses 1-2x faster than zlib and reads the same files
     from isal import igzip as _gzip_impl
 except ImportError:  # pragma: no cover - isal is a declared dependency
-    _gzip_impl = gzip  # type: ignore[assignment]
+    _gzip_impl = gzip
 
 
 def _read_bytes(path: Path) -> bytes:
