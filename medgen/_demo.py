@@ -65,7 +65,8 @@ class DemoResult:
         report: the :class:`medgen.audit.AuditReport`.
         classifier: the trained classifier (also saved under ``out_dir / "model"``).
         injected: attributes the simulator biased (ground truth from ``simulation.json``).
-        flagged: attribute → whether the audit flagged any disparity for it.
+        flagged: attribute → whether the audit flagged a disparity for it (ratio to the reference
+            group outside the tolerance band *and* significant after adjustment).
         timings: seconds per stage.
     """
 
@@ -80,25 +81,29 @@ class DemoResult:
 
 
 def _categorical_attributes(
-    df: pd.DataFrame, candidates: list[str], max_groups: int = 12
+    df: pd.DataFrame, candidates: list[str], *, exclude: set[str], max_groups: int = 12
 ) -> list[str]:
+    """Attributes to audit: non-numeric columns with 2..max_groups values, minus ground truth."""
+    import pandas as pd
+
     out = []
     for c in candidates:
-        if c not in df.columns or c in ("age", "severity", "label"):
+        if c not in df.columns or c in exclude or pd.api.types.is_numeric_dtype(df[c]):
             continue
-        k = df[c].nunique(dropna=False)
-        if 2 <= k <= max_groups:
+        if 2 <= df[c].nunique(dropna=False) <= max_groups:
             out.append(c)
     return out
 
 
-def _injected_attributes(sim_dir: Path) -> list[str]:
+def _ground_truth(sim_dir: Path) -> tuple[list[str], set[str]]:
+    """(attributes the simulator biased, ground-truth columns not to audit by)."""
     side = sim_dir / "simulation.json"
     if not side.is_file():
-        return []
-    meta = json.loads(side.read_text())
-    biases = meta.get("config", {}).get("biases", [])
-    return sorted({str(b["attribute"]) for b in biases if float(b.get("strength", 0)) > 0})
+        return [], set()
+    truth = json.loads(side.read_text()).get("ground_truth", {})
+    biases = truth.get("biases", [])
+    injected = sorted({str(b["attribute"]) for b in biases if float(b.get("strength", 0)) > 0})
+    return injected, set(truth.get("columns", {}))
 
 
 def run_demo(
@@ -180,7 +185,8 @@ def run_demo(
     timings["predict"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    sensitive = _categorical_attributes(preds, list(cohort.attributes))
+    injected, truth_columns = _ground_truth(out / "cohort")
+    sensitive = _categorical_attributes(preds, list(cohort.attributes), exclude=truth_columns)
     log.info("[4/4] auditing by %s", ", ".join(sensitive))
     report = audit(
         preds,
@@ -200,8 +206,11 @@ def run_demo(
     timings["audit"] = time.perf_counter() - t
 
     disp = report.disparities.reset_index()
-    flagged = {a: bool(disp.loc[disp["attribute"] == a, "flagged"].any()) for a in sensitive}
-    injected = _injected_attributes(out / "cohort")
+    # an attribute is flagged when one of its disparities is both outside the tolerance band and
+    # significant after multiplicity adjustment (the report's red rows)
+    both = disp["flagged"].astype(bool) & disp["significant"].astype(bool)
+    flagged = {a: bool(both[disp["attribute"] == a].any()) for a in sensitive}
+    ratio_only = {a: bool(disp.loc[disp["attribute"] == a, "flagged"].any()) for a in sensitive}
     summary = {
         "preset": preset,
         "seed": seed,
@@ -209,6 +218,7 @@ def run_demo(
         "sensitive": sensitive,
         "injected_bias_attributes": injected,
         "flagged_attributes": [a for a, f in flagged.items() if f],
+        "ratio_outside_tolerance": [a for a, f in ratio_only.items() if f],
         "test_auc": float(_auc(preds)),
         "classifier_metrics": clf.metrics,
         "timings_s": timings,
