@@ -24,6 +24,7 @@ _COMMANDS: list[str] = [
     "medgen.classify._cli",
     "medgen._cli_demo",
     "medgen.simulate._cli",
+    "medgen.io._cli",
 ]
 
 
