@@ -1,0 +1,93 @@
+"""``medgen scan DIR -o manifest.csv``: a thin shell over :func:`medgen.io.scan`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``scan`` command to ``app``."""
+    app.command("scan")(scan_command)
+
+
+def _errors_path(out: Path) -> Path:
+    name = out.name
+    for suf in (".parquet", ".csv"):
+        if name.lower().endswith(suf):
+            return out.with_name(name[: -len(suf)] + ".errors" + suf)
+    return out.with_name(name + ".errors.csv")
+
+
+def scan_command(
+    directory: Annotated[Path, typer.Argument(help="Folder of DICOM and NIfTI files to scan.")],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Manifest to write (.csv, or .parquet)."),
+    ] = Path("manifest.csv"),
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
+    ] = False,
+) -> None:
+    """Scan DIRECTORY (headers only) into a manifest of images plus an errors table beside it.
+
+    Image paths in the manifest are written relative to the manifest's folder, so
+    ``medgen info`` and ``Cohort.from_manifest`` find the files.
+    """
+    import pandas as pd
+
+    from medgen.errors import MedgenError
+    from medgen.io import scan
+
+    if not output.name.lower().endswith((".csv", ".parquet")):
+        typer.echo(f"Error: --output {output} must end .csv or .parquet.", err=True)
+        raise typer.Exit(code=2)
+    try:
+        manifest, errors = scan(directory, progress=progress)
+    except MedgenError as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(code=2) from err
+    root = directory.expanduser().resolve()
+    out_dir = output.expanduser().resolve().parent
+    if out_dir != root and not manifest.empty:
+        manifest["image_path"] = [
+            Path(os.path.relpath(root / p, out_dir)).as_posix() for p in manifest["image_path"]
+        ]
+    if out_dir != root and not errors.empty:
+        errors["path"] = [
+            Path(os.path.relpath(root / p, out_dir)).as_posix() for p in errors["path"]
+        ]
+    err_path = _errors_path(output)
+    _write(manifest, output)
+    _write(errors, err_path)
+    n_dicom = int((manifest["format"] == "dicom").sum()) if not manifest.empty else 0
+    typer.echo(
+        f"Scanned {directory}: {len(manifest)} images ({n_dicom} DICOM, {len(manifest) - n_dicom} NIfTI), "
+        f"{manifest['subject_id'].nunique() if not manifest.empty else 0} subjects, "
+        f"{len(errors)} unreadable."
+    )
+    if not manifest.empty:
+        counts = manifest["modality"].fillna("(none)").value_counts()
+        typer.echo("by modality: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    typer.echo(f"Wrote {output} and {err_path}.")
+    if len(errors):
+        with pd.option_context("display.max_colwidth", 100, "display.width", 160):
+            typer.echo(errors.head(5).to_string(index=False))
+
+
+def _write(df: pd.DataFrame, path: Path) -> None:
+    from medgen.io._common import atomic_path
+
+    path = path.expanduser()
+    suffix = ".parquet" if path.name.lower().endswith(".parquet") else ".csv"
+    with atomic_path(path, suffix=suffix) as tmp:
+        if suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False)
