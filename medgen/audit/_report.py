@@ -1,0 +1,456 @@
+"""``AuditReport``: the audit's tables and their renderings (HTML, CSV, Markdown)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from medgen.audit._audit import RowData
+from medgen.audit._metrics import METRICS, ece_bins
+from medgen.errors import MedgenValueError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["AuditReport"]
+
+#: Metrics drawn as bar charts with CI whiskers.
+PLOT_METRICS = ("auc", "tpr", "fpr", "ppv", "selection_rate", "ece")
+#: At most this many groups get their own ROC / calibration curve (the largest ones).
+MAX_CURVES = 12
+
+
+# ---------------------------------------------------------------- writing helpers
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    if not path.parent.exists():
+        raise MedgenValueError(
+            f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist; create it first"
+        )
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """Format a table cell: floats with ``digits`` decimals, NaN as an em dash."""
+    if x is None:
+        return "—"
+    if isinstance(x, bool | np.bool_):
+        return "yes" if x else ""
+    if isinstance(x, int | np.integer):
+        return str(int(x))
+    if isinstance(x, float | np.floating):
+        xf = float(x)
+        return "—" if math.isnan(xf) else f"{xf:.{digits}f}"
+    return str(x)
+
+
+def fmt_ci(v: float, lo: float, hi: float) -> str:
+    """``0.812 [0.790, 0.831]``; without brackets when the CI is missing."""
+    if math.isnan(lo) and math.isnan(hi):
+        return fmt(v)
+    return f"{fmt(v)} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def html_table(header: Sequence[str], rows: Iterable[tuple[Sequence[str], str]]) -> str:
+    """An HTML table; the first column is left-aligned; each row carries a CSS class."""
+    out = ["<table><thead><tr>"]
+    out += [
+        f'<th class="{"name" if i == 0 else ""}">{html.escape(h)}</th>'
+        for i, h in enumerate(header)
+    ]
+    out.append("</tr></thead><tbody>")
+    for cells, cls in rows:
+        out.append(f'<tr class="{cls}">')
+        out += [
+            f'<td class="{"name" if i == 0 else ""}">{html.escape(c)}</td>'
+            for i, c in enumerate(cells)
+        ]
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub-flavoured Markdown table of ``frame`` (index included)."""
+    df = frame.reset_index()
+    header = "| " + " | ".join(str(c) for c in df.columns) + " |"
+    sep = "| " + " | ".join("---" for _ in df.columns) + " |"
+    lines = [header, sep]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(fmt(v, digits).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(lines)
+
+
+def figure_png(fig: Figure) -> str:
+    """Render a matplotlib figure to a base64 PNG (Agg, no pyplot state)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def render_html(
+    *,
+    title: str,
+    subtitle: str,
+    warnings: Sequence[str],
+    sections: Sequence[dict[str, Any]],
+    provenance: dict[str, Any],
+) -> str:
+    """Fill the self-contained report template."""
+    import jinja2
+
+    text = resources.files("medgen.audit").joinpath("templates/report.html.j2").read_text("utf-8")
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    return env.from_string(text).render(
+        title=title,
+        subtitle=subtitle,
+        warnings=warnings,
+        sections=sections,
+        provenance={
+            k: json.dumps(v, default=str) if not isinstance(v, str) else v
+            for k, v in provenance.items()
+        },
+    )
+
+
+# ---------------------------------------------------------------- curves
+def roc_points(
+    y: NDArray[np.int8], s: NDArray[np.float64], max_points: int = 300
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """ROC curve ``(fpr, tpr)`` at every distinct threshold, thinned to ``max_points``."""
+    uniq, inv = np.unique(s, return_inverse=True)
+    pos = np.bincount(inv, weights=y.astype(np.float64), minlength=uniq.shape[0])[::-1]
+    cnt = np.bincount(inv, minlength=uniq.shape[0]).astype(np.float64)[::-1]
+    tp = np.concatenate([[0.0], np.cumsum(pos)])
+    fp = np.concatenate([[0.0], np.cumsum(cnt - pos)])
+    tpr = tp / max(tp[-1], 1.0)
+    fpr = fp / max(fp[-1], 1.0)
+    if tpr.shape[0] > max_points:
+        keep = np.unique(np.linspace(0, tpr.shape[0] - 1, max_points).astype(int))
+        tpr, fpr = tpr[keep], fpr[keep]
+    return fpr, tpr
+
+
+def _attribute_figures(
+    name: str, table: pd.DataFrame, rows: RowData | None
+) -> list[dict[str, str]]:
+    from matplotlib.figure import Figure
+
+    labels = [str(g) for g in table.index.get_level_values("group")]
+    images = []
+    height = max(2.2, 0.28 * len(labels) + 1.0)
+    fig = Figure(figsize=(12, height * 2), layout="constrained")
+    axes = fig.subplots(2, 3)
+    ypos = np.arange(len(labels))
+    for ax, m in zip(axes.ravel(), PLOT_METRICS, strict=True):
+        v = table[m].to_numpy(dtype=np.float64)
+        lo = table[f"{m}_low"].to_numpy(dtype=np.float64)
+        hi = table[f"{m}_high"].to_numpy(dtype=np.float64)
+        err = np.clip(np.vstack([np.nan_to_num(v - lo), np.nan_to_num(hi - v)]), 0.0, None)
+        ax.barh(ypos, np.nan_to_num(v), xerr=err, color="#4c78a8", ecolor="#333", capsize=2)
+        ax.set_yticks(ypos, labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(m, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(f"{name}: metrics by group (bars: estimate, whiskers: bootstrap CI)", fontsize=10)
+    images.append({"alt": f"{name} metrics by group", "data": figure_png(fig)})
+
+    if rows is None:
+        return images
+    grouping = next((g for g in rows.groupings if g.name == name), None)
+    if grouping is None:
+        return images
+    order = np.argsort(-np.bincount(grouping.codes, minlength=len(grouping.labels)))[:MAX_CURVES]
+    fig = Figure(figsize=(10, 4.5), layout="constrained")
+    ax_roc, ax_cal = fig.subplots(1, 2)
+    for g in order:
+        sel = grouping.codes == g
+        y, s = rows.y[sel], rows.score[sel]
+        label = grouping.labels[g]
+        if 0 < y.sum() < y.shape[0]:
+            fpr, tpr = roc_points(y, s)
+            ax_roc.plot(fpr, tpr, lw=1.2, label=label)
+        b = ece_bins(s)
+        cnt = np.bincount(b, minlength=10)
+        ok = cnt > 0
+        mean_s = np.bincount(b, weights=s, minlength=10)[ok] / cnt[ok]
+        mean_y = np.bincount(b, weights=y.astype(np.float64), minlength=10)[ok] / cnt[ok]
+        ax_cal.plot(mean_s, mean_y, marker="o", ms=3, lw=1.2, label=label)
+    for ax in (ax_roc, ax_cal):
+        ax.plot([0, 1], [0, 1], ls="--", color="#999", lw=0.8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.tick_params(labelsize=7)
+    ax_roc.set_xlabel("false positive rate", fontsize=8)
+    ax_roc.set_ylabel("true positive rate", fontsize=8)
+    ax_roc.set_title("ROC by group", fontsize=9)
+    ax_cal.set_xlabel("mean predicted probability (10 bins)", fontsize=8)
+    ax_cal.set_ylabel("observed frequency", fontsize=8)
+    ax_cal.set_title("calibration by group", fontsize=9)
+    ax_cal.legend(fontsize=7, loc="upper left")
+    images.append({"alt": f"{name} ROC and calibration curves", "data": figure_png(fig)})
+    return images
+
+
+# ---------------------------------------------------------------- the report
+@dataclass
+class AuditReport:
+    """The result of :func:`medgen.audit.audit`.
+
+    Attributes:
+        by_group: one row per ``(attribute, group)``: ``n``, ``n_pos``, every metric of
+            :data:`~medgen.audit.METRICS`, ``<metric>_low`` / ``<metric>_high`` (bootstrap
+            percentile CI) and ``small_group``.
+        overall: the same columns for everyone (index ``("overall", "all")``).
+        disparities: one row per ``(attribute, group, metric)`` with the reference group,
+            ``difference`` (group - reference) with its CI, ``ratio``, ``p_value``,
+            ``p_adjusted``, ``flagged`` (ratio outside the tolerance band) and ``significant``
+            (``p_adjusted < 1 - ci``).
+        summary: one row per attribute: group count, smallest group, worst-group AUC and the
+            gaps (max - min over groups) with CIs, including fairlearn's
+            ``equalized_odds_difference`` and ``demographic_parity_difference``.
+        thresholds: the resolved decision threshold(s).
+        provenance: rows, columns, threshold, seed, versions, data hash, time.
+        warnings: the ``MetricWarning`` messages raised during the audit.
+    """
+
+    by_group: pd.DataFrame
+    overall: pd.DataFrame
+    disparities: pd.DataFrame
+    summary: pd.DataFrame
+    thresholds: dict[str, float]
+    provenance: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    rows: RowData | None = field(default=None, repr=False)
+
+    # ------------------------------------------------------------ accessors
+    @property
+    def attributes(self) -> list[str]:
+        """Audited attributes in order (sensitive columns, then intersections)."""
+        return list(dict.fromkeys(self.by_group.index.get_level_values("attribute")))
+
+    def group_table(self, attribute: str) -> pd.DataFrame:
+        """``by_group`` rows of one attribute, indexed by group."""
+        if attribute not in self.attributes:
+            raise MedgenValueError(
+                f"attribute {attribute!r} was not audited; audited attributes: {self.attributes}"
+            )
+        return cast(pd.DataFrame, self.by_group.xs(attribute, level="attribute"))
+
+    # ------------------------------------------------------------ renderings
+    def _summary_section(self) -> dict[str, Any]:
+        header = [
+            "attribute",
+            "groups",
+            "smallest group (n)",
+            "worst-group AUC",
+            "AUC gap",
+            "equalized odds diff.",
+            "demographic parity diff.",
+            "ECE gap",
+            "FNR gap",
+        ]
+        rows = []
+        for attr, r in self.summary.iterrows():
+            rows.append(
+                (
+                    [
+                        str(attr),
+                        fmt(r["n_groups"]),
+                        f"{r['smallest_group']} ({fmt(r['smallest_group_n'])})",
+                        f"{fmt(r['worst_group_auc'])} ({r['worst_group']})",
+                        *[
+                            fmt_ci(r[k], r[f"{k}_low"], r[f"{k}_high"])
+                            for k in (
+                                "auc_gap",
+                                "equalized_odds_difference",
+                                "demographic_parity_difference",
+                                "ece_gap",
+                                "fnr_gap",
+                            )
+                        ],
+                    ],
+                    "",
+                )
+            )
+        ov = self.overall.iloc[0]
+        note = (
+            f"Everyone: n={fmt(ov['n'])}, AUC {fmt_ci(ov['auc'], ov['auc_low'], ov['auc_high'])}, "
+            f"accuracy {fmt_ci(ov['accuracy'], ov['accuracy_low'], ov['accuracy_high'])}, "
+            f"threshold(s) {', '.join(f'{k}: {v:.4g}' for k, v in self.thresholds.items())}. "
+            "Gaps are max - min over groups with bootstrap percentile CIs."
+        )
+        return {"title": "Summary", "note": note, "table": html_table(header, rows), "images": []}
+
+    def _group_section(self, attribute: str, *, images: bool) -> dict[str, Any]:
+        table = self.group_table(attribute)
+        header = ["group", "n", "n_pos", *METRICS]
+        rows = []
+        for group, r in table.iterrows():
+            cells = [str(group), fmt(r["n"]), fmt(r["n_pos"])]
+            cells += [fmt_ci(r[m], r[f"{m}_low"], r[f"{m}_high"]) for m in METRICS]
+            rows.append((cells, "small" if bool(r["small_group"]) else ""))
+        section: dict[str, Any] = {
+            "title": f"By {attribute}",
+            "note": "estimate [95% bootstrap CI]; grey italic rows are below min_group_size."
+            if self.provenance.get("ci") == 0.95
+            else "estimate [bootstrap CI]; grey italic rows are below min_group_size.",
+            "table": html_table(header, rows),
+            "images": _attribute_figures(attribute, table, self.rows) if images else [],
+        }
+        return section
+
+    def _disparity_section(self) -> dict[str, Any]:
+        d = self.disparities
+        header = [
+            "attribute",
+            "group",
+            "metric",
+            "reference",
+            "value",
+            "ref. value",
+            "difference [CI]",
+            "ratio",
+            "p",
+            "p adjusted",
+        ]
+        rows = []
+        for key, r in d.iterrows():
+            attr, group, metric = cast(tuple[str, str, str], key)
+            cls = (
+                "significant"
+                if r["significant"] and r["flagged"]
+                else ("flagged" if r["flagged"] or r["significant"] else "")
+            )
+            rows.append(
+                (
+                    [
+                        str(attr),
+                        str(group),
+                        str(metric),
+                        str(r["reference_group"]),
+                        fmt(r["value"]),
+                        fmt(r["reference_value"]),
+                        fmt_ci(r["difference"], r["difference_low"], r["difference_high"]),
+                        fmt(r["ratio"]),
+                        fmt(r["p_value"], 4),
+                        fmt(r["p_adjusted"], 4),
+                    ],
+                    cls,
+                )
+            )
+        lo, hi = self.provenance.get("tolerance", (0.8, 1.25))
+        note = (
+            f"Difference and ratio to the reference group (largest group unless chosen). Orange: "
+            f"ratio outside [{lo}, {hi}] or adjusted p < {1 - self.provenance.get('ci', 0.95):.2g};"
+            f" red bold: both. p-values: two-sided bootstrap test, adjusted with "
+            f"{self.provenance.get('p_adjust', 'holm')} over the whole table."
+        )
+        return {
+            "title": "Disparities",
+            "note": note,
+            "table": html_table(header, rows),
+            "images": [],
+        }
+
+    def to_html(self, path: str | os.PathLike[str] | None = None, *, images: bool = True) -> str:
+        """Render the report as one self-contained HTML page (inline PNGs, no network).
+
+        Args:
+            path: where to write it (atomically); ``None`` only returns the text.
+            images: include bar charts, ROC and calibration curves (matplotlib, Agg).
+
+        Returns:
+            The HTML text.
+        """
+        sections = [self._summary_section()]
+        sections += [self._group_section(a, images=images) for a in self.attributes]
+        sections.append(self._disparity_section())
+        p = self.provenance
+        text = render_html(
+            title="medgen fairness audit",
+            subtitle=(
+                f"{p.get('rows')} rows, label {p.get('y_true')!r}, score {p.get('y_score')!r}, "
+                f"sensitive {p.get('sensitive')}, {p.get('n_boot')} bootstrap resamples, "
+                f"seed {p.get('seed')}"
+            ),
+            warnings=self.warnings,
+            sections=sections,
+            provenance=p,
+        )
+        if path is not None:
+            atomic_write_text(Path(path), text)
+        return text
+
+    def to_csv(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """Write ``by_group.csv``, ``overall.csv``, ``disparities.csv``, ``summary.csv`` and
+        ``provenance.json`` into ``directory`` (created if needed; each file written atomically).
+        """
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, frame in [
+            ("by_group", self.by_group),
+            ("overall", self.overall),
+            ("disparities", self.disparities),
+            ("summary", self.summary),
+        ]:
+            written.append(atomic_write_text(out / f"{name}.csv", frame.to_csv()))
+        prov = dict(self.provenance, warnings=self.warnings)
+        written.append(
+            atomic_write_text(out / "provenance.json", json.dumps(prov, indent=2, default=str))
+        )
+        return written
+
+    def to_markdown(self, *, digits: int = 3) -> str:
+        """Summary, per-group point estimates and flagged disparities as Markdown."""
+        parts = [
+            "# medgen fairness audit",
+            "",
+            "## Summary",
+            "",
+            markdown_table(self.summary, digits),
+        ]
+        parts += [
+            "",
+            "## By group",
+            "",
+            markdown_table(self.by_group[["n", "n_pos", *METRICS]], digits),
+        ]
+        flagged = self.disparities[self.disparities["flagged"] | self.disparities["significant"]]
+        parts += ["", "## Flagged disparities", ""]
+        parts.append(markdown_table(flagged, digits) if len(flagged) else "None.")
+        if self.warnings:
+            parts += ["", "## Warnings", ""] + [f"- {w}" for w in self.warnings]
+        return "\n".join(parts) + "\n"
+
+    def _repr_html_(self) -> str:
+        sections = [self._summary_section()]
+        sections += [self._group_section(a, images=False) for a in self.attributes]
+        return "".join(f"<h4>{html.escape(s['title'])}</h4>{s['table']}" for s in sections)
