@@ -1,0 +1,33 @@
+"""`medgen demo` end to end on the tiny preset (simulate, train, predict, audit, report)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from medgen.cli import app
+
+
+def test_demo_runs_end_to_end_on_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    r = CliRunner().invoke(app, ["demo", "-o", str(out), "--preset", "tiny", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "report:" in r.output
+    html = (out / "report.html").read_text()
+    assert "<html" in html.lower() and "sex" in html and "handedness" in html
+    preds = pd.read_csv(out / "predictions.csv")
+    manifest = pd.read_csv(out / "cohort" / "manifest.csv")
+    assert len(preds) == int((manifest["split"] == "test").sum())
+    assert {"y_true", "y_score", "y_pred", "sex", "site"} <= set(preds.columns)
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["injected_bias_attributes"] == ["sex"]
+    # every categorical attribute is audited; simulator ground truth (presentation, marker...) is not
+    assert {"sex", "age_group", "site", "handedness"} <= set(summary["sensitive"])
+    assert not {"presentation", "marker", "label_true"} & set(summary["sensitive"])
+    by_group = pd.read_csv(out / "audit_by_group.csv")
+    assert set(by_group["attribute"]) == set(summary["sensitive"])
+    assert (out / "model" / "model.safetensors").is_file()
+    assert summary["timings_s"]["train"] > 0
