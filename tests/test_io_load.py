@@ -142,3 +142,59 @@ def test_empty_and_random_files(tmp_path: Path) -> None:
     nii.write_bytes(b"")
     with pytest.raises(ImageReadError, match=r"empty\.nii\.gz: the file is empty"):
         load(nii)
+
+
+def test_2d_nifti_loads_channel_first_with_4x4_affine(tmp_path: Path) -> None:
+    arr = np.arange(12, dtype=np.int16).reshape(3, 4)
+    aff = np.diag([0.5, 0.25, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(arr, aff), tmp_path / "flat.nii.gz")
+    img = load(tmp_path / "flat.nii.gz")
+    assert tuple(img.shape) == (1, 3, 4) and tuple(img.affine.shape) == (4, 4)
+    np.testing.assert_array_equal(img[0].numpy(), arr)
+    assert img.meta["spacing"] == (0.5, 0.25)
+
+
+def test_scaled_nifti_applies_slope_and_intercept(tmp_path: Path) -> None:
+    arr = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    ni = nib.Nifti1Image(arr, np.eye(4))
+    ni.header.set_slope_inter(0.5, -3.0)
+    nib.save(ni, tmp_path / "s.nii")
+    np.testing.assert_allclose(load(tmp_path / "s.nii")[0].numpy(), arr * 0.5 - 3.0)
+
+
+def test_corrupt_gzip_nifti_names_file(tmp_path: Path) -> None:
+    good = (NIB_DATA / "example4d.nii.gz").read_bytes()
+    bad = tmp_path / "cut.nii.gz"
+    bad.write_bytes(good[: len(good) // 2])
+    with pytest.raises(
+        ImageReadError, match=r"cut\.nii\.gz: the gzip stream is corrupt or truncated"
+    ):
+        load(bad)
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import medgen.io._api
+    import medgen.io._scan
+
+    for mod in (medgen.io._api, medgen.io._scan):
+        result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0, mod.__name__
+
+
+def test_metatensor_works_with_monai_transforms() -> None:
+    from monai.transforms import Orientation, Spacing
+
+    img = load(get_testdata_file("CT_small.dcm"))
+    # DICOM voxels run towards L and P: MONAI reads that from the RAS affine ...
+    assert Orientation(axcodes="LPS")(img).affine.numpy() == pytest.approx(img.affine.numpy())
+    ras = Orientation(axcodes="RAS")(img)
+    # ... and reorienting to RAS flips x and y, keeping each voxel's world position
+    assert np.all(np.diag(ras.affine.numpy())[:3] > 0)
+    np.testing.assert_array_equal(ras[0, :, :, 0].numpy(), img[0, :, :, 0].numpy()[::-1, ::-1])
+    world = img.affine.numpy() @ [5, 9, 0, 1]
+    ijk = np.rint(np.linalg.solve(ras.affine.numpy(), world)).astype(int)
+    assert ras[0, ijk[0], ijk[1], ijk[2]] == img[0, 5, 9, 0]
+    resampled = Spacing(pixdim=(1.0, 1.0, 5.0))(img)
+    assert resampled.shape[1] == pytest.approx(128 * 0.661468, abs=1)

@@ -132,7 +132,7 @@ def _nifti_row(path: Path, rel: str) -> dict[str, Any]:
     if path.stat().st_size == 0:
         raise MedgenValueError("the file is empty (0 bytes)")
     try:
-        img = nib.load(path)
+        img: Any = nib.load(path)
         shape = tuple(int(s) for s in img.shape)
         affine = np.asarray(img.affine)
     except Exception as err:
