@@ -249,3 +249,44 @@ def test_corrupt_slice_in_series_is_an_error_not_a_silent_drop(tmp_path: Path) -
     (tmp_path / "s" / "broken.dcm").write_bytes(b"\x00" * 10)
     with pytest.raises(DicomError, match=r"broken\.dcm"):
         load(tmp_path / "s")
+
+
+def test_enhanced_multiframe_frames_sorted_by_per_frame_position(tmp_path: Path) -> None:
+    """Per-frame PlanePositionSequence decides the order, not the frame order in the file."""
+    from pydicom.pixels import pack_bits
+
+    ds = pydicom.dcmread(get_testdata_file("liver_1frame.dcm"))  # 1-bit SEG, 3 per-frame items
+    frames = np.zeros((3, 512, 512), np.uint8)
+    for f in range(3):
+        frames[f, 10 * f : 10 * f + 5, 20:40] = 1  # frame f marked by a bar at rows 10f..10f+4
+    ds.NumberOfFrames = 3
+    ds.PixelData = pack_bits(frames)
+    z = [-120.0, -126.0, -123.0]  # frame 0 on top, frames 1 and 2 below it, out of order
+    for f, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        item.PlanePositionSequence[0].ImagePositionPatient = [-235.2, -226.8, z[f]]
+    ds.save_as(tmp_path / "seg.dcm")
+    img = load(tmp_path / "seg.dcm")
+    assert tuple(img.shape) == (1, 512, 512, 3)
+    for k, f in enumerate(np.argsort(z)):
+        np.testing.assert_array_equal(img[0, :, :, k].numpy(), frames[f].T)
+    assert img.meta["spacing"][2] == pytest.approx(3.0)
+    np.testing.assert_allclose(img.affine.numpy()[:3, 3], [235.2, 226.8, -126.0])
+
+
+def test_palette_color_mapped_to_rgb() -> None:
+    from pydicom.pixels import apply_color_lut
+
+    path = get_testdata_file("examples_palette.dcm")
+    ds = pydicom.dcmread(path)
+    img = load(path)
+    assert tuple(img.shape) == (3, ds.Columns, ds.Rows, 1)
+    np.testing.assert_array_equal(
+        img[..., 0].numpy(), apply_color_lut(ds.pixel_array, ds).transpose(2, 1, 0)
+    )
+
+
+def test_undecodable_compressed_file_says_which_syntax_and_what_to_do() -> None:
+    with pytest.raises(
+        DicomError, match=r"(?s)JPEG-lossy\.dcm.*every installed decoder failed on JPEG Extended"
+    ):
+        load(get_testdata_file("JPEG-lossy.dcm"))

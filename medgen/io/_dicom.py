@@ -373,14 +373,24 @@ def _decode(ds: Dataset, path: Path) -> np.ndarray:
         return np.asarray(ds.pixel_array)
     except Exception as err:
         msg = str(err)
-        hint = (
-            "the pixel data is truncated: re-copy or re-export the file"
-            if "length" in msg.lower() or "truncat" in msg.lower() or "expected" in msg.lower()
-            else "install the decoder plugins (pip install pylibjpeg pylibjpeg-libjpeg "
-            "pylibjpeg-openjpeg pylibjpeg-rle) or re-export the file uncompressed"
-            if "handler" in msg.lower() or "plugin" in msg.lower() or "decod" in msg.lower()
-            else "the file is corrupt; re-copy or re-export it"
-        )
+        low = msg.lower()
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        syntax_name = getattr(syntax, "name", str(syntax))
+        if "length" in low or "truncat" in low or "number of bytes" in low:
+            hint = "the pixel data is truncated: re-copy or re-export the file"
+        elif "all available plugins" in low:
+            hint = (
+                f"every installed decoder failed on {syntax_name}: the pixel data may be corrupt, "
+                "or need another decoder (e.g. GDCM: pip install python-gdcm); or re-export the "
+                "file uncompressed"
+            )
+        elif "plugin" in low or "handler" in low or "dependencies" in low:
+            hint = (
+                f"no decoder for {syntax_name} is installed: pip install pylibjpeg "
+                "pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle, or re-export the file uncompressed"
+            )
+        else:
+            hint = "the file is corrupt; re-copy or re-export it"
         raise DicomError(
             f"Cannot decode the pixels of {path} ({type(err).__name__}: {msg}); {hint}."
         ) from err
@@ -392,6 +402,9 @@ def build_volume(frames: Sequence[Frame], where: str, source: str) -> MetaTensor
     first = frames[0].ds
     rows, cols = int(first.Rows), int(first.Columns)
     samples = int(first.get("SamplesPerPixel", 1) or 1)
+    palette = str(first.get("PhotometricInterpretation", "")) == "PALETTE COLOR"
+    if palette:
+        samples = 3  # indices are mapped through the palette to RGB
     for f in frames:
         if int(f.ds.Rows) != rows or int(f.ds.Columns) != cols:
             raise SeriesGeometryError(
@@ -408,7 +421,11 @@ def build_volume(frames: Sequence[Frame], where: str, source: str) -> MetaTensor
         px = cache.get(key)
         if px is None:
             px = _decode(f.ds, f.path)
-            if "ModalityLUTSequence" in f.ds and samples == 1:
+            if palette:
+                from pydicom.pixels import apply_color_lut
+
+                px = np.asarray(apply_color_lut(px, f.ds))
+            elif "ModalityLUTSequence" in f.ds and samples == 1:
                 from pydicom.pixels import apply_modality_lut
 
                 px = np.asarray(apply_modality_lut(px, f.ds), dtype=np.float32)
