@@ -289,3 +289,60 @@ def test_bias_naming_a_user_attribute_roundtrips() -> None:
     left_pos = t[(t["handedness"] == "L") & (t["label"] == 1)]
     assert (left_pos["marker"] == 1).all()
     assert gt[-1]["marker_rate_positives"] == 1.0
+
+
+# ------------------------------------------------------------------ DICOM and CLI
+def test_dicom_output_carries_attributes_and_scan_recovers_them(tmp_path: pathlib.Path) -> None:
+    import medgen.io
+
+    cfg = preset("tiny")
+    cfg.population.n_subjects = 6
+    manifest = simulate(cfg, tmp_path / "dcm", format="dicom", progress=False)
+    m = pd.read_csv(manifest)
+    row = m.iloc[0]
+    img = medgen.io.load(manifest.parent / row["image_path"])
+    assert tuple(img.shape) == (1, 32, 32, 1)
+    assert img.meta["PatientSex"] == row["sex"]
+    assert img.meta["PatientAge"] == f"{int(row['age']):03d}Y"
+    assert img.meta["InstitutionName"] == row["site"]
+    assert img.meta["Manufacturer"] == row["manufacturer"]
+    found, errors = medgen.io.scan(manifest.parent / "images")
+    assert errors.empty and len(found) == len(m)
+    by_sex = found.sort_values("image_path")["sex"].tolist()
+    assert by_sex == m.sort_values("image_path")["sex"].tolist()
+    assert set(found["site"]) == set(m["site"])
+
+
+def test_cli_simulate_tiny_and_bad_config(tmp_path: pathlib.Path) -> None:
+    from typer.testing import CliRunner
+
+    from medgen.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--preset",
+            "tiny",
+            "-o",
+            str(out),
+            "--seed",
+            "5",
+            "--n-subjects",
+            "6",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    side = json.loads((out / "simulation.json").read_text())
+    assert side["seed"] == 5 and side["n_subjects"] == 6
+    assert len(pd.read_csv(out / "manifest.csv")) == 6
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("population:\n  sex: {F: 0.5, M: 0.4}\n")
+    result = runner.invoke(app, ["simulate", "--config", str(bad), "-o", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "population.sex: proportions must sum to 1" in result.output
+    assert not (tmp_path / "x").exists()

@@ -158,12 +158,17 @@ def sample_anatomy(
     )
     q = (p - c) @ rot.T / params.scale + c
     # smooth warp: control grid spans the field of view (a cube) around the brain centre
+    # 2D stacks (n_z, X, Y) differ only by small z offsets: evaluate the smooth warp on the middle
+    # sub-slice and share it (the warp varies over centimetres, the offsets are millimetres)
     g = params.control_grid.shape[1]
-    gi = (p - (c - fov_mm / 2.0)) / fov_mm * (g - 1)
+    share = len(shape) == 3 and shape[0] <= 5
+    p_warp = points_mm[shape[0] // 2].reshape(-1, 3) if share else p
+    gi = (p_warp - (c - fov_mm / 2.0)) / fov_mm * (g - 1)
     for k in range(3):
-        q[:, k] += ndimage.map_coordinates(
+        u = ndimage.map_coordinates(
             params.control_grid[k], gi.T, order=3, mode="nearest", prefilter=True
         )
+        q[:, k] += np.tile(u, shape[0]) if share else u
     if params.ventricle_growth > 0:
         d = q - VENTRICLE_CENTER_MM
         r2 = np.sum(d * d, axis=1, keepdims=True)

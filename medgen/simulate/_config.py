@@ -46,6 +46,7 @@ BIAS_MECHANISMS: dict[str, str] = {
 
 _DISEASE_EFFECTS = ("lesions", "atrophy")
 _MODES = ("2d", "3d")
+_LESION_LOCATIONS = ("periventricular", "uniform")
 
 
 def _suggest(name: str, options: typing.Iterable[str]) -> str:
@@ -149,6 +150,9 @@ class DiseaseConfig:
     - ``lesion_count``: mean lesion count at severity 1 (count = 1 + Poisson(severity x count)).
     - ``lesion_radius_mm``: radius range at severity 0 and 1 (interpolated, then jittered +-25%).
     - ``lesion_contrast``: fraction of the way from tissue to lesion intensity at severity 1.
+    - ``lesion_location``: ``"periventricular"`` (centres drawn with weight
+      ``exp(-d / 25 mm)``, d = distance to the ventricles, as white-matter hyperintensities
+      cluster there) or ``"uniform"`` (anywhere in white matter).
     - ``atrophy_strength``: fraction of grey matter lost in the region at severity 1.
     """
 
@@ -159,6 +163,7 @@ class DiseaseConfig:
     lesion_count: float = 4.0
     lesion_radius_mm: tuple[float, float] = (3.0, 7.0)
     lesion_contrast: float = 0.8
+    lesion_location: str = "periventricular"
     atrophy_center_mm: tuple[float, float, float] = (0.0, -10.0, 15.0)
     atrophy_radius_mm: float = 25.0
     atrophy_strength: float = 0.6
@@ -372,6 +377,11 @@ class SimulationConfig:
         if rlo <= 0:
             raise ConfigError(f"disease.lesion_radius_mm {d.lesion_radius_mm} must be > 0.")
         _check_unit(d.lesion_contrast, "disease.lesion_contrast")
+        if d.lesion_location not in _LESION_LOCATIONS:
+            raise ConfigError(
+                f"disease.lesion_location must be one of {list(_LESION_LOCATIONS)}, not "
+                f"{d.lesion_location!r}." + _suggest(str(d.lesion_location), _LESION_LOCATIONS)
+            )
         _check_unit(d.atrophy_strength, "disease.atrophy_strength")
         _check_number(d.atrophy_radius_mm, "disease.atrophy_radius_mm", minimum=1e-3)
         if len(d.atrophy_center_mm) != 3:

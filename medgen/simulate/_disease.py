@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medgen.simulate._anatomy import VENTRICLE_CENTER_MM
 from medgen.simulate._config import DiseaseConfig
 
 __all__ = ["Lesion", "draw_lesions", "render_lesions"]
@@ -44,7 +45,12 @@ def draw_lesions(
     count = 1 + int(rng.poisson(severity * cfg.lesion_count))
     lo, hi = cfg.lesion_radius_mm
     out = []
-    idx = rng.integers(0, len(wm_points_mm), size=count)
+    if cfg.lesion_location == "periventricular":
+        d = np.linalg.norm(wm_points_mm - VENTRICLE_CENTER_MM, axis=1)
+        w = np.exp(-d / 25.0)
+        idx = rng.choice(len(wm_points_mm), size=count, p=w / w.sum())
+    else:
+        idx = rng.integers(0, len(wm_points_mm), size=count)
     for i in idx:
         r = (lo + (hi - lo) * severity) * rng.uniform(0.75, 1.25) * (0.5 + 0.5 * presentation)
         c = wm_points_mm[i].astype(np.float64).copy()

@@ -267,7 +267,7 @@ def _from_numpy(
         return t
     from monai.data import MetaTensor
 
-    meta = dict(like.meta)
+    meta = {k: v for k, v in like.meta.items() if k not in ("affine", "original_affine")}
     meta["degradation"] = dict(params)
     if affine is not None:
         meta["spacing"] = tuple(
