@@ -157,15 +157,46 @@ def read_dataset(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
     return ds
 
 
+def _raw_text(ds: Any, keyword: str) -> list[str] | None:
+    """Values of a text-VR element (DS, IS) without pydicom's per-value conversion.
+
+    pydicom converts DS strings through validating ``DSfloat`` objects, which costs more than
+    decoding the pixels of a small slice; the raw bytes parse with ``float`` directly.
+    """
+    if ds is None:
+        return None
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        from pydicom.datadict import tag_for_keyword
+
+        tag = _TAGS[keyword] = int(tag_for_keyword(keyword) or 0)
+    elem = ds.get_item(tag)
+    if elem is None:
+        return None
+    value = elem.value
+    if isinstance(value, bytes):
+        text = value.decode("ascii", "replace").strip(" \x00")
+        return [v.strip(" \x00") for v in text.split("\\")] if text else None
+    if value is None or value == "":
+        return None
+    if isinstance(value, str | int | float):
+        return [str(value)]
+    return [str(v) for v in value]
+
+
+_TAGS: dict[str, int] = {}
+
+
 def _floats(ds: Any, keyword: str, n: int, path: Path) -> np.ndarray | None:
-    if keyword not in ds or ds[keyword].value in (None, ""):
+    raw = _raw_text(ds, keyword)
+    if raw is None:
         return None
     try:
-        vals = np.asarray([float(v) for v in ds[keyword].value], dtype=np.float64)
+        vals = np.asarray([float(v) for v in raw], dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise DicomError(f"{path}: {keyword} {ds[keyword].value!r} is not numeric.") from err
+        raise DicomError(f"{path}: {keyword} {raw!r} is not numeric.") from err
     if vals.shape != (n,) or not np.all(np.isfinite(vals)):
-        raise DicomError(f"{path}: {keyword} must hold {n} finite numbers, found {list(vals)}.")
+        raise DicomError(f"{path}: {keyword} must hold {n} finite numbers, found {raw}.")
     return vals
 
 
@@ -181,10 +212,11 @@ def _first_item(ds: Any, *keywords: str) -> Any:
 
 
 def _scalar(ds: Any, keyword: str, default: float | None) -> float | None:
-    if ds is None or keyword not in ds or ds[keyword].value in (None, ""):
+    raw = _raw_text(ds, keyword)
+    if not raw or raw[0] == "":
         return default
     try:
-        return float(ds[keyword].value)
+        return float(raw[0])
     except (TypeError, ValueError):
         return default
 
