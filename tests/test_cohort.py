@@ -510,10 +510,10 @@ def test_dataset_items_and_three_cache_modes_identical(cohort_dir: Path, tmp_pat
         warm = _items(disk)
     assert [w["image_id"] for w in warm] == [a["image_id"] for a in _items(plain)]
     # a second disk epoch reads the cache (same files, no new entries) and still agrees
-    n_files = len(list((tmp_path / "cache").glob("*.pt")))
+    n_files = len(list((tmp_path / "cache").glob("*.mgc")))
     assert n_files == n_train
     again = _items(cohort.dataset(tf, split="train", cache="disk", cache_dir=tmp_path / "cache"))
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == n_train
+    assert len(list((tmp_path / "cache").glob("*.mgc"))) == n_train
     for a, c in zip(_items(plain), again, strict=True):
         torch.testing.assert_close(a["image"].as_tensor(), c["image"].as_tensor(), rtol=0, atol=0)
 
@@ -538,7 +538,7 @@ def test_disk_cache_invalidated_when_file_or_transform_changes(
     cache = tmp_path / "cache"
     ds = cohort.dataset(cache="disk", cache_dir=cache)
     before = ds[0]["image"].clone()
-    assert len(list(cache.glob("*.pt"))) == 1
+    assert len(list(cache.glob("*.mgc"))) == 1
 
     # overwrite the image in place with different anatomy (new content, size and mtime)
     path = cohort.paths[0]
@@ -548,7 +548,7 @@ def test_disk_cache_invalidated_when_file_or_transform_changes(
     after = cohort.dataset(cache="disk", cache_dir=cache)[0]["image"]
     np.testing.assert_allclose(after[0].numpy(), nib.load(path).get_fdata(), rtol=1e-6)
     assert not torch.equal(before, after)
-    assert len(list(cache.glob("*.pt"))) == 2  # stale entry not reused
+    assert len(list(cache.glob("*.mgc"))) == 2  # stale entry not reused
 
     # a different deterministic transform gets its own entries, not the cached raw image
     shifted = cohort.dataset(
@@ -557,7 +557,7 @@ def test_disk_cache_invalidated_when_file_or_transform_changes(
     torch.testing.assert_close(shifted[0]["image"].as_tensor(), after.as_tensor() + 5.0)
     scaled = cohort.dataset(ScaleIntensityd(keys="image", maxv=2.0), cache="disk", cache_dir=cache)
     assert float(scaled[0]["image"].max()) == pytest.approx(2.0)
-    assert len(list(cache.glob("*.pt"))) == 4
+    assert len(list(cache.glob("*.mgc"))) == 4
 
 
 def test_dataset_spatial_dims_2_squeezes_single_dicom_slice(tmp_path: Path) -> None:
@@ -617,3 +617,70 @@ def test_dataset_loads_masks(cohort_dir: Path, mni: np.ndarray) -> None:
     assert "mask_path" not in cohort.attributes
     item = cohort.dataset(keys=("image", "mask"))[2]
     np.testing.assert_array_equal(item["mask"][0].numpy(), (item["image"][0].numpy() > 5000))
+
+
+def test_disk_cache_roundtrips_metadata_and_recovers_from_corruption(
+    cohort_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import Orientationd, Spacingd
+
+    cohort = Cohort.from_manifest(cohort_dir / "manifest.csv").select(subject_id="sub-01")
+    tf = [Orientationd(keys="image", axcodes="LPS"), Spacingd(keys="image", pixdim=(4.0, 4.0, 4.0))]
+    cache = tmp_path / "cache"
+    fresh = cohort.dataset(tf, cache="disk", cache_dir=cache)[0]
+    warm = cohort.dataset(tf, cache="disk", cache_dir=cache)[0]
+    img, back = fresh["image"], warm["image"]
+    assert isinstance(back, MetaTensor) and tuple(back.shape) == (1, 8, 8, 4)
+    torch.testing.assert_close(img.as_tensor(), back.as_tensor(), rtol=0, atol=0)
+    torch.testing.assert_close(img.affine, back.affine, rtol=0, atol=0)
+    assert back.meta["spacing"] == img.meta["spacing"] and isinstance(back.meta["spacing"], tuple)
+    np.testing.assert_array_equal(back.meta["spatial_shape"], img.meta["spatial_shape"])
+    assert [op["class"] for op in back.applied_operations] == ["Orientation", "SpatialResample"]
+    # the cached item can be inverted like the fresh one (Spacingd's inverse restores the grid)
+    inv = Spacingd(keys="image", pixdim=(4.0, 4.0, 4.0)).inverse({"image": back})
+    assert tuple(inv["image"].shape) == (1, 16, 16, 8)
+    assert {k: v for k, v in warm.items() if k != "image"} == {
+        k: v for k, v in fresh.items() if k != "image"
+    }
+    # a truncated cache file is logged, deleted and recomputed, not fatal and not reused
+    entries = sorted(cache.glob("*.mgc"))
+    assert len(entries) == len(cohort) == 2
+    for entry in entries:
+        entry.write_bytes(entry.read_bytes()[:100])
+    with caplog.at_level("WARNING", logger="medgen._cohort_dataset"):
+        again = cohort.dataset(tf, cache="disk", cache_dir=cache)[0]["image"]
+    assert "corrupt cache entry" in caplog.text
+    torch.testing.assert_close(again.as_tensor(), img.as_tensor(), rtol=0, atol=0)
+    assert sorted(e.stat().st_size > 1000 for e in entries) == [False, True]
+
+
+def test_disk_cache_falls_back_to_torch_save_for_objects(cohort_dir: Path, tmp_path: Path) -> None:
+    from fractions import Fraction
+
+    from monai.transforms import Lambdad
+
+    cohort = Cohort.from_manifest(cohort_dir / "manifest.csv").select(subject_id="sub-02")
+    tf = Lambdad(keys="age", func=lambda a: Fraction(int(a), 3))
+    cache = tmp_path / "cache"
+    ds = cohort.dataset(tf, cache="disk", cache_dir=cache)
+    assert ds[0]["age"] == Fraction(32, 3)
+    assert len(list(cache.glob("*.pt"))) == 1 and not list(cache.glob("*.mgc"))
+    # read back with weights_only=True: a Fraction is not allow-listed, so it is recomputed
+    assert ds[0]["age"] == Fraction(32, 3)
+
+
+def test_dataset_surfaces_medgen_errors_for_corrupt_images(
+    cohort_dir: Path, tmp_path: Path
+) -> None:
+    from medgen.errors import ImageReadError
+
+    cohort = Cohort.from_manifest(cohort_dir / "manifest.csv").select(subject_id="sub-04")
+    cohort.paths[0].write_bytes(b"\x1f\x8b not really a gzip file")
+    with pytest.raises(ImageReadError, match=r"img-0\.nii\.gz"):
+        cohort.dataset()[0]
+    with pytest.raises(ImageReadError, match=r"img-0\.nii\.gz"):
+        cohort.dataset(cache="disk", cache_dir=tmp_path / "c")[0]
+    with pytest.raises(ImageReadError, match=r"img-0\.nii\.gz"):
+        cohort.dataset(cache="memory")
