@@ -70,13 +70,14 @@ def write_series(
     return paths
 
 
-def _expected_world(path: Path, i: int, j: int) -> np.ndarray:
+def _expected_world(path: Path, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """RAS mm (3, N) of columns i / rows j of the slice in ``path``, from its own header."""
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     ipp = np.asarray(ds.ImagePositionPatient, float)
     iop = np.asarray(ds.ImageOrientationPatient, float)
     dr, dc = (float(v) for v in ds.PixelSpacing)
-    lps = ipp + iop[:3] * dc * i + iop[3:] * dr * j
-    return lps * [-1, -1, 1]
+    lps = ipp[:, None] + np.outer(iop[:3], dc * i) + np.outer(iop[3:], dr * j)
+    return lps * np.array([-1.0, -1.0, 1.0])[:, None]
 
 
 @pytest.mark.parametrize(
@@ -93,10 +94,11 @@ def test_series_sorted_by_position_not_instance_number(
     base = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array.T.astype(np.float32)
     for k, s in enumerate(order):
         np.testing.assert_array_equal(img[0, :, :, k].numpy(), base + 100 * s)
-        # world coordinates of two corner voxels of slice k against the file's own header
-        for i, j in [(0, 0), (63, 17)]:
-            world = img.affine.numpy() @ [i, j, k, 1]
-            np.testing.assert_allclose(world[:3], _expected_world(paths[s], i, j), atol=1e-4)
+        # world coordinates of every voxel of slice k against the file's own header
+        i, j = (a.ravel() for a in np.meshgrid(np.arange(64), np.arange(64), indexing="ij"))
+        vox = np.stack([i, j, np.full_like(i, k), np.ones_like(i)]).astype(float)
+        world = (img.affine.numpy() @ vox)[:3]
+        np.testing.assert_allclose(world, _expected_world(paths[s], i, j), atol=1e-4)
     assert img.meta["spacing"] == pytest.approx((0.3125, 0.3125, 3.0), abs=1e-5)
     assert img.meta["filenames"] == [str(paths[s]) for s in order]
 

@@ -198,3 +198,19 @@ def test_metatensor_works_with_monai_transforms() -> None:
     assert ras[0, ijk[0], ijk[1], ijk[2]] == img[0, 5, 9, 0]
     resampled = Spacing(pixdim=(1.0, 1.0, 5.0))(img)
     assert resampled.shape[1] == pytest.approx(128 * 0.661468, abs=1)
+
+
+def test_import_medgen_io_stays_light() -> None:
+    """``import medgen.io`` and the scan command's module must not pull in torch or MONAI."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, medgen.io, medgen.io._cli; "
+        "print(sorted(m for m in ('torch', 'monai', 'pandas', 'pydicom', 'nibabel') if m in sys.modules))"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo
+    )
+    assert out.stdout.strip() == "[]"
