@@ -38,7 +38,10 @@ def info(
         cohort = Cohort.from_manifest(manifest, root=root, check_files=check_files)
         table = cohort.subgroups(by or [], label=label)
     except MedgenError as err:
-        typer.echo(f"Error: {err}", err=True)
+        hint = ""
+        if isinstance(err, FileNotFoundError) and "check_files=False" in str(err):
+            hint = " (On the command line: --root DIR or --no-check-files.)"
+        typer.echo(f"Error: {err}{hint}", err=True)
         raise typer.Exit(code=2) from err
 
     df = cohort.df

@@ -145,7 +145,7 @@ def _deterministic_prefix(transform: Compose) -> list[Any]:
 
 def _describe(obj: Any, depth: int = 0) -> Any:
     """A stable, address-free description of a transform for hashing."""
-    if depth > 4:
+    if depth > 8:
         return type(obj).__qualname__
     if isinstance(obj, (str, int, float, bool, type(None))):
         return obj
@@ -153,6 +153,8 @@ def _describe(obj: Any, depth: int = 0) -> Any:
         return [_describe(x, depth + 1) for x in obj]
     if isinstance(obj, dict):
         return {str(k): _describe(v, depth + 1) for k, v in sorted(obj.items(), key=str)}
+    if isinstance(obj, (set, frozenset)):
+        return ["set", sorted(repr(_describe(x, depth + 1)) for x in obj)]
     if isinstance(obj, type):
         return ["class", f"{obj.__module__}.{obj.__qualname__}"]
     if isinstance(obj, torch.Tensor):
