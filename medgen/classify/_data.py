@@ -90,7 +90,10 @@ def load_images(
     out: list[torch.Tensor] = []
     shapes: dict[tuple[int, ...], str] = {}
     for image_id in wanted:
-        img = torch.as_tensor(by_id[image_id]).float()
+        img = by_id[image_id]
+        if hasattr(img, "as_tensor"):  # MetaTensor -> plain tensor: no metadata tracking per op
+            img = img.as_tensor()
+        img = torch.as_tensor(img).float()
         if spatial_dims == 2 and img.ndim == 4 and img.shape[-1] == 1:
             img = img[..., 0]
         if img.ndim != spatial_dims + 1:
@@ -99,7 +102,8 @@ def load_images(
                 f"{spatial_dims}D; pass spatial_dims={img.ndim - 1} or use {spatial_dims}D images"
             )
         if image_size is not None and tuple(img.shape[1:]) != tuple(image_size):
-            img = torch.as_tensor(resize(img, image_size)).float()
+            img = resize(img, image_size)
+            img = torch.as_tensor(img.as_tensor() if hasattr(img, "as_tensor") else img).float()
         shapes.setdefault(tuple(img.shape), image_id)
         out.append(normalize_intensity(img))
     if len(shapes) > 1:

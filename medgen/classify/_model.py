@@ -111,6 +111,8 @@ class Classifier:
 
         from medgen.transforms import normalize_intensity, resize
 
+        if hasattr(images, "as_tensor"):  # MetaTensor -> plain tensor
+            images = images.as_tensor()
         x = torch.as_tensor(images).float()
         sd = int(self.config["spatial_dims"])
         if x.ndim == sd + 1:
@@ -127,7 +129,8 @@ class Classifier:
         out = []
         for im in x:
             if tuple(im.shape[1:]) != size:
-                im = torch.as_tensor(resize(im, size)).float()
+                im = resize(im, size)
+                im = torch.as_tensor(im.as_tensor() if hasattr(im, "as_tensor") else im).float()
             out.append(normalize_intensity(im))
         return torch.stack(out)
 

@@ -331,7 +331,7 @@ def fit_tensors(
             bt = torch.as_tensor(b)
             xb = x_train[bt]
             if cfg.augment != "none":
-                xb = torch.stack([torch.as_tensor(aug(im)).float() for im in xb])
+                xb = torch.stack([_plain(aug(im)) for im in xb])
             xb = xb.to(device)
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
@@ -408,6 +408,13 @@ def fit_tensors(
         seen=seen,
         wall_s=time.perf_counter() - t0,
     )
+
+
+def _plain(t: Any) -> torch.Tensor:
+    """A MONAI transform's output as a plain float tensor (MetaTensor ops are slow)."""
+    import torch
+
+    return torch.as_tensor(t.as_tensor() if hasattr(t, "as_tensor") else t).float()
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
