@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from medgen.audit._metrics import Cells, cell_metrics
 
-__all__ = ["bootstrap_metrics", "percentile_ci"]
+__all__ = ["bootstrap_metrics", "categorical", "multinomial_counts", "percentile_ci"]
 
 
 def bootstrap_metrics(
@@ -53,9 +53,58 @@ def bootstrap_metrics(
         nb = min(batch, n_boot - b0)
         draws = np.empty((nb, n_cells), dtype=np.float64)
         for g, (n_g, p) in enumerate(probs):
-            draws[:, bounds[g] : bounds[g + 1]] = rng.multinomial(n_g, p, size=nb)
+            draws[:, bounds[g] : bounds[g + 1]] = multinomial_counts(rng, n_g, p, nb)
         chunks.append(cell_metrics(cells, draws))
     return {k: np.concatenate([c[k] for c in chunks], axis=0) for k in chunks[0]}
+
+
+def multinomial_counts(
+    rng: np.random.Generator, n: int, p: NDArray[np.float64], size: int
+) -> NDArray[np.int64]:
+    """``size`` draws of ``Multinomial(n, p)``, shape ``(size, K)``, exact and fast for large ``n``.
+
+    ``numpy``'s multinomial draws ``K - 1`` conditional binomials (about 170 ns each for large
+    ``n``). For large ``n`` this draws independent Poisson counts with total mean
+    ``n - 3 sqrt(n) - 10`` (about 33 ns each): given their total ``T``, they are
+    ``Multinomial(T, p)``; adding ``n - T`` independent categorical draws from ``p`` then gives
+    exactly ``Multinomial(n, p)``. The rare rows with ``T > n`` are redrawn with numpy's sampler.
+    """
+    k = p.shape[0]
+    if n < 2000 or k < 8:
+        return rng.multinomial(n, p, size=size)
+    lam = n - 3.0 * np.sqrt(n) - 10.0
+    counts = rng.poisson(lam * p, size=(size, k))
+    total = counts.sum(axis=1)
+    over = np.flatnonzero(total > n)
+    if over.size:
+        counts[over] = rng.multinomial(n, p, size=over.size)
+        total[over] = n
+    deficit = n - total
+    rows = np.repeat(np.arange(size), deficit)
+    cell = categorical(rng, p, rows.shape[0])
+    counts += np.bincount(rows * k + cell, minlength=size * k).reshape(size, k)
+    return counts
+
+
+def categorical(rng: np.random.Generator, p: NDArray[np.float64], size: int) -> NDArray[np.int64]:
+    """``size`` iid draws from the categorical distribution ``p`` (shape ``(K,)``).
+
+    Inversion with a guide table (Chen & Asau 1974): a uniform ``u`` starts at the first category
+    whose cumulative probability can exceed it and walks forward; random binary searches
+    (``np.searchsorted``) would cost about 140 ns each, this a few ns.
+    """
+    k = p.shape[0]
+    cum = np.cumsum(p)
+    cum[-1] = np.inf  # guards against rounding: every u < 1 ends in a category
+    scale = float(np.sum(p))
+    guide = np.searchsorted(cum, np.arange(k) * (scale / k), side="right")
+    u = rng.random(size) * scale
+    idx = guide[np.minimum((u * (k / scale)).astype(np.int64), k - 1)]
+    active = np.flatnonzero(cum[idx] <= u)
+    while active.size:
+        idx[active] += 1
+        active = active[cum[idx[active]] <= u[active]]
+    return idx
 
 
 def percentile_ci(
