@@ -25,6 +25,7 @@ _COMMANDS: list[str] = [
     "medgen._cli_demo",
     "medgen.simulate._cli",
     "medgen.io._cli",
+    "medgen.generative._cli",
 ]
 
 

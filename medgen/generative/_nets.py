@@ -1,0 +1,148 @@
+"""Networks for restoration: a registry of generators and the PatchGAN discriminator.
+
+Generators map ``BxCx[SPATIAL DIMS]`` to the same shape (super-resolution generators see the
+interpolated low-resolution image, so shapes match). Every generator returns a
+:class:`GeneratorOutput`; VAE-type generators also return the posterior moments for the KL term.
+
+Registered names (``GENERATORS``):
+
+- ``"unet"``: MONAI ``UNet`` with residual units, wrapped as ``x + g * UNet(x)`` (residual learning:
+  the network predicts the correction, which trains much faster than predicting the image; the
+  learnable gain ``g`` starts at 0, so training starts from the identity / the interpolation).
+- ``"vae"``: MONAI ``AutoencoderKL`` (Rombach et al. 2022), ``x + g * decode(z)`` with the KL term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from medgen.errors import ConfigError
+
+__all__ = ["GENERATORS", "GeneratorOutput", "build_discriminator", "build_generator"]
+
+GENERATORS = ("unet", "vae")
+
+
+@dataclass
+class GeneratorOutput:
+    """What a generator returns: ``image`` ``BxCx[SPATIAL]``; ``z_mu``/``z_sigma`` for VAEs."""
+
+    image: torch.Tensor
+    z_mu: torch.Tensor | None = None
+    z_sigma: torch.Tensor | None = None
+
+
+class ResidualUNet(nn.Module):
+    """``x + UNet(x)``: MONAI's ``UNet`` predicting a correction of its input."""
+
+    def __init__(
+        self, *, spatial_dims: int, in_channels: int, channels: Sequence[int], num_res_units: int
+    ) -> None:
+        super().__init__()
+        from monai.networks.nets import UNet
+
+        self.net = UNet(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=in_channels,
+            channels=tuple(channels),
+            strides=(2,) * (len(channels) - 1),
+            num_res_units=num_res_units,
+            norm="INSTANCE",
+        )
+        # ReZero (Bachlechner et al. 2021): start as the identity, learn how much to correct.
+        self.gain = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> GeneratorOutput:
+        return GeneratorOutput(image=x + self.gain * self.net(x))
+
+
+class ResidualVAE(nn.Module):
+    """``x + decode(z)``, ``z ~ q(z | x)``: MONAI's ``AutoencoderKL`` predicting a correction.
+
+    In evaluation mode the posterior mean is decoded (deterministic output).
+    """
+
+    def __init__(
+        self, *, spatial_dims: int, in_channels: int, channels: Sequence[int], latent_channels: int
+    ) -> None:
+        super().__init__()
+        from monai.networks.nets import AutoencoderKL
+
+        groups = min(channels)
+        self.net = AutoencoderKL(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=in_channels,
+            channels=tuple(channels),
+            num_res_blocks=1,
+            attention_levels=(False,) * len(channels),
+            latent_channels=latent_channels,
+            norm_num_groups=groups,
+            with_encoder_nonlocal_attn=False,
+            with_decoder_nonlocal_attn=False,
+        )
+        self.gain = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> GeneratorOutput:
+        z_mu, z_sigma = self.net.encode(x)
+        z = self.net.sampling(z_mu, z_sigma) if self.training else z_mu
+        return GeneratorOutput(image=x + self.gain * self.net.decode(z), z_mu=z_mu, z_sigma=z_sigma)
+
+
+def build_generator(
+    name: str,
+    *,
+    spatial_dims: int,
+    in_channels: int = 1,
+    channels: Sequence[int] = (16, 32, 64),
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered generator by name (see ``GENERATORS``)."""
+    if spatial_dims not in (2, 3):
+        raise ConfigError(f"spatial_dims must be 2 or 3, not {spatial_dims!r}.")
+    if len(channels) < 2 or any(int(c) < 1 for c in channels):
+        raise ConfigError(
+            f"channels must list at least two positive widths, e.g. (16, 32, 64), not {channels!r}."
+        )
+    if name == "unet":
+        return ResidualUNet(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            channels=channels,
+            num_res_units=int(kwargs.get("num_res_units", 1)),
+        )
+    if name == "vae":
+        return ResidualVAE(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            channels=channels,
+            latent_channels=int(kwargs.get("latent_channels", 8)),
+        )
+    raise ConfigError(f"model={name!r} is not a registered generator; choose one of {GENERATORS}.")
+
+
+def build_discriminator(
+    *, spatial_dims: int, in_channels: int, channels: int = 16, num_layers_d: int = 2
+) -> nn.Module:
+    """MONAI ``PatchDiscriminator`` (pix2pix PatchGAN, Isola et al. 2017).
+
+    Conditional: it sees the degraded input and the (real or restored) image concatenated on the
+    channel axis, so ``in_channels`` is twice the image channels. Instance norm, not batch norm,
+    so the discriminator's output does not depend on the rest of the batch.
+    """
+    from monai.networks.nets import PatchDiscriminator
+
+    return PatchDiscriminator(
+        spatial_dims=spatial_dims,
+        channels=channels,
+        in_channels=in_channels,
+        out_channels=1,
+        num_layers_d=num_layers_d,
+        norm="INSTANCE",
+    )

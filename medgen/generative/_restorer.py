@@ -1,0 +1,599 @@
+"""What :class:`~medgen.generative.Denoiser` and :class:`~medgen.generative.SuperResolver` share.
+
+A restorer is three separate things (STYLE.md item 11):
+
+- the *network* (:mod:`medgen.generative._nets`),
+- the *process* that turns clean images into ``(input, target)`` training pairs and images into
+  network inputs at inference (``_make_pair`` / ``_prepare``, defined by each task),
+- the *trainer* (:func:`medgen.generative._trainer.train`).
+
+Intensities: the network works on images scaled by the *input's* robust range,
+``(x - p_lo) / (p_hi - p_lo)`` with ``(p_lo, p_hi)`` the ``norm_percentiles`` of the degraded
+image (2D: of its slice; 3D: of the volume or of the training context crop); outputs are mapped
+back to the input's units.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from medgen.errors import ConfigError, MedgenFileNotFoundError, MedgenValueError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from medgen.generative._trainer import TrainConfig
+
+log = logging.getLogger(__name__)
+
+CONFIG = "config.json"
+WEIGHTS = "model.pt"
+
+
+@dataclass
+class RestorationOutput:
+    """A restorer's output on a batch: ``image`` ``BxCx[SPATIAL]`` in network units (0..1)."""
+
+    image: torch.Tensor
+
+
+@dataclass
+class RestorerConfig:
+    """Network and process options of a restorer (saved in ``config.json``).
+
+    Attributes:
+        model: generator name (``"unet"`` or ``"vae"``).
+        spatial_dims: 2 (slices; volumes are processed slice by slice along the last axis) or 3
+            (patches of volumes).
+        channels: feature widths per level of the generator.
+        patch_size: training patch edge (pixels/voxels) and sliding-window size at inference.
+        discriminator_channels: width of the PatchGAN's first layer (used when training with
+            ``adv_weight > 0``).
+        norm_percentiles: percentiles of the input giving the 0..1 intensity scale.
+        overlap: sliding-window overlap at inference.
+        model_kwargs: extra generator options (``num_res_units``, ``latent_channels``).
+        task_options: the task's own options (noise models and levels; scale and axes).
+    """
+
+    model: str = "unet"
+    spatial_dims: int = 2
+    channels: tuple[int, ...] = (16, 32, 64)
+    patch_size: int = 48
+    discriminator_channels: int = 16
+    norm_percentiles: tuple[float, float] = (0.5, 99.5)
+    overlap: float = 0.5
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    task_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from medgen.generative._nets import GENERATORS
+
+        if self.model not in GENERATORS:
+            raise ConfigError(f"model={self.model!r} is not one of {GENERATORS}.")
+        if self.spatial_dims not in (2, 3):
+            raise ConfigError(f"spatial_dims must be 2 or 3, not {self.spatial_dims!r}.")
+        self.channels = tuple(int(c) for c in self.channels)
+        levels = len(self.channels) - 1
+        if (
+            isinstance(self.patch_size, bool)
+            or not isinstance(self.patch_size, int)
+            or self.patch_size < 8
+            or self.patch_size % (2**levels)
+        ):
+            raise ConfigError(
+                f"patch_size must be an integer >= 8 divisible by 2**(len(channels)-1) = "
+                f"{2**levels}, not {self.patch_size!r}."
+            )
+        lo, hi = (float(v) for v in self.norm_percentiles)
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ConfigError(
+                f"norm_percentiles must satisfy 0 <= low < high <= 100, not {self.norm_percentiles}."
+            )
+        self.norm_percentiles = (lo, hi)
+        if not 0.0 <= self.overlap < 1.0:
+            raise ConfigError(f"overlap must be in [0, 1), not {self.overlap!r}.")
+
+
+def robust_range(x: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """``(low, high)`` percentiles of ``x``; ``high > low`` always (a flat image gets width 1)."""
+    lo, hi = (float(v) for v in np.percentile(x, percentiles))
+    if not hi > lo:
+        hi = lo + 1.0
+    return lo, hi
+
+
+def _package_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("medgen", "torch", "monai", "numpy", "scikit-image"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def as_spatial(image: Any, name: str = "image") -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """``(array (X, Y[, Z]) float32, affine or None, had_channel)`` from an image-like input.
+
+    MetaTensors and channel-first arrays from :func:`medgen.io.load` must have one channel.
+    """
+    affine = None
+    had_channel = False
+    arr: np.ndarray
+    try:
+        import torch
+
+        if isinstance(image, torch.Tensor):
+            from monai.data import MetaTensor
+
+            if isinstance(image, MetaTensor):
+                affine = np.asarray(image.affine.detach().cpu().numpy(), dtype=np.float64)
+                arr = image.as_tensor().detach().cpu().numpy()
+                had_channel = True
+            else:
+                arr = image.detach().cpu().numpy()
+        else:
+            arr = np.asarray(image)
+    except ImportError:  # pragma: no cover
+        arr = np.asarray(image)
+    if had_channel:
+        if arr.shape[0] != 1:
+            raise MedgenValueError(
+                f"{name}: expected one channel, got shape {arr.shape}; select a channel "
+                "(e.g. img[:1]) or a time point of a 4D series first."
+            )
+        arr = arr[0]
+    if arr.ndim not in (2, 3):
+        raise MedgenValueError(
+            f"{name}: expected a 2D (X, Y) or 3D (X, Y, Z) image (or a one-channel MetaTensor), "
+            f"got shape {arr.shape}."
+        )
+    if not np.issubdtype(arr.dtype, np.number):
+        raise MedgenValueError(f"{name}: expected numbers, got dtype {arr.dtype}.")
+    return arr.astype(np.float32), affine, had_channel
+
+
+def load_images(data: Any) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """Load training data into ``(name, clean array, paired degraded array or None)``.
+
+    ``data`` may be a :class:`~medgen.cohort.Cohort`, a manifest path, a DataFrame manifest, a
+    single image, or a sequence of images (arrays, tensors, MetaTensors or paths). A manifest with
+    ``clean_path`` and ``noisy_path`` columns (or ``clean``/``noisy``) gives real pairs; otherwise
+    its ``image_path`` images are the clean images.
+    """
+    import pandas as pd
+
+    from medgen.io import load
+
+    if isinstance(data, str | os.PathLike) and Path(data).suffix.lower() in (".csv", ".parquet"):
+        from medgen.cohort import Cohort
+
+        data = Cohort.from_manifest(data)
+    if isinstance(data, pd.DataFrame):
+        from medgen.cohort import Cohort
+
+        data = Cohort.from_manifest(data)
+    out: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+    if type(data).__name__ == "Cohort":
+        df = data.df
+        root = Path(data.root) if data.root is not None else None
+        cols = set(df.columns)
+        pair = next(
+            (
+                (c, n)
+                for c, n in (("clean_path", "noisy_path"), ("clean", "noisy"))
+                if c in cols and n in cols
+            ),
+            None,
+        )
+        for _, row in df.iterrows():
+            iid = str(row["image_id"])
+            if pair is None:
+                arr, _, _ = as_spatial(load(row["image_path"]), f"image {iid}")
+                out.append((iid, arr, None))
+                continue
+            paths = []
+            for col in pair:
+                p = Path(str(row[col]))
+                if not p.is_absolute() and root is not None:
+                    p = root / p
+                paths.append(p)
+            clean_img, noisy_img = load(paths[0]), load(paths[1])
+            c, ca, _ = as_spatial(clean_img, f"{pair[0]} of {iid}")
+            n, na, _ = as_spatial(noisy_img, f"{pair[1]} of {iid}")
+            if c.shape != n.shape:
+                raise MedgenValueError(
+                    f"image {iid}: {pair[0]} {paths[0]} has shape {c.shape} but {pair[1]} "
+                    f"{paths[1]} has shape {n.shape}; pairs must be on the same voxel grid "
+                    "(resample one onto the other first)."
+                )
+            if ca is not None and na is not None and not np.allclose(ca, na, atol=1e-3):
+                raise MedgenValueError(
+                    f"image {iid}: {pair[0]} and {pair[1]} have different affines "
+                    f"({ca.round(3).tolist()} vs {na.round(3).tolist()}); pairs must share "
+                    "their geometry."
+                )
+            out.append((iid, c, n))
+        return out
+    items = [data] if _is_single_image(data) else list(data)
+    if not items:
+        raise MedgenValueError("fit: no training images given; pass a Cohort or a list of images.")
+    for i, item in enumerate(items):
+        if isinstance(item, str | os.PathLike):
+            arr, _, _ = as_spatial(load(item), str(item))
+            out.append((str(item), arr, None))
+        elif isinstance(item, tuple) and len(item) == 2:
+            c, _, _ = as_spatial(item[0], f"pair {i} clean")
+            n, _, _ = as_spatial(item[1], f"pair {i} noisy")
+            if c.shape != n.shape:
+                raise MedgenValueError(
+                    f"pair {i}: clean has shape {c.shape} but degraded has shape {n.shape}; "
+                    "pairs must have the same shape."
+                )
+            out.append((f"pair{i}", c, n))
+        else:
+            arr, _, _ = as_spatial(item, f"image {i}")
+            out.append((f"image{i}", arr, None))
+    return out
+
+
+def _is_single_image(data: Any) -> bool:
+    if isinstance(data, np.ndarray | str | os.PathLike):
+        return True
+    try:
+        import torch
+
+        return isinstance(data, torch.Tensor)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+class Restorer:
+    """Base class: holds a config, a generator and the training history.
+
+    Subclasses set ``task`` and implement ``_make_pair`` (training) and ``_prepare`` /
+    ``_output_affine`` (inference).
+    """
+
+    task: ClassVar[str] = ""
+
+    def __init__(self, config: RestorerConfig) -> None:
+        self.config = config
+        self.train_config: TrainConfig | None = None
+        self.history: list[dict[str, float]] = []
+        self.seed: int | None = None
+        self.network: nn.Module = self._build_generator()
+        self.network.eval()
+
+    # ------------------------------------------------------------------ networks
+    def _build_generator(self) -> nn.Module:
+        from medgen.generative._nets import build_generator
+
+        return build_generator(
+            self.config.model,
+            spatial_dims=self.config.spatial_dims,
+            channels=self.config.channels,
+            **self.config.model_kwargs,
+        )
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"{type(self).__name__}(model={c.model!r}, spatial_dims={c.spatial_dims}, "
+            f"channels={c.channels}, {c.task_options})"
+        )
+
+    # ------------------------------------------------------------------ training
+    def _slices(self, arr: np.ndarray) -> list[np.ndarray]:
+        """2D models train on slices along the last axis that contain some foreground."""
+        if self.config.spatial_dims == 3:
+            if arr.ndim != 3:
+                raise MedgenValueError(
+                    f"spatial_dims=3 needs volumes (X, Y, Z); got an image of shape {arr.shape}."
+                )
+            return [arr]
+        if arr.ndim == 2:
+            return [arr]
+        out = []
+        thr = np.percentile(arr, 90) * 0.2
+        for k in range(arr.shape[-1]):
+            s = arr[..., k]
+            if np.mean(s > thr) > 0.05:
+                out.append(s)
+        return out or [arr[..., arr.shape[-1] // 2]]
+
+    def _make_pair(
+        self, clean: np.ndarray, degraded: np.ndarray | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One ``(input, target)`` patch pair in network units, each ``[SPATIAL]``."""
+        raise NotImplementedError
+
+    def fit(
+        self,
+        data: Any,
+        *,
+        run_dir: str | os.PathLike[str] | None = None,
+        config: TrainConfig | Mapping[str, Any] | None = None,
+        resume: bool = False,
+        progress: bool = True,
+    ) -> Restorer:
+        """Train on clean images (pairs made by the task's degradation) or on real pairs.
+
+        Args:
+            data: a Cohort, manifest, image or list of images (see :func:`load_images`).
+            run_dir: folder for checkpoints, ``metrics.csv`` and the final model; ``None``
+                trains in memory.
+            config: :class:`~medgen.generative.TrainConfig` or a dict of its options.
+            resume: continue an interrupted run in ``run_dir`` (identical continuation).
+            progress: tqdm progress bar.
+
+        Returns:
+            ``self``, trained (the EMA weights when EMA is on).
+        """
+        import torch
+
+        from medgen.generative._nets import build_discriminator
+        from medgen.generative._trainer import TrainConfig, train
+
+        tc = (
+            config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config or {}))
+        )
+        images = load_images(data)
+        pool: list[tuple[np.ndarray, np.ndarray | None]] = []
+        for _, clean, deg in images:
+            cs = self._slices(clean)
+            ds = self._slices(deg) if deg is not None else [None] * len(cs)
+            if deg is not None and self.config.spatial_dims == 2 and clean.ndim == 3:
+                ds = [deg[..., k] for k in range(deg.shape[-1])]
+                cs = [clean[..., k] for k in range(clean.shape[-1])]
+            pool.extend(zip(cs, ds, strict=True))
+        if not pool:
+            raise MedgenValueError("fit: the training data hold no usable images.")
+        seed = int(tc.seed)
+        torch.manual_seed(seed)
+        self.network = self._build_generator()
+        disc = None
+        if tc.adv_weight > 0:
+            disc = build_discriminator(
+                spatial_dims=self.config.spatial_dims,
+                in_channels=2,
+                channels=self.config.discriminator_channels,
+            )
+        bs = tc.batch_size
+
+        def sample_batch(step: int) -> dict[str, torch.Tensor]:
+            rng = np.random.default_rng([seed, step])
+            xs, ys = [], []
+            for _ in range(bs):
+                clean, deg = pool[int(rng.integers(len(pool)))]
+                x, y = self._make_pair(clean, deg, rng)
+                xs.append(x)
+                ys.append(y)
+            return {
+                "input": torch.from_numpy(np.stack(xs)[:, None].astype(np.float32)),
+                "target": torch.from_numpy(np.stack(ys)[:, None].astype(np.float32)),
+            }
+
+        run_info = {"task": self.task, "restorer": self._config_dict(), "n_images": len(images)}
+        result = train(
+            self.network,
+            sample_batch,
+            config=tc,
+            discriminator=disc,
+            run_dir=run_dir,
+            resume=resume,
+            run_info=run_info,
+            progress=progress,
+        )
+        self.network = result.inference_model.eval()
+        self.train_config = tc
+        self.history = list(result.history)
+        self.seed = seed
+        if run_dir is not None:
+            self.save(run_dir)
+        return self
+
+    # ------------------------------------------------------------------ patches
+    def _crop(
+        self, arrays: Sequence[np.ndarray], rng: np.random.Generator, multiple: Sequence[int] = ()
+    ) -> list[np.ndarray]:
+        """The same random patch from each array (padded when smaller), foreground preferred."""
+        p = self.config.patch_size
+        shape = arrays[0].shape
+        pads = [(0, max(0, p - s)) for s in shape]
+        if any(b for _, b in pads):
+            arrays = [
+                np.pad(a, pads, mode="reflect" if min(a.shape) > 1 else "edge") for a in arrays
+            ]
+            shape = arrays[0].shape
+        ref = arrays[-1]
+        thr = float(np.percentile(ref, 90)) * 0.2
+        best: tuple[int, ...] = ()
+        for attempt in range(8):
+            start = []
+            for ax, s in enumerate(shape):
+                m = multiple[ax] if ax < len(multiple) else 1
+                hi = (s - p) // m
+                start.append(int(rng.integers(hi + 1)) * m)
+            best = tuple(start)
+            if attempt == 7:
+                break
+            sl = tuple(slice(a, a + p) for a in best)
+            if np.mean(ref[sl] > thr) > 0.25:
+                break
+        sl = tuple(slice(a, a + p) for a in best)
+        return [np.ascontiguousarray(a[sl]) for a in arrays]
+
+    # ------------------------------------------------------------------ inference
+    def __call__(
+        self, batch: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> RestorationOutput:
+        """Restore a batch ``BxCx[SPATIAL]`` already in network units (see :meth:`apply`).
+
+        The output is deterministic (VAEs decode the posterior mean); ``generator`` is accepted
+        for the common model signature and unused.
+        """
+        import torch
+        from monai.inferers import sliding_window_inference
+
+        net = self.network
+        dev = next(net.parameters()).device
+        roi = (self.config.patch_size,) * self.config.spatial_dims
+        with torch.no_grad():
+            out = sliding_window_inference(
+                batch.to(dev),
+                roi_size=roi,
+                sw_batch_size=16,
+                predictor=lambda t: net(t).image,
+                overlap=self.config.overlap,
+                mode="gaussian",
+                padding_mode="reflect" if self.config.spatial_dims == 2 else "replicate",
+            )
+        return RestorationOutput(image=torch.as_tensor(out).cpu())
+
+    def _prepare(self, arr: np.ndarray) -> np.ndarray:
+        """Input image (X, Y[, Z]) -> network-grid image in input units (e.g. upsampled)."""
+        return arr
+
+    def _output_affine(self, affine: np.ndarray) -> np.ndarray:
+        return affine
+
+    def apply(self, image: Any, *, batch_size: int = 16) -> Any:
+        """Restore one image in its own units.
+
+        Args:
+            image: a one-channel MetaTensor ``(1, X, Y[, Z])`` (from :func:`medgen.io.load`), or
+                an array/tensor ``(X, Y)`` / ``(X, Y, Z)``. 2D models process volumes slice by
+                slice along the last axis.
+            batch_size: slices per forward pass.
+
+        Returns:
+            The same type as ``image``: a MetaTensor keeps its metadata, with the affine (and
+            ``meta["spacing"]``) of the output grid; arrays come back as float32 arrays.
+        """
+        import torch
+
+        arr, affine, had_channel = as_spatial(image, "apply(image)")
+        if self.config.spatial_dims == 3 and arr.ndim != 3:
+            raise MedgenValueError(
+                f"apply: this model is 3D (spatial_dims=3) but the image has shape {arr.shape}; "
+                "use a 2D model for 2D images."
+            )
+        lo, hi = robust_range(arr, self.config.norm_percentiles)
+        prepared = self._prepare(arr)
+        x = (prepared - lo) / (hi - lo)
+        if self.config.spatial_dims == 2 and x.ndim == 3:
+            stack = np.moveaxis(x, -1, 0)[:, None]
+            outs = []
+            for i in range(0, stack.shape[0], batch_size):
+                t = torch.from_numpy(np.ascontiguousarray(stack[i : i + batch_size]))
+                outs.append(self(t).image.numpy())
+            y = np.moveaxis(np.concatenate(outs)[:, 0], 0, -1)
+        else:
+            y = self(torch.from_numpy(np.ascontiguousarray(x))[None, None]).image.numpy()[0, 0]
+        y = (y * (hi - lo) + lo).astype(np.float32)
+        if not had_channel:
+            if isinstance(image, np.ndarray):
+                return y
+            return torch.from_numpy(y)
+        from monai.data import MetaTensor
+
+        new_aff = self._output_affine(affine) if affine is not None else None
+        meta = dict(getattr(image, "meta", {}) or {})
+        if new_aff is not None:
+            meta["spacing"] = tuple(float(v) for v in np.linalg.norm(new_aff[:3, :3], axis=0))
+            meta["affine"] = torch.as_tensor(new_aff)
+        meta["restoration"] = {"task": self.task, **self._config_dict()}
+        return MetaTensor(torch.from_numpy(y[None]), affine=torch.as_tensor(new_aff), meta=meta)
+
+    @property
+    def description(self) -> str:
+        """One line naming the model, for DICOM DerivationDescription / NIfTI descrip."""
+        c = self.config
+        opts = ",".join(f"{k}={v}" for k, v in sorted(c.task_options.items()))
+        return f"medgen {self.task} {c.model} {c.spatial_dims}D {opts}"[:64]
+
+    # ------------------------------------------------------------------ persistence
+    def _config_dict(self) -> dict[str, Any]:
+        d = asdict(self.config)
+        d["channels"] = list(self.config.channels)
+        d["norm_percentiles"] = list(self.config.norm_percentiles)
+        return json.loads(json.dumps(d, default=list))
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` (task, restorer and training options, seed, versions) and
+        ``model.pt`` (the generator's state dict) into ``directory``, atomically."""
+        import torch
+
+        from medgen.generative._trainer import _atomic_write_bytes, atomic_text
+
+        d = Path(directory).expanduser()
+        d.mkdir(parents=True, exist_ok=True)
+        sd = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
+        _atomic_write_bytes(d / WEIGHTS, lambda p: torch.save(sd, p))
+        tc = None
+        if self.train_config is not None:
+            tc = asdict(self.train_config)
+            tc["betas"] = list(self.train_config.betas)
+        meta = {
+            "task": self.task,
+            "restorer": self._config_dict(),
+            "train": tc,
+            "seed": self.seed,
+            "history": self.history,
+            "versions": _package_versions(),
+        }
+        atomic_text(d / CONFIG, json.dumps(meta, indent=2, default=str))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], *, device: str = "cpu") -> Any:
+        """Load a restorer saved by :meth:`save` (or a finished training run folder).
+
+        Raises:
+            MedgenFileNotFoundError: the folder, its ``config.json`` or ``model.pt`` is missing.
+            ConfigError: the folder holds another kind of model (e.g. a super-resolver loaded as
+                a denoiser).
+        """
+        import torch
+
+        from medgen.generative._trainer import TrainConfig
+
+        d = Path(directory).expanduser()
+        if not (d / CONFIG).is_file() or not (d / WEIGHTS).is_file():
+            raise MedgenFileNotFoundError(
+                f"{d}: not a trained {cls.task} run (needs {CONFIG} and {WEIGHTS}); train one "
+                f"with `medgen {cls.task} train` or {cls.__name__}.fit(..., run_dir=...)."
+            )
+        meta = json.loads((d / CONFIG).read_text())
+        if meta.get("task") != cls.task:
+            raise ConfigError(
+                f"{d} holds a {meta.get('task')!r} model, not a {cls.task!r} model; load it with "
+                f"the matching class (Denoiser for 'denoise', SuperResolver for 'superres')."
+            )
+        rc = dict(meta["restorer"])
+        known = {f.name for f in fields(RestorerConfig)}
+        rc = {k: v for k, v in rc.items() if k in known}
+        rc["channels"] = tuple(rc["channels"])
+        rc["norm_percentiles"] = tuple(rc["norm_percentiles"])
+        obj = cls.__new__(cls)
+        Restorer.__init__(obj, RestorerConfig(**rc))
+        state = torch.load(d / WEIGHTS, map_location=device, weights_only=True)
+        obj.network.load_state_dict(state)
+        obj.network.to(device).eval()
+        obj.train_config = TrainConfig.from_dict(meta["train"]) if meta.get("train") else None
+        obj.history = list(meta.get("history") or [])
+        obj.seed = meta.get("seed")
+        return obj
