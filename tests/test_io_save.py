@@ -140,3 +140,19 @@ def test_choose_rescale_error_bound(lo: float, hi: float) -> None:
     stored, slope, inter, _ = choose_rescale(vol)
     err = np.abs(stored * slope + inter - vol).max()
     assert err <= max(slope / 2 * 1.0001, 1e-12)
+
+
+@pytest.mark.parametrize(
+    "array,stored",
+    [
+        (np.array([[[[True, False]]]]), "uint8"),
+        (torch.arange(4, dtype=torch.int64).reshape(1, 1, 2, 2), "int32"),
+        (np.full((1, 1, 1, 2), 2**40, np.int64), "float64"),
+        (np.linspace(0, 1, 4, dtype=np.float16).reshape(1, 1, 2, 2), "float32"),
+    ],
+    ids=["bool", "int64", "int64-large", "float16"],
+)
+def test_nifti_dtypes_other_tools_read(tmp_path: Path, array: object, stored: str) -> None:
+    back = load(save(array, tmp_path / "m.nii.gz"))
+    assert back.meta["original_dtype"] == stored
+    np.testing.assert_array_equal(back.numpy(), np.asarray(array, dtype=np.float32))

@@ -121,6 +121,25 @@ def load_nifti(path: Path) -> MetaTensor:
     return make_metatensor(arr, affine, meta)
 
 
+def _nifti_dtype(data: np.ndarray, path: Path) -> np.ndarray:
+    """Cast to a dtype NIfTI tools read everywhere: bool -> uint8, 64-bit ints -> int32 when they
+    fit (else float64), float16/float64 -> float32."""
+    if data.dtype == np.bool_:
+        return data.astype(np.uint8)
+    if data.dtype in (np.float16, np.float64):
+        return data.astype(np.float32)
+    if data.dtype in (np.int64, np.uint64, np.uint32):
+        info = np.iinfo(np.int32)
+        if data.size == 0 or (data.min() >= info.min and data.max() <= info.max):
+            return data.astype(np.int32)
+        return data.astype(np.float64)
+    if data.dtype.kind == "c":
+        raise MedgenValueError(
+            f"save: complex data cannot be written to {path}; save the magnitude."
+        )
+    return data
+
+
 def save_nifti(
     array: np.ndarray,
     affine: np.ndarray,
@@ -138,8 +157,7 @@ def save_nifti(
             "(C, X, Y) or (C, X, Y, Z) like medgen.io.load returns."
         )
     data = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
-    if data.dtype == np.float64:
-        data = data.astype(np.float32)
+    data = _nifti_dtype(np.asarray(data), path)
     img = nib.Nifti1Image(np.asarray(data), affine)
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)
