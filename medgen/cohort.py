@@ -261,7 +261,7 @@ class Cohort:
         extra column of the manifest.
         """
         spec = _spec()
-        bookkeeping = set(spec["required_columns"]) | set(spec["path_columns"])
+        bookkeeping = set(spec["required_columns"]) | set(_path_columns(self._df.columns))
         skip = bookkeeping | set(self.label_columns)
         return [c for c in self._df.columns if c not in skip]
 
@@ -527,11 +527,10 @@ class Cohort:
         folder = out.resolve().parent
         df = self._df.copy()
         if relative:
-            for col in _spec()["path_columns"]:
-                if col in df.columns:
-                    df[col] = df[col].map(
-                        lambda p: os.path.relpath(p, folder) if isinstance(p, str) and p else p
-                    )
+            for col in _path_columns(df.columns):
+                df[col] = df[col].map(
+                    lambda p: os.path.relpath(p, folder) if isinstance(p, str) and p else p
+                )
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         os.close(fd)
         try:
@@ -672,6 +671,13 @@ def __getattr__(name: str) -> Any:
 
 
 # ---------------------------------------------------------------------- helpers
+def _path_columns(columns: Iterable[str]) -> list[str]:
+    """``image_path``, ``mask_path`` and any other column named ``*_path``, in table order."""
+    suffix = _spec()["path_column_suffix"]
+    fixed = _spec()["path_columns"]
+    return [c for c in columns if c in fixed or str(c).endswith(suffix)]
+
+
 def _jsonable(v: Any) -> Any:
     if isinstance(v, (list, tuple, set, frozenset)):
         return [_jsonable(x) for x in v]
@@ -756,6 +762,7 @@ def _validate(
                 f"{_list_some(rows)}); fill it in or drop those rows."
             )
     string_cols = [c for c in spec["string_columns"] if c in df.columns]
+    string_cols += [c for c in _path_columns(df.columns) if c not in string_cols]
     for col in string_cols:
         s = df[col]
         text = (
@@ -769,7 +776,7 @@ def _validate(
                 )
             )
         )
-        if col in ("mask_path",):
+        if col in _path_columns([col]) and col != "image_path":
             text = text.where(text.ne(""), None)
         df[col] = text.astype("string")
     df["split"] = df["split"].fillna("")
@@ -826,9 +833,7 @@ def _validate(
         )
 
     # Paths: resolve against root; check existence.
-    for col in spec["path_columns"]:
-        if col not in df.columns:
-            continue
+    for col in _path_columns(df.columns):
         resolved: list[Any] = []
         relative_without_root: list[str] = []
         for p in df[col].tolist():

@@ -684,3 +684,56 @@ def test_dataset_surfaces_medgen_errors_for_corrupt_images(
         cohort.dataset(cache="disk", cache_dir=tmp_path / "c")[0]
     with pytest.raises(ImageReadError, match=r"img-0\.nii\.gz"):
         cohort.dataset(cache="memory")
+
+
+def test_extra_path_columns_resolve_check_and_load(cohort_dir: Path, tmp_path: Path) -> None:
+    """Any `*_path` column (e.g. paired clean/noisy images) is a path like image_path."""
+    import torch
+
+    df = _manifest(cohort_dir).head(4)
+    df["noisy_path"] = df["image_path"]  # pairs: same anatomy for the test
+    cohort = Cohort.from_manifest(df, root=cohort_dir)
+    assert "noisy_path" not in cohort.attributes
+    assert all(os.path.isabs(p) for p in cohort.df["noisy_path"])
+    item = cohort.dataset(keys=("image", "noisy"))[1]
+    torch.testing.assert_close(item["noisy"].as_tensor(), item["image"].as_tensor())
+    written = cohort.to_manifest(tmp_path / "out" / "pairs.csv")
+    raw = pd.read_csv(written)
+    assert raw["noisy_path"][0].startswith("../")
+    assert (
+        Cohort.from_manifest(written).df["noisy_path"].tolist() == cohort.df["noisy_path"].tolist()
+    )
+    df.loc[2, "noisy_path"] = "images/nope.nii.gz"
+    with pytest.raises(MedgenFileNotFoundError, match=r"1 of 4 file\(s\) in column 'noisy_path'"):
+        Cohort.from_manifest(df, root=cohort_dir)
+
+
+def test_dataset_with_random_transform_memory_cache_and_workers(cohort_dir: Path) -> None:
+    """Caching stops at the first random transform; items still batch with worker processes."""
+    import torch
+    from monai.data import DataLoader
+    from monai.transforms import RandFlipd, ScaleIntensityd
+
+    cohort = Cohort.from_manifest(cohort_dir / "manifest.csv").split(seed=0)
+    tf = [ScaleIntensityd(keys="image"), RandFlipd(keys="image", prob=1.0, spatial_axis=0)]
+    ds = cohort.dataset(tf, split="test", cache="memory")
+    ref = cohort.dataset(ScaleIntensityd(keys="image"), split="test")
+    for i in range(len(ds)):
+        # the flip is applied on top of the cached scaled image, every access
+        torch.testing.assert_close(ds[i]["image"].as_tensor(), ref[i]["image"].as_tensor().flip(1))
+        torch.testing.assert_close(ds[i]["image"].as_tensor(), ref[i]["image"].as_tensor().flip(1))
+    loader = DataLoader(ds, batch_size=2, num_workers=2)
+    ids = [i for batch in loader for i in batch["image_id"]]
+    assert ids == [str(i) for i in cohort.select(split="test").image_ids]
+
+
+def test_iteration_and_records(cohort_dir: Path) -> None:
+    cohort = Cohort.from_manifest(cohort_dir / "manifest.csv")
+    rows = list(cohort)
+    assert len(rows) == 24 and rows[0]["image_id"] == "s00_0"
+    assert rows[2]["sex"] == "M" and rows[4]["sex"] is None
+    recs = cohort.records()
+    assert recs[4]["sex"] == "" and recs[4]["image"] == str(cohort.paths[4])
+    assert isinstance(recs[0]["label"], int) and isinstance(recs[0]["age"], float)
+    assert "Cohort(24 images, 12 subjects" in repr(cohort)
+    assert "<table" in cohort._repr_html_()
