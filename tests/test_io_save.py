@@ -94,6 +94,14 @@ def test_bad_arguments_are_explained(tmp_path: Path) -> None:
         MedgenValueError, match=r"'PatientAgee' is not a DICOM keyword\. Did you mean PatientAge"
     ):
         save(vol, tmp_path / "s", dicom_tags={"PatientAgee": "040Y"})
+    with pytest.raises(
+        MedgenValueError, match=r"dicom_tags\['PatientAge'\] = 45 is not a valid DICOM AS"
+    ):
+        save(vol, tmp_path / "s", dicom_tags={"PatientAge": 45})
+    with pytest.raises(
+        MedgenValueError, match="cannot set PixelSpacing: save writes it from the image"
+    ):
+        save(vol, tmp_path / "s", dicom_tags={"PixelSpacing": [1, 1]})
     with pytest.raises(MedgenValueError, match="one channel, img has 2"):
         save(np.zeros((2, 3, 3, 2)), tmp_path / "s")
     with pytest.raises(MedgenValueError, match=r"shape \(3, 3\)"):

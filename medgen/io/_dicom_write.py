@@ -74,17 +74,73 @@ def choose_rescale(vol: np.ndarray) -> tuple[np.ndarray, float, float, bool]:
     return stored, slope_w, inter_w, False
 
 
-def _check_tags(tags: dict[str, Any]) -> None:
-    from pydicom.datadict import keyword_dict, tag_for_keyword
+#: written by ``save`` from the image itself; changing them would corrupt pixels or geometry
+_PROTECTED = frozenset(
+    {
+        "Rows",
+        "Columns",
+        "PixelData",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "RescaleSlope",
+        "RescaleIntercept",
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "PixelSpacing",
+        "SpacingBetweenSlices",
+        "SOPInstanceUID",
+        "SOPClassUID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "FrameOfReferenceUID",
+        "InstanceNumber",
+    }
+)
 
-    for key in tags:
-        if tag_for_keyword(key) is None:
+
+def _check_tags(tags: dict[str, Any]) -> None:
+    """Reject unknown keywords, geometry/pixel fields and values invalid for their VR."""
+    import warnings
+    from io import BytesIO
+
+    from pydicom.datadict import dictionary_VR, keyword_dict, tag_for_keyword
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_dataset
+
+    for key, value in tags.items():
+        tag = tag_for_keyword(key)
+        if tag is None:
             close = difflib.get_close_matches(key, list(keyword_dict), n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise MedgenValueError(
                 f"save: dicom_tags key {key!r} is not a DICOM keyword.{hint} Use keywords such as "
                 "PatientSex, PatientAge, InstitutionName, Manufacturer."
             )
+        if key in _PROTECTED:
+            raise MedgenValueError(
+                f"save: dicom_tags cannot set {key}: save writes it from the image and its affine. "
+                "Change the image or the affine instead."
+            )
+        probe = Dataset()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                setattr(probe, key, value)
+                fp = DicomFileLike(BytesIO())
+                fp.is_little_endian, fp.is_implicit_VR = True, False
+                write_dataset(fp, probe)
+        except Exception as err:
+            vr = dictionary_VR(tag)
+            raise MedgenValueError(
+                f"save: dicom_tags[{key!r}] = {value!r} is not a valid DICOM {vr} value ({err}). "
+                "Pass a string in the DICOM format, e.g. PatientAge='045Y', PatientSex='F', "
+                "PatientWeight='70.5'."
+            ) from err
 
 
 def _ds(value: Any) -> str:
