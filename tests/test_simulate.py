@@ -346,3 +346,21 @@ def test_cli_simulate_tiny_and_bad_config(tmp_path: pathlib.Path) -> None:
     assert result.exit_code == 2
     assert "population.sex: proportions must sum to 1" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_example_yaml_with_every_mechanism_records_ground_truth() -> None:
+    from medgen.simulate import BIAS_MECHANISMS
+
+    path = pathlib.Path(__file__).parents[1] / "medgen/simulate/examples/all_mechanisms.yaml"
+    cfg = SimulationConfig.from_yaml(path)
+    table, gt = draw_cohort(cfg, cfg.seed)
+    assert {g["mechanism"] for g in gt} == set(BIAS_MECHANISMS)
+    by_name = {g["mechanism"]: g for g in gt}
+    assert by_name["under_representation"]["effective_proportion"] == pytest.approx(0.25)
+    shift = by_name["acquisition_shift"]
+    assert shift["site_share_in_group"] > shift["site_share_outside_group"] + 0.4
+    short = by_name["shortcut"]
+    assert short["marker_rate_positives"] > short["marker_rate_negatives"] + 0.5
+    young = table[table["age_group"] == "20-49"]["label_true"].mean()
+    old = table[table["age_group"] == "70-90"]["label_true"].mean()
+    assert old > young + 0.2

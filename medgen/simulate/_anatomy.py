@@ -99,6 +99,12 @@ def output_grid(
     return shape, affine
 
 
+@functools.lru_cache(maxsize=8)
+def _spline_matrix(n: int, g: int) -> np.ndarray:
+    """``(n, g)`` matrix of 1D cubic-spline upsampling from ``g`` to ``n`` points (ends aligned)."""
+    return ndimage.zoom(np.eye(g), (n / g, 1.0), order=3, mode="nearest")
+
+
 @dataclass
 class AnatomyParams:
     """Per-subject anatomy parameters (drawn once, recorded in the sidecar on request)."""
@@ -142,11 +148,13 @@ def sample_anatomy(
     region_center_mm: np.ndarray | None = None,
     region_radius_mm: float = 25.0,
     region_loss: float = 0.0,
+    regular_grid: bool = False,
 ) -> TissueMaps:
     """Sample the subject's tissue maps at ``points_mm`` (``(..., 3)`` RAS mm, subject space).
 
     ``region_loss`` (0..1) removes that fraction of grey matter inside a smooth sphere centred at
     ``region_center_mm`` (template space), on top of the age atrophy ``params.atrophy``.
+    ``regular_grid``: ``points_mm`` is a full 3D output grid ``(X, Y, Z, 3)`` (faster warp).
     """
     tpl = load_template()
     shape = points_mm.shape[:-1]
@@ -160,14 +168,24 @@ def sample_anatomy(
     # smooth warp: control grid spans the field of view (a cube) around the brain centre
     # 2D stacks (n_z, X, Y) differ only by small z offsets: evaluate the smooth warp on the middle
     # sub-slice and share it (the warp varies over centimetres, the offsets are millimetres)
+    # A 3D output grid is regular: upsample the control grid to it (cubic spline, end points
+    # aligned with the grid corners), which is ~10x faster than interpolating at every point.
     g = params.control_grid.shape[1]
-    share = len(shape) == 3 and shape[0] <= 5
+    share = not regular_grid and len(shape) == 3 and shape[0] <= 5
     p_warp = points_mm[shape[0] // 2].reshape(-1, 3) if share else p
     gi = (p_warp - (c - fov_mm / 2.0)) / fov_mm * (g - 1)
     for k in range(3):
-        u = ndimage.map_coordinates(
-            params.control_grid[k], gi.T, order=3, mode="nearest", prefilter=True
-        )
+        if regular_grid:
+            u = np.einsum(
+                "ia,jb,kc,abc->ijk",
+                *(_spline_matrix(n, g) for n in shape),
+                params.control_grid[k],
+                optimize=True,
+            ).ravel()
+        else:
+            u = ndimage.map_coordinates(
+                params.control_grid[k], gi.T, order=3, mode="nearest", prefilter=True
+            )
         q[:, k] += np.tile(u, shape[0]) if share else u
     if params.ventricle_growth > 0:
         d = q - VENTRICLE_CENTER_MM

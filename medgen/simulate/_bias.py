@@ -8,8 +8,8 @@ Everything here acts on the subject table (one row per subject), before any imag
   probability ``strength`` (a site serving mostly one group).
 - ``under_diagnosis``: each true positive of the group is recorded as ``label = 0`` with
   probability ``strength`` (``label_true`` keeps the truth).
-- ``presentation``: the group's lesions get ``presentation = 1 - strength`` (size and contrast
-  factor; for atrophy, the amount of tissue lost).
+- ``presentation``: the group's subjects get ``presentation = 1 - strength``: lesion contrast
+  (for atrophy, the tissue lost) is multiplied by it, lesion radius by ``(1 + presentation) / 2``.
 - ``shortcut``: a marker is burned into the image of the group's recorded positives with
   probability ``strength`` (and of its negatives with ``params['base_rate']``, default 0).
 

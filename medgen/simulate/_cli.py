@@ -24,7 +24,9 @@ def register(app: typer.Typer) -> None:
             pathlib.Path | None,
             typer.Option("--config", help="YAML config file (overrides --preset)."),
         ] = None,
-        seed: Annotated[int | None, typer.Option("--seed", help="Seed (default: config's).")] = None,
+        seed: Annotated[
+            int | None, typer.Option("--seed", help="Seed (default: config's).")
+        ] = None,
         fmt: Annotated[
             str, typer.Option("--format", help="Image format: nifti or dicom.")
         ] = "nifti",

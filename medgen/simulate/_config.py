@@ -40,7 +40,10 @@ BIAS_MECHANISMS: dict[str, str] = {
     "shortcut": "a spurious marker burned into the image of positives (observed label) of one group",
     "under_representation": "the group's share of the cohort is multiplied by (1 - strength)",
     "under_diagnosis": "a fraction `strength` of the group's true positives is recorded as label 0",
-    "presentation": "lesions (or atrophy) of the group are subtler: contrast and size x (1 - strength)",
+    "presentation": (
+        "the group's disease is subtler: lesion contrast (or atrophy) x (1 - strength), "
+        "lesion radius x (1 - strength / 2)"
+    ),
     "acquisition_shift": "a fraction `strength` of the group is scanned at site `params['site']`",
 }
 

@@ -84,6 +84,7 @@ def render_subject(
         region_center_mm=np.asarray(cfg.disease.atrophy_center_mm) if atrophy_disease else None,
         region_radius_mm=cfg.disease.atrophy_radius_mm,
         region_loss=cfg.disease.atrophy_strength * severity * presentation,
+        regular_grid=an.mode == "3d",
     )
     base = _site.TISSUE_INTENSITIES[site.contrast]
     jitter = {k: float(1.0 + an.intensity_jitter * rng.standard_normal()) for k in base}
@@ -199,12 +200,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _uid(seed: int, *parts: object) -> str:
-    from pydicom.uid import generate_uid
-
-    return str(generate_uid(entropy_srcs=["medgen.simulate", str(seed), *map(str, parts)]))
-
-
 def _atomic_write_text(path: pathlib.Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
@@ -278,7 +273,6 @@ def simulate(
     t0 = time.perf_counter()
     table, ground_truth = draw_cohort(cfg, seed)
     rows = []
-    study_date = "20260101"
     iterator = tqdm(
         enumerate(table.to_dict(orient="records")),
         total=len(table),
@@ -305,11 +299,6 @@ def simulate(
                 "Manufacturer": subj.record["manufacturer"],
                 "Modality": "MR",
                 "SeriesDescription": f"simulated {subj.record['contrast'].upper()}",
-                "StudyInstanceUID": _uid(seed, sid, "study"),
-                "SeriesInstanceUID": _uid(seed, sid, "series"),
-                "FrameOfReferenceUID": _uid(seed, sid, "frame"),
-                "StudyDate": study_date,
-                "SeriesDate": study_date,
             }
         medgen.io.save(
             img,

@@ -41,17 +41,21 @@ def draw_bias_coefficients(
 
 def bias_field(shape: tuple[int, ...], coefficients: np.ndarray, order: int = 3) -> np.ndarray:
     """Multiplicative bias field ``exp(sum_k c_k x^a y^b [z^c])`` on ``[-1, 1]`` coordinates."""
-    axes = [np.linspace(-1.0, 1.0, s) for s in shape]
-    grids = np.meshgrid(*axes, indexing="ij")
+    ndim = len(shape)
+    axes = []
+    for d, n in enumerate(shape):  # 1D coordinates, broadcastable along axis d
+        view = [1] * ndim
+        view[d] = n
+        axes.append(np.linspace(-1.0, 1.0, n).reshape(view))
     log_field = np.zeros(shape)
-    for c, e in zip(coefficients, _monomials(order, len(shape)), strict=True):
+    for c, e in zip(coefficients, _monomials(order, ndim), strict=True):
         if c == 0:
             continue
-        term = np.ones(shape)
-        for g, k in zip(grids, e, strict=True):
+        term = c * np.ones([1] * ndim)
+        for ax, k in zip(axes, e, strict=True):
             if k:
-                term = term * g**k
-        log_field += c * term
+                term = term * ax**k
+        log_field += term
     return np.exp(log_field)
 
 
