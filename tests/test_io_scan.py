@@ -150,3 +150,17 @@ def test_cli_scan_missing_dir(tmp_path: Path) -> None:
         app, ["scan", str(tmp_path / "nope"), "-o", str(tmp_path / "m.csv")]
     )
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_files_without_series_uid_are_one_image_each(tmp_path: Path) -> None:
+    for name in ("MR_small.dcm", "CT_small.dcm"):
+        ds = pydicom.dcmread(get_testdata_file(name))
+        del ds.SeriesInstanceUID
+        (tmp_path / "nouid").mkdir(exist_ok=True)
+        ds.save_as(tmp_path / "nouid" / name)
+    manifest, errors = scan(tmp_path)
+    assert errors.empty
+    assert sorted(manifest["image_path"]) == ["nouid/CT_small.dcm", "nouid/MR_small.dcm"]
+    assert not manifest["needs_series"].any() and manifest["series_uid"].isna().all()
+    for p in manifest["image_path"]:
+        assert load(tmp_path / p).shape[-1] == 1

@@ -40,8 +40,6 @@ def scan_command(
     Image paths in the manifest are written relative to the manifest's folder, so
     ``medgen info`` and ``Cohort.from_manifest`` find the files.
     """
-    import pandas as pd
-
     from medgen.errors import MedgenError
     from medgen.io import scan
 
@@ -55,14 +53,18 @@ def scan_command(
         raise typer.Exit(code=2) from err
     root = directory.expanduser().resolve()
     out_dir = output.expanduser().resolve().parent
-    if out_dir != root and not manifest.empty:
-        manifest["image_path"] = [
-            Path(os.path.relpath(root / p, out_dir)).as_posix() for p in manifest["image_path"]
-        ]
-    if out_dir != root and not errors.empty:
-        errors["path"] = [
-            Path(os.path.relpath(root / p, out_dir)).as_posix() for p in errors["path"]
-        ]
+    shown_errors = errors.copy()
+    if out_dir != root:
+        # relative to the manifest's folder when they share more than "/", else absolute
+        rel = os.path.commonpath([root, out_dir]) != root.anchor
+
+        def move(p: str) -> str:
+            return Path(os.path.relpath(root / p, out_dir) if rel else root / p).as_posix()
+
+        if not manifest.empty:
+            manifest["image_path"] = [move(p) for p in manifest["image_path"]]
+        if not errors.empty:
+            errors["path"] = [move(p) for p in errors["path"]]
     err_path = _errors_path(output)
     _write(manifest, output)
     _write(errors, err_path)
@@ -77,8 +79,9 @@ def scan_command(
         typer.echo("by modality: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     typer.echo(f"Wrote {output} and {err_path}.")
     if len(errors):
-        with pd.option_context("display.max_colwidth", 100, "display.width", 160):
-            typer.echo(errors.head(5).to_string(index=False))
+        typer.echo(f"First unreadable files (paths relative to {directory}):")
+        for row in shown_errors.head(5).itertuples():
+            typer.echo(f"  {row.path}: {str(row.reason)[:120]}")
 
 
 def _write(df: pd.DataFrame, path: Path) -> None:

@@ -275,7 +275,8 @@ def scan(
                 and int(ds.get("Rows", 0) or 0) == 0
             ):
                 raise DicomError("DICOM object without an image")
-            uid = str(ds.get("SeriesInstanceUID", "") or "")
+            # files without a SeriesInstanceUID cannot be grouped safely: one image each
+            uid = str(ds.get("SeriesInstanceUID", "") or "") or f"<no uid: {path.name}>"
             dicom.setdefault(path.parent, {}).setdefault(uid, []).append((path, ds))
         except Exception as err:
             errors.append({"path": rel, "reason": _reason(err, path)})
