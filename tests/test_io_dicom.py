@@ -292,3 +292,19 @@ def test_undecodable_compressed_file_says_which_syntax_and_what_to_do() -> None:
         DicomError, match=r"(?s)JPEG-lossy\.dcm.*every installed decoder failed on JPEG Extended"
     ):
         load(get_testdata_file("JPEG-lossy.dcm"))
+
+
+def test_series_without_positions_falls_back_to_instance_number_with_warning(
+    tmp_path: Path,
+) -> None:
+    paths = write_series(tmp_path / "s", [0.0, 1.0, 2.0], instance_numbers=[2, 3, 1])
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        del ds.ImagePositionPatient, ds.ImageOrientationPatient
+        ds.save_as(p)
+    with pytest.warns(SeriesGeometryWarning, match="stacked by InstanceNumber"):
+        img = load(tmp_path / "s")
+    base = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array.T.astype(np.float32)
+    for k, s in enumerate([2, 0, 1]):  # files ordered by their InstanceNumbers 1, 2, 3
+        np.testing.assert_array_equal(img[0, :, :, k].numpy(), base + 100 * s)
+    assert img.meta["geometry_assumed"] is True

@@ -332,7 +332,24 @@ def stack_geometry(frames: Sequence[Frame], where: str) -> Geometry:
         logger.info("%s: no patient geometry in the header; assuming identity orientation", where)
         iop = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
         ipps = np.zeros((n, 3))
-        ipps[:, 2] = np.arange(n) * (frames[0].slice_step or 1.0)
+        rank = np.arange(n)
+        if n > 1 and all(f.index is None for f in frames):
+            # separate files with no positions: InstanceNumber is the only order left
+            nums = [_scalar(f.ds, "InstanceNumber", None) for f in frames]
+            if any(v is None for v in nums):
+                raise SeriesGeometryError(
+                    f"{where}: the files carry neither ImagePositionPatient nor InstanceNumber, "
+                    "so their order is unknown. Load them one at a time."
+                )
+            rank = np.argsort(np.argsort(np.asarray(nums, dtype=float), kind="stable"))
+            warnings.warn(
+                f"{where}: no ImagePositionPatient/ImageOrientationPatient; slices are stacked by "
+                "InstanceNumber with an assumed identity orientation and "
+                f"{frames[0].slice_step or 1.0} mm steps.",
+                SeriesGeometryWarning,
+                stacklevel=3,
+            )
+        ipps[:, 2] = rank * (frames[0].slice_step or 1.0)
     else:
         iops = np.stack([f.iop for f in frames])  # type: ignore[misc]
         iop = iops[0]
