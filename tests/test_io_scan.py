@@ -164,3 +164,15 @@ def test_files_without_series_uid_are_one_image_each(tmp_path: Path) -> None:
     assert not manifest["needs_series"].any() and manifest["series_uid"].isna().all()
     for p in manifest["image_path"]:
         assert load(tmp_path / p).shape[-1] == 1
+
+
+def test_scan_records_geometry_warnings_and_errors(tmp_path: Path) -> None:
+    write_series(tmp_path / "gap", [0.0, 2.0, 4.0, 8.0])
+    uid = generate_uid()
+    write_series(tmp_path / "mixed_orient", [0.0, 2.0], series_uid=uid)
+    write_series(tmp_path / "mixed_orient", [0.0], series_uid=uid, iop=(0, 1, 0, 0, 0, -1), seed=5)
+    manifest, errors = scan(tmp_path)
+    assert list(manifest["image_path"]) == ["gap"]
+    assert "slices are missing" in manifest.loc[0, "geometry_warning"]
+    assert list(errors["path"]) == ["mixed_orient"]
+    assert "2 different orientations" in errors.loc[0, "reason"]
