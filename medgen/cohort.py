@@ -473,9 +473,7 @@ class Cohort:
         subj = self._df["subject_id"]
         order = subj.drop_duplicates().tolist()  # row order of first appearance
         if stratify:
-            majority = {
-                c: self._df.groupby("subject_id", sort=False)[c].agg(_majority) for c in stratify
-            }
+            majority = {c: _majority_by_subject(self._df, c) for c in stratify}
             strata = pd.DataFrame(majority).reindex(order)
             keys = strata.astype(object).where(strata.notna(), _MISSING_GROUP)
             stratum_of = keys.apply(lambda r: tuple(str(v) for v in r), axis=1)
@@ -484,8 +482,11 @@ class Cohort:
 
         rng = np.random.default_rng(int(seed))
         assignment: dict[str, str] = {}
-        for key in sorted(set(stratum_of.tolist())):
-            members = sorted(stratum_of.index[stratum_of.map(lambda k, key=key: k == key)])
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for subject, key in stratum_of.items():
+            groups.setdefault(key, []).append(str(subject))
+        for key in sorted(groups):
+            members = sorted(groups[key])
             members = [members[i] for i in rng.permutation(len(members))]
             counts = _allocate(len(members), probs, rng)
             start = 0
@@ -528,9 +529,7 @@ class Cohort:
         df = self._df.copy()
         if relative:
             for col in _path_columns(df.columns):
-                df[col] = df[col].map(
-                    lambda p: os.path.relpath(p, folder) if isinstance(p, str) and p else p
-                )
+                df[col] = _relative_paths(df[col], folder)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         os.close(fd)
         try:
@@ -671,6 +670,21 @@ def __getattr__(name: str) -> Any:
 
 
 # ---------------------------------------------------------------------- helpers
+def _relative_paths(paths: pd.Series, folder: Path) -> pd.Series:
+    """``os.path.relpath`` of each absolute path, computed once per parent directory."""
+    cache: dict[str, str] = {}
+
+    def rel(p: Any) -> Any:
+        if not isinstance(p, str) or not p:
+            return p
+        parent, name = os.path.split(p)
+        if parent not in cache:
+            cache[parent] = os.path.relpath(parent, folder)
+        return name if cache[parent] == "." else os.path.join(cache[parent], name)
+
+    return paths.map(rel)
+
+
 def _path_columns(columns: Iterable[str]) -> list[str]:
     """``image_path``, ``mask_path`` and any other column named ``*_path``, in table order."""
     suffix = _spec()["path_column_suffix"]
@@ -686,17 +700,24 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def _majority(values: pd.Series) -> Any:
-    """Most frequent value (missing counts as a value); ties go to the first in row order."""
-    keyed = values.astype(object).where(values.notna(), None)
-    counts: dict[Any, int] = {}
-    for v in keyed:
-        counts[v] = counts.get(v, 0) + 1
-    best = max(counts.values())
-    for v in keyed:
-        if counts[v] == best:
-            return v
-    return None  # pragma: no cover - values is never empty
+def _majority_by_subject(df: pd.DataFrame, col: str) -> pd.Series:
+    """Each subject's most frequent value of ``col`` (missing counts as a value; ties go to the
+    value seen first in row order). Indexed by subject_id."""
+    tmp = pd.DataFrame(
+        {
+            "subject_id": df["subject_id"].to_numpy(),
+            "value": df[col].astype(object).where(df[col].notna(), None).to_numpy(),
+            "row": np.arange(len(df)),
+        }
+    )
+    stats = tmp.groupby(["subject_id", "value"], dropna=False, sort=False)["row"].agg(
+        ["size", "min"]
+    )
+    stats = stats.reset_index().sort_values(
+        ["subject_id", "size", "min"], ascending=[True, False, True], kind="stable"
+    )
+    best = stats.drop_duplicates("subject_id", keep="first").set_index("subject_id")["value"]
+    return best.astype(object).where(best.notna(), None)
 
 
 def _allocate(n: int, probs: np.ndarray, rng: np.random.Generator) -> list[int]:
@@ -765,20 +786,12 @@ def _validate(
     string_cols += [c for c in _path_columns(df.columns) if c not in string_cols]
     for col in string_cols:
         s = df[col]
-        text = (
-            s.astype(object)
-            .where(s.notna(), None)
-            .map(
-                lambda v: (
-                    v
-                    if v is None
-                    else (str(v).strip() if not isinstance(v, float) or not np.isnan(v) else None)
-                )
-            )
-        )
+        if not (pd.api.types.is_string_dtype(s.dtype) or s.dtype == object):
+            s = s.astype(object).where(s.notna(), None)  # ints/floats -> their str() below
+        text = s.astype("string").str.strip()
         if col in _path_columns([col]) and col != "image_path":
-            text = text.where(text.ne(""), None)
-        df[col] = text.astype("string")
+            text = text.where(text.ne(""), pd.NA)
+        df[col] = text
     df["split"] = df["split"].fillna("")
 
     dup = df["image_id"][df["image_id"].duplicated(keep=False)]
@@ -805,9 +818,14 @@ def _validate(
             f"are {allowed_src}.{_suggest(b, allowed_src)}"
         )
     assigned = df[df["split"] != ""]
-    per_subject = assigned.groupby("subject_id", sort=True)["split"].unique()
-    leaky = per_subject[per_subject.map(len) > 1]
-    if not leaky.empty:
+    n_splits = assigned.groupby("subject_id", sort=True)["split"].nunique()
+    leaky_ids = n_splits.index[n_splits > 1]
+    if len(leaky_ids):
+        leaky = (
+            assigned[assigned["subject_id"].isin(leaky_ids)]
+            .groupby("subject_id", sort=True)["split"]
+            .unique()
+        )
         desc = [f"{s!r} in {sorted(v)}" for s, v in leaky.head(_MAX_LISTED).items()]
         more = f" (and {len(leaky) - _MAX_LISTED} more)" if len(leaky) > _MAX_LISTED else ""
         raise ManifestError(
@@ -836,18 +854,20 @@ def _validate(
     for col in _path_columns(df.columns):
         resolved: list[Any] = []
         relative_without_root: list[str] = []
+        root_str = str(root) if root is not None else None
         for p in df[col].tolist():
             if p is None or p is pd.NA:
                 resolved.append(None)
                 continue
-            pp = Path(p).expanduser()
-            if not pp.is_absolute():
-                if root is None:
-                    relative_without_root.append(str(p))
+            if p.startswith("~"):
+                p = os.path.expanduser(p)
+            if not os.path.isabs(p):
+                if root_str is None:
+                    relative_without_root.append(p)
                     resolved.append(None)
                     continue
-                pp = root / pp
-            resolved.append(os.path.normpath(pp))
+                p = os.path.join(root_str, p)
+            resolved.append(os.path.normpath(p))
         if relative_without_root:
             raise ManifestError(
                 f"Manifest {name}: column {col!r} has relative paths "

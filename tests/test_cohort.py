@@ -737,3 +737,24 @@ def test_iteration_and_records(cohort_dir: Path) -> None:
     assert isinstance(recs[0]["label"], int) and isinstance(recs[0]["age"], float)
     assert "Cohort(24 images, 12 subjects" in repr(cohort)
     assert "<table" in cohort._repr_html_()
+
+
+def test_integer_ids_become_strings_and_paths_are_trimmed(cohort_dir: Path) -> None:
+    df = _manifest(cohort_dir)
+    df["image_id"] = range(100, 124)
+    df["subject_id"] = [int(s.split("-")[1]) for s in df["subject_id"]]
+    df["image_path"] = "  " + df["image_path"] + " "
+    cohort = Cohort.from_manifest(df, root=cohort_dir)
+    assert cohort.image_ids[:2] == ["100", "101"]
+    assert cohort.subjects[:2] == ["0", "1"]
+    assert all(p.is_file() for p in cohort.paths)
+    assert cohort.split(seed=0).df.groupby("subject_id")["split"].nunique().max() == 1
+
+
+def test_split_many_subjects_many_strata() -> None:
+    """~20k images of 8000 subjects, 12 strata: the vectorised majority/strata code path."""
+    df = simulated_table(8000, seed=1)
+    cohort = Cohort.from_manifest(df, check_files=False)
+    out = cohort.split(seed=0, stratify=("label", "sex", "site"))
+    assert len(out) == len(df)
+    assert out.df.groupby("subject_id")["split"].nunique().max() == 1
