@@ -250,6 +250,22 @@ def test_3d_mode_volume_and_atrophy_disease() -> None:
     np.testing.assert_allclose(np.diag(s.affine)[:3], [6.0, 6.0, 6.0])
 
 
+def test_3d_nifti_output_loads_as_volume(tmp_path: pathlib.Path) -> None:
+    import medgen.io
+
+    cfg = SimulationConfig.from_dict(
+        {"population": {"n_subjects": 2}, "anatomy": {"mode": "3d", "spacing_mm": 8.0}}
+    )
+    manifest = simulate(cfg, tmp_path, progress=False)
+    row = pd.read_csv(manifest).iloc[0]
+    img = medgen.io.load(tmp_path / row["image_path"])
+    assert tuple(img.shape) == (1, 24, 24, 24)
+    np.testing.assert_allclose(np.asarray(img.meta["spacing"]), [8.0, 8.0, 8.0])
+    # the grid is centred on the brain: the centre voxel maps near MNI (0, -18, 8) mm
+    centre = np.asarray(img.affine) @ np.array([11.5, 11.5, 11.5, 1.0])
+    np.testing.assert_allclose(centre[:3], [0.0, -18.0, 8.0], atol=1e-6)
+
+
 def test_age_drives_atrophy_and_ventricles() -> None:
     """Older subjects (same seed, noise off) have less grey matter signal and more CSF."""
     from medgen.simulate._simulate import render_subject
