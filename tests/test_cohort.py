@@ -390,16 +390,41 @@ def test_unstratified_split_is_looser_than_stratified() -> None:
     assert np.mean(err_strat) < np.mean(err_plain)
 
 
-def test_split_majority_value_for_mixed_subjects() -> None:
-    df = simulated_table(40, seed=2)
-    # a subject whose images disagree is stratified on its majority label
-    first = df["subject_id"].iloc[0]
-    n_img = int((df["subject_id"] == first).sum())
-    out = Cohort.from_manifest(df, check_files=False).split(
+def test_split_stratifies_mixed_subjects_on_majority_value() -> None:
+    from medgen.cohort import _majority_by_subject
+
+    df = pd.DataFrame(
+        {
+            "subject_id": ["a", "a", "a", "b", "b", "c", "c", "c", "d"],
+            "label": [1, 0, 0, 1, 0, np.nan, np.nan, 1, 0],
+        }
+    )
+    got = _majority_by_subject(df, "label")
+    assert got.to_dict() == {"a": 0, "b": 1, "c": None, "d": 0}  # tie -> first seen; NaN counts
+
+    # 60 subjects whose images disagree: 2 of 3 images carry the subject's true label
+    rows = []
+    for s in range(60):
+        true = int(s < 20)
+        for k, lab in enumerate([true, true, 1 - true]):
+            rows.append(
+                {
+                    "image_id": f"{s}-{k}",
+                    "image_path": f"/x/{s}-{k}.nii.gz",
+                    "subject_id": f"S{s}",
+                    "split": "",
+                    "source": "real",
+                    "label": lab,
+                }
+            )
+    out = Cohort.from_manifest(pd.DataFrame(rows), check_files=False).split(
         seed=0, fractions={"train": 0.5, "test": 0.5}
     )
-    assert set(out.df["split"]) == {"train", "test"}
-    assert n_img >= 1
+    subj = out.df.groupby("subject_id")["split"].first()
+    positives = [f"S{s}" for s in range(20)]
+    # stratified on the majority label: the 20 true positives are split 10/10 exactly
+    assert (subj[positives] == "train").sum() == 10
+    assert (subj == "train").sum() == 30
 
 
 def test_split_argument_errors() -> None:
@@ -758,3 +783,28 @@ def test_split_many_subjects_many_strata() -> None:
     out = cohort.split(seed=0, stratify=("label", "sex", "site"))
     assert len(out) == len(df)
     assert out.df.groupby("subject_id")["split"].nunique().max() == 1
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import medgen.cohort
+
+    result = doctest.testmod(medgen.cohort, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 3 and result.failed == 0
+
+
+def test_cli_info_reads_parquet_without_labels(cohort_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medgen.cli import app
+
+    df = _manifest(cohort_dir).drop(columns=["label"])
+    cohort = Cohort.from_manifest(df, root=cohort_dir)
+    path = cohort.to_manifest(cohort_dir / "nolabel.parquet")
+    result = CliRunner().invoke(app, ["info", str(path), "--by", "site"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"site\s+split\s+n_images\s+n_subjects", result.output)
+    assert re.search(r"A\s+\(unassigned\)\s+8\s+4", result.output)
+    moved = CliRunner().invoke(app, ["info", str(path), "--root", "/nonexistent"])
+    assert moved.exit_code == 2 and "--root DIR or --no-check-files" in moved.output
