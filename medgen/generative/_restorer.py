@@ -514,7 +514,7 @@ class Restorer:
         meta = dict(getattr(image, "meta", {}) or {})
         if new_aff is not None:
             meta["spacing"] = tuple(float(v) for v in np.linalg.norm(new_aff[:3, :3], axis=0))
-            meta["affine"] = torch.as_tensor(new_aff)
+        meta.pop("affine", None)
         meta["restoration"] = {"task": self.task, **self._config_dict()}
         return MetaTensor(torch.from_numpy(y[None]), affine=torch.as_tensor(new_aff), meta=meta)
 

@@ -43,7 +43,7 @@ def foreground_mask(image: np.ndarray) -> np.ndarray:
     a = np.asarray(image, dtype=np.float64)
     if float(a.max()) <= float(a.min()):
         return np.ones(a.shape, dtype=bool)
-    m = a > threshold_otsu(a)
+    m = a > threshold_otsu(a.ravel())
     m = ndimage.binary_fill_holes(m)
     m = ndimage.binary_dilation(m, iterations=2)
     return np.asarray(m, dtype=bool)

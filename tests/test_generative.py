@@ -1,0 +1,420 @@
+"""medgen.generative: training loop, Denoiser, SuperResolver, baselines, evaluation, CLI.
+
+Tiny configs (channels (4, 8), 16-px patches) on real anatomy: slices of nilearn's MNI152
+template, pydicom's MR_small and nibabel's anatomical.nii.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medgen.errors import ConfigError, MedgenFileNotFoundError, MedgenValueError
+from medgen.generative import (
+    Denoiser,
+    SuperResolver,
+    TrainConfig,
+    evaluate,
+    summarize,
+    train,
+)
+from medgen.generative._nets import build_discriminator, build_generator
+from medgen.generative.baselines import bm3d_available, denoise_baseline, upsample
+from medgen.generative.superres import output_affine
+
+TINY = {"channels": (4, 8), "patch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def mni_slices() -> np.ndarray:
+    """Four axial MNI152 slices (2 mm), cropped to 64x80, intensities 0..1: ``(4, 64, 80)``."""
+    from nilearn.datasets import load_mni152_template
+
+    vol = np.asarray(load_mni152_template(resolution=2).get_fdata(), dtype=np.float32)
+    vol = vol / vol.max()
+    cx, cy = vol.shape[0] // 2, vol.shape[1] // 2
+    return np.stack([vol[cx - 32 : cx + 32, cy - 40 : cy + 40, z] for z in (40, 45, 50, 55)])
+
+
+@pytest.fixture(scope="module")
+def nifti_cohort(tmp_path_factory: pytest.TempPathFactory, mni_slices: np.ndarray) -> Path:
+    """A manifest of three small 3D NIfTI volumes (64x80x4, spacing 2x2x3 mm, shifted origin)."""
+    from medgen.io import save
+
+    d = tmp_path_factory.mktemp("cohort")
+    affine = np.array([[2.0, 0, 0, -60], [0, 2.0, 0, -80], [0, 0, 3.0, 10], [0, 0, 0, 1]])
+    rows = []
+    for i in range(3):
+        vol = np.roll(np.moveaxis(mni_slices, 0, -1), 3 * i, axis=0)
+        save(vol[None], d / f"s{i}.nii.gz", affine=affine)
+        rows.append(
+            {
+                "image_id": f"img{i}",
+                "image_path": f"s{i}.nii.gz",
+                "subject_id": f"sub{i}",
+                "split": "train",
+                "source": "real",
+                "site": "A" if i < 2 else "B",
+            }
+        )
+    pd.DataFrame(rows).to_csv(d / "manifest.csv", index=False)
+    return d / "manifest.csv"
+
+
+def _tiny_batches(images: np.ndarray, seed: int = 0, bs: int = 4):
+    """A deterministic ``step -> batch`` process: Gaussian noise 0.1 on 16-px patches."""
+
+    def sample(step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([seed, step])
+        xs, ys = [], []
+        for _ in range(bs):
+            img = images[int(rng.integers(len(images)))]
+            a, b = int(rng.integers(img.shape[0] - 16)), int(rng.integers(img.shape[1] - 16))
+            y = img[a : a + 16, b : b + 16]
+            xs.append(y + rng.normal(0, 0.1, y.shape))
+            ys.append(y)
+        return {
+            "input": torch.tensor(np.stack(xs)[:, None], dtype=torch.float32),
+            "target": torch.tensor(np.stack(ys)[:, None], dtype=torch.float32),
+        }
+
+    return sample
+
+
+# ---------------------------------------------------------------------------------- trainer
+
+
+def test_training_reduces_the_loss(mni_slices: np.ndarray) -> None:
+    """Steps on one fixed batch of noisy MNI patches reduce that batch's L1 loss."""
+    torch.manual_seed(0)
+    net = build_generator("unet", spatial_dims=2, channels=(4, 8))
+    fixed = _tiny_batches(mni_slices)(0)
+
+    def l1() -> float:
+        net.eval()
+        with torch.no_grad():
+            return float(torch.mean(torch.abs(net(fixed["input"]).image - fixed["target"])))
+
+    before = l1()
+    cfg = TrainConfig(
+        epochs=1, steps_per_epoch=15, batch_size=4, lr_g=1e-2, ssim_weight=0.0, ema_decay=None
+    )
+    res = train(net, lambda step: fixed, config=cfg, progress=False)
+    after = l1()
+    assert res.step == 15 and len(res.history) == 1
+    assert after < 0.85 * before, (before, after)
+
+
+@pytest.mark.parametrize("variant", ["unet_adversarial", "vae"])
+def test_resume_continues_identically(tmp_path: Path, mni_slices: np.ndarray, variant: str) -> None:
+    """Interrupted after epoch 1 and resumed == never interrupted, bitwise."""
+    model = "vae" if variant == "vae" else "unet"
+    adv = 0.05 if variant == "unet_adversarial" else 0.0
+    sample = _tiny_batches(mni_slices)
+
+    def run(run_dir: Path, epochs: int, resume: bool):
+        torch.manual_seed(1)
+        g = build_generator(model, spatial_dims=2, channels=(4, 8))
+        d = build_discriminator(spatial_dims=2, in_channels=2, channels=4) if adv else None
+        cfg = TrainConfig(
+            epochs=epochs, steps_per_epoch=3, batch_size=2, adv_weight=adv, adv_warmup_steps=2
+        )
+        return train(
+            g, sample, config=cfg, discriminator=d, run_dir=run_dir, resume=resume, progress=False
+        )
+
+    full = run(tmp_path / "a", 2, False)
+    run(tmp_path / "b", 1, False)
+    resumed = run(tmp_path / "b", 2, True)
+    assert resumed.step == full.step == 6
+    for name in ("generator", "ema"):
+        sa = getattr(full, name).state_dict()
+        sb = getattr(resumed, name).state_dict()
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), f"{name}.{k} differs after resume"
+    metrics = pd.read_csv(tmp_path / "b" / "metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2]
+    if adv:
+        assert metrics["loss_d"].notna().all()
+    else:
+        assert metrics["kl"].notna().all()
+
+
+def test_resume_errors(tmp_path: Path, mni_slices: np.ndarray) -> None:
+    sample = _tiny_batches(mni_slices)
+    g = build_generator("unet", spatial_dims=2, channels=(4, 8))
+    cfg = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2)
+    with pytest.raises(MedgenFileNotFoundError, match="no checkpoint.pt"):
+        train(g, sample, config=cfg, run_dir=tmp_path / "nothing", resume=True, progress=False)
+    train(g, sample, config=cfg, run_dir=tmp_path / "r", progress=False)
+    other = TrainConfig(epochs=2, steps_per_epoch=1, batch_size=2, lr_g=5e-4)
+    with pytest.raises(ConfigError, match=r"differs in \['lr_g'\]"):
+        train(g, sample, config=other, run_dir=tmp_path / "r", resume=True, progress=False)
+    with pytest.raises(ConfigError, match="steps_per_epoch must be a positive integer"):
+        TrainConfig(steps_per_epoch=0)
+    with pytest.raises(ConfigError, match="unknown option"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+# ---------------------------------------------------------------------------------- models
+
+
+def test_denoiser_fit_apply_save_load(tmp_path: Path, mni_slices: np.ndarray) -> None:
+    den = Denoiser(**TINY, noise=["gaussian", "rician"], sigma=(0.05, 0.1))
+    den.fit(
+        list(mni_slices),
+        run_dir=tmp_path / "run",
+        config={"epochs": 2, "steps_per_epoch": 10, "batch_size": 4, "ema_decay": None},
+        progress=False,
+    )
+    noisy = mni_slices[0] + np.random.default_rng(0).normal(0, 0.08, mni_slices[0].shape)
+    out = den.apply(noisy.astype(np.float32))
+    assert out.shape == noisy.shape and out.dtype == np.float32
+    again = Denoiser.load(tmp_path / "run")
+    np.testing.assert_array_equal(again.apply(noisy.astype(np.float32)), out)
+    assert pd.DataFrame(again.history).equals(pd.DataFrame(den.history))
+    assert len(den.history) == 2
+    assert (tmp_path / "run" / "metrics.csv").is_file()
+    # a volume through a 2D model: slice by slice
+    vol = np.moveaxis(mni_slices, 0, -1)
+    assert den.apply(vol).shape == vol.shape
+
+
+def test_denoiser_3d_and_vae(mni_slices: np.ndarray) -> None:
+    vol = np.moveaxis(np.concatenate([mni_slices] * 4), 0, -1)[:32, :32]  # 32x32x16
+    den3 = Denoiser(spatial_dims=3, **TINY, sigma=0.1)
+    den3.fit([vol], config={"epochs": 1, "steps_per_epoch": 2, "batch_size": 2}, progress=False)
+    assert den3.apply(vol).shape == vol.shape
+    vae = Denoiser(model="vae", **TINY, sigma=0.1)
+    vae.fit(
+        list(mni_slices),
+        config={"epochs": 1, "steps_per_epoch": 3, "batch_size": 2},
+        progress=False,
+    )
+    assert np.isfinite(vae.history[0]["kl"])
+    a = vae.apply(mni_slices[0])
+    np.testing.assert_array_equal(a, vae.apply(mni_slices[0]))  # deterministic at inference
+
+
+def test_real_pairs_from_arrays_and_mismatch(mni_slices: np.ndarray) -> None:
+    rng = np.random.default_rng(0)
+    pairs = [(s, s + rng.normal(0, 0.05, s.shape).astype(np.float32)) for s in mni_slices]
+    den = Denoiser(**TINY)
+    den.fit(pairs, config={"epochs": 1, "steps_per_epoch": 2, "batch_size": 2}, progress=False)
+    with pytest.raises(MedgenValueError, match="pair 0: clean has shape"):
+        den.fit([(mni_slices[0], mni_slices[0][:-2])], config={"epochs": 1}, progress=False)
+
+
+def test_superres_geometry_and_errors(mni_slices: np.ndarray) -> None:
+    with pytest.raises(ConfigError, match=r"scale must be one of \(2, 4\), not 3"):
+        SuperResolver(scale=3)
+    with pytest.raises(ConfigError, match="needs spatial_dims=3"):
+        SuperResolver(axes="through")
+    with pytest.raises(ConfigError, match="patch_size=18 must be divisible by scale=4; try 20"):
+        SuperResolver(scale=4, patch_size=18)
+    sr = SuperResolver(scale=4, **TINY)
+    with pytest.raises(MedgenValueError, match="66 voxels, not a multiple of the scale 4"):
+        sr.downsample(np.zeros((66, 64), np.float32))
+    # output affine: each fine voxel block tiles its coarse voxel exactly
+    aff = np.array([[0, -2.0, 0, 30], [3.0, 0, 0, -10], [0, 0, 4.0, 5], [0, 0, 0, 1]])
+    fine = output_affine(aff, (2, 2, 1))
+    np.testing.assert_allclose(np.linalg.norm(fine[:3, :3], axis=0), [1.5, 1.0, 4.0])
+    block = np.array([[i, j, 0, 1] for i in (0, 1) for j in (0, 1)], float)
+    np.testing.assert_allclose((fine @ block.T).mean(axis=1), aff @ [0, 0, 0, 1])
+
+
+def test_superres_fit_apply_metatensor(tmp_path: Path, nifti_cohort: Path) -> None:
+    from medgen.io import load
+
+    sr = SuperResolver(scale=2, **TINY)
+    sr.fit(
+        nifti_cohort, config={"epochs": 1, "steps_per_epoch": 3, "batch_size": 2}, progress=False
+    )
+    img = load(nifti_cohort.parent / "s0.nii.gz")
+    out = sr.apply(img)
+    assert tuple(out.shape) == (1, 128, 160, 4)
+    assert out.meta["spacing"] == pytest.approx((1.0, 1.0, 3.0))
+    np.testing.assert_allclose(
+        np.asarray(out.affine), output_affine(np.asarray(img.affine), (2, 2, 1))
+    )
+    through = SuperResolver(scale=2, axes="through", spatial_dims=3, **TINY)
+    vol = np.asarray(img[0])[:32, :32]
+    vol = np.concatenate([vol] * 4, axis=-1)  # 32x32x16
+    through.fit([vol], config={"epochs": 1, "steps_per_epoch": 2, "batch_size": 2}, progress=False)
+    assert through.apply(through.downsample(vol)).shape == vol.shape
+
+
+# ---------------------------------------------------------------------------------- baselines
+
+
+def test_baselines_beat_noisy_input_and_match_skimage(mni_slices: np.ndarray) -> None:
+    from skimage.metrics import peak_signal_noise_ratio as psnr
+    from skimage.restoration import denoise_tv_chambolle
+
+    clean = mni_slices[1].astype(np.float64)
+    noisy = clean + np.random.default_rng(0).normal(0, 0.1, clean.shape)
+    base = psnr(clean, noisy, data_range=1.0)
+    methods = ["nl_means", "tv", "wavelet"] + (["bm3d"] if bm3d_available() else [])
+    for m in methods:
+        out = denoise_baseline(noisy, m)
+        assert out.shape == noisy.shape
+        assert psnr(clean, out, data_range=1.0) > base + 3.0, m
+    noisy01 = (noisy - noisy.min()) / (noisy.max() - noisy.min())  # 0..1: no internal rescaling
+    np.testing.assert_allclose(
+        denoise_baseline(noisy01, "tv", sigma=0.07),
+        denoise_tv_chambolle(noisy01, weight=0.07),
+        atol=1e-6,
+    )
+    with pytest.raises(ConfigError, match="not a baseline; choose one of"):
+        denoise_baseline(noisy, "median")
+
+
+def test_upsample_inverts_block_average_on_smooth_images() -> None:
+    from medgen.simulate import degrade
+
+    x, y = np.meshgrid(np.arange(32.0), np.arange(32.0), indexing="ij")
+    ramp = (0.5 * x + 0.25 * y).astype(np.float32)
+    low = degrade(ramp, downsample=2, seed=0).degraded
+    up = upsample(low, (2, 2))
+    # torch's bicubic (a = -0.75) is exact for constants, close for ramps; far better than nearest
+    err = np.abs(up - ramp)[4:-4, 4:-4].max()
+    err_nearest = np.abs(upsample(low, (2, 2), mode="nearest") - ramp)[4:-4, 4:-4].max()
+    assert err < 0.1 < err_nearest
+    const = np.full((16, 16), 3.0, np.float32)
+    np.testing.assert_allclose(upsample(const[::2, ::2], (2, 2)), const, atol=1e-5)
+    vol = np.repeat(ramp[..., None], 8, axis=-1)
+    assert upsample(vol[..., ::2], (1, 1, 2)).shape == (32, 32, 8)
+
+
+# ---------------------------------------------------------------------------------- quality
+
+
+def test_evaluate_table_columns_psnr_and_subgroups(nifti_cohort: Path) -> None:
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from medgen.cohort import Cohort
+    from medgen.io import load
+    from medgen.simulate import degrade
+
+    cohort = Cohort.from_manifest(nifti_cohort)
+    tab = evaluate(
+        None, cohort, task="denoise", sigma=0.1, baselines=["tv"], seed=3, progress=False
+    )
+    for col in (
+        "image_id",
+        "method",
+        "psnr",
+        "ssim",
+        "psnr_fg",
+        "ssim_fg",
+        "data_range",
+        "seconds_per_slice",
+        "site",
+        "noise",
+        "sigma",
+    ):
+        assert col in tab.columns
+    assert set(tab["method"]) == {"input", "tv"} and len(tab) == 6
+    clean = np.asarray(load(nifti_cohort.parent / "s1.nii.gz")[0])
+    noisy = np.asarray(degrade(clean, noise="gaussian", sigma=0.1, seed=4).degraded)
+    expected = peak_signal_noise_ratio(clean, noisy, data_range=float(clean.max() - clean.min()))
+    row = tab[(tab.image_id == "img1") & (tab.method == "input")].iloc[0]
+    assert row["psnr"] == pytest.approx(expected, abs=1e-4)
+    assert (
+        tab[tab.method == "tv"]["psnr"].to_numpy() > tab[tab.method == "input"]["psnr"].to_numpy()
+    ).all()
+    by = summarize(tab, by=("site", "method"))
+    assert by.index.names == ["site", "method"]
+    assert by.loc[("B", "input"), "n_images"] == 1
+    sr_tab = evaluate(None, cohort, task="superres", scale=2, progress=False)
+    assert set(sr_tab["method"]) == {"bicubic"} and (sr_tab["psnr"] > 20).all()
+
+
+# ---------------------------------------------------------------------------------- load errors and CLI
+
+
+def test_load_errors(tmp_path: Path, mni_slices: np.ndarray) -> None:
+    with pytest.raises(MedgenFileNotFoundError, match="not a trained denoise run"):
+        Denoiser.load(tmp_path / "missing")
+    den = Denoiser(**TINY)
+    den.save(tmp_path / "den")
+    with pytest.raises(ConfigError, match="holds a 'denoise' model, not a 'superres' model"):
+        SuperResolver.load(tmp_path / "den")
+
+
+def test_cli_train_and_apply(tmp_path: Path, nifti_cohort: Path) -> None:
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from typer.testing import CliRunner
+
+    from medgen.cli import app
+    from medgen.io import load
+
+    runner = CliRunner()
+    run = tmp_path / "run"
+    common = [
+        "--channels",
+        "4,8",
+        "--patch-size",
+        "16",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    res = runner.invoke(app, ["denoise", "train", str(nifti_cohort), "-o", str(run), *common])
+    assert res.exit_code == 0, res.output
+    assert {"config.json", "model.pt", "checkpoint.pt", "metrics.csv"} <= {
+        p.name for p in run.iterdir()
+    }
+    out = tmp_path / "out"
+    mr = get_testdata_file("MR_small.dcm")
+    res = runner.invoke(
+        app, ["denoise", "apply", str(run), str(nifti_cohort), mr, "-o", str(out), "--no-progress"]
+    )
+    assert res.exit_code == 0, res.output
+    src = load(nifti_cohort.parent / "s0.nii.gz")
+    den = load(out / "img0.nii.gz")
+    assert den.shape == src.shape
+    np.testing.assert_allclose(np.asarray(den.affine), np.asarray(src.affine), atol=1e-5)
+    assert len(pd.read_csv(out / "manifest.csv")) == 3
+    dcm_files = sorted((out / "MR_small").iterdir())
+    ds = pydicom.dcmread(dcm_files[0])
+    assert "DERIVED" in ds.ImageType and "medgen denoise" in ds.DerivationDescription
+    assert load(out / "MR_small").meta["spacing"] == pytest.approx(
+        load(mr).meta["spacing"], abs=1e-4
+    )
+
+    srun = tmp_path / "srun"
+    res = runner.invoke(
+        app, ["superres", "train", str(nifti_cohort), "-o", str(srun), "--scale", "2", *common]
+    )
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        app,
+        [
+            "superres",
+            "apply",
+            str(srun),
+            str(nifti_cohort.parent / "s2.nii.gz"),
+            "-o",
+            str(out),
+            "--no-progress",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    up = load(out / "s2.nii.gz")
+    assert tuple(up.shape) == (1, 128, 160, 4) and up.meta["spacing"] == pytest.approx(
+        (1.0, 1.0, 3.0)
+    )
+    res = runner.invoke(app, ["superres", "apply", str(tmp_path / "nope"), mr, "-o", str(out)])
+    assert res.exit_code != 0 and "not a trained superres run" in str(res.exception)
