@@ -148,7 +148,7 @@ def test_resume_errors(tmp_path: Path, mni_slices: np.ndarray) -> None:
     sample = _tiny_batches(mni_slices)
     g = build_generator("unet", spatial_dims=2, channels=(4, 8))
     cfg = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2)
-    with pytest.raises(MedgenFileNotFoundError, match="no checkpoint.pt"):
+    with pytest.raises(MedgenFileNotFoundError, match=r"no checkpoint\.pt"):
         train(g, sample, config=cfg, run_dir=tmp_path / "nothing", resume=True, progress=False)
     train(g, sample, config=cfg, run_dir=tmp_path / "r", progress=False)
     other = TrainConfig(epochs=2, steps_per_epoch=1, batch_size=2, lr_g=5e-4)
