@@ -380,3 +380,13 @@ def test_example_yaml_with_every_mechanism_records_ground_truth() -> None:
     young = table[table["age_group"] == "20-49"]["label_true"].mean()
     old = table[table["age_group"] == "70-90"]["label_true"].mean()
     assert old > young + 0.2
+
+
+def test_manifest_is_a_valid_cohort(tiny_out: pathlib.Path) -> None:
+    from medgen import Cohort
+
+    cohort = Cohort.from_manifest(tiny_out)
+    assert len(cohort.df) == preset("tiny").population.n_subjects
+    # splits are subject level and all three are present
+    assert set(cohort.df["split"]) == {"train", "val", "test"}
+    assert cohort.df.groupby("subject_id")["split"].nunique().max() == 1
