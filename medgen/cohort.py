@@ -485,6 +485,15 @@ class Cohort:
         groups: dict[tuple[str, ...], list[str]] = {}
         for subject, key in stratum_of.items():
             groups.setdefault(key, []).append(str(subject))
+        if stratify and len(order) >= 10 and len(groups) > len(order) / 2:
+            logger.warning(
+                "split(stratify=%s): %d strata for %d subjects, so most strata hold one subject "
+                "and stratification does little; stratify on binned columns (e.g. age_group "
+                "instead of age) or fewer columns.",
+                list(stratify),
+                len(groups),
+                len(order),
+            )
         for key in sorted(groups):
             members = sorted(groups[key])
             members = [members[i] for i in rng.permutation(len(members))]
@@ -502,6 +511,7 @@ class Cohort:
             "fractions": fr,
             "stratify": list(stratify),
             "unit": "subject",
+            "n_strata": len(groups),
         }
         logger.info("split %d subjects with %s", len(order), op)
         return self._derive(df, op)

@@ -346,6 +346,7 @@ def test_split_is_subject_level_deterministic_and_recorded() -> None:
         "fractions": {"train": 0.7, "val": 0.15, "test": 0.15},
         "stratify": ["label"],
         "unit": "subject",
+        "n_strata": 2,
     }
     # a split cohort re-validates (no leakage) and round-trips
     Cohort.from_manifest(a.df, check_files=False)
@@ -425,6 +426,16 @@ def test_split_stratifies_mixed_subjects_on_majority_value() -> None:
     # stratified on the majority label: the 20 true positives are split 10/10 exactly
     assert (subj[positives] == "train").sum() == 10
     assert (subj == "train").sum() == 30
+
+
+def test_split_warns_when_strata_are_too_fine(caplog: pytest.LogCaptureFixture) -> None:
+    df = simulated_table(50, seed=3)
+    df["age"] = df["subject_id"].str[1:].astype(float) + 20.0  # one age per subject
+    cohort = Cohort.from_manifest(df, check_files=False)
+    with caplog.at_level("WARNING", logger="medgen.cohort"):
+        out = cohort.split(seed=0, stratify=("age",))
+    assert "50 strata for 50 subjects" in caplog.text and "age_group" in caplog.text
+    assert out.history[-1]["n_strata"] == 50
 
 
 def test_split_argument_errors() -> None:
@@ -808,3 +819,38 @@ def test_cli_info_reads_parquet_without_labels(cohort_dir: Path) -> None:
     assert re.search(r"A\s+\(unassigned\)\s+8\s+4", result.output)
     moved = CliRunner().invoke(app, ["info", str(path), "--root", "/nonexistent"])
     assert moved.exit_code == 2 and "--root DIR or --no-check-files" in moved.output
+
+
+def test_dicom_series_directory_cached_and_invalidated(tmp_path: Path, mni: np.ndarray) -> None:
+    """image_path may be a DICOM series folder: the cache key covers every file in it."""
+    import torch
+
+    from medgen.io import save
+
+    vol = np.ascontiguousarray(mni[30:62, 30:62, 40:46])[None]  # (1, 32, 32, 6)
+    series = save(
+        vol, tmp_path / "ct" / "series1", format="dicom", affine=np.diag([2.0, 2.0, 3.0, 1.0])
+    )
+    df = pd.DataFrame(
+        {
+            "image_id": ["ct1"],
+            "image_path": ["ct/series1"],
+            "subject_id": ["p1"],
+            "split": ["train"],
+            "source": ["real"],
+            "label": [1],
+        }
+    )
+    cohort = Cohort.from_manifest(df, root=tmp_path)
+    cache = tmp_path / "cache"
+    first = cohort.dataset(cache="disk", cache_dir=cache)[0]["image"]
+    assert tuple(first.shape) == (1, 32, 32, 6)
+    np.testing.assert_allclose(first.numpy(), vol, atol=1.0)  # DICOM stores integers
+    warm = cohort.dataset(cache="disk", cache_dir=cache)[0]["image"]
+    torch.testing.assert_close(warm.as_tensor(), first.as_tensor(), rtol=0, atol=0)
+    assert len(list(cache.glob("*.mgc"))) == 1
+    # rewrite the series with different values: one more entry, and the new values come back
+    save(vol * 0.5, series, format="dicom", affine=np.diag([2.0, 2.0, 3.0, 1.0]))
+    changed = cohort.dataset(cache="disk", cache_dir=cache)[0]["image"]
+    np.testing.assert_allclose(changed.numpy(), vol * 0.5, atol=1.0)
+    assert len(list(cache.glob("*.mgc"))) == 2
