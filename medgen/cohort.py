@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import importlib.resources
 import json
 import logging
@@ -209,18 +210,10 @@ class Cohort:
             tuple(label_columns) if label_columns is not None else tuple(_spec()["label_columns"])
         )
         df = _validate(df, name=name, root=base, check_files=check_files, label_columns=labels)
-        all_abs = (
-            all(Path(p).is_absolute() for p in path_or_df["image_path"].dropna().astype(str))
-            if isinstance(path_or_df, pd.DataFrame)
-            else False
-        )
-        return cls(
-            df,
-            root=None if (all_abs and root is None) else base,
-            label_columns=labels,
-            source_name=name,
-            history=({"op": "from_manifest", "manifest": name},),
-        )
+        op: dict[str, Any] = {"op": "from_manifest", "manifest": name}
+        if not isinstance(path_or_df, pd.DataFrame):
+            op["sha256"] = hashlib.sha256(Path(path_or_df).expanduser().read_bytes()).hexdigest()
+        return cls(df, root=base, label_columns=labels, source_name=name, history=(op,))
 
     def _derive(self, df: pd.DataFrame, op: Mapping[str, Any] | None = None) -> Cohort:
         hist = self.history + ((dict(op),) if op else ())
@@ -704,7 +697,9 @@ def _path_columns(columns: Iterable[str]) -> list[str]:
 
 def _jsonable(v: Any) -> Any:
     if isinstance(v, (list, tuple, set, frozenset)):
-        return [_jsonable(x) for x in v]
+        items = [_jsonable(x) for x in v]
+        # keep history small when selecting thousands of ids
+        return items if len(items) <= 20 else {"n": len(items), "first": items[:5]}
     if isinstance(v, np.generic):
         return v.item()
     return v

@@ -126,6 +126,10 @@ def test_from_manifest_resolves_paths_relative_to_manifest(cohort_dir: Path) -> 
     assert cohort.attributes == ["sex", "age", "site", "scanner_field"]
     assert cohort.splits == {"": 24}
     assert len(cohort.subjects) == 12
+    import hashlib
+
+    digest = hashlib.sha256((cohort_dir / "manifest.csv").read_bytes()).hexdigest()
+    assert cohort.history[0]["sha256"] == digest
     # .df is a copy: mutating it does not change the cohort
     df = cohort.df
     df.loc[0, "image_id"] = "changed"
