@@ -377,7 +377,8 @@ def test_split_fractions_and_stratification_within_sampling_error(seed: int) -> 
         part = subj[subj["split"] == name]
         share = part.groupby(["label", "sex"]).size() / len(part)
         # each stratum's share within a split is within rounding of its overall share
-        np.testing.assert_allclose(share.reindex(overall.index), overall, atol=4.0 / len(part))
+        # (count off by < 1 per stratum, split size off by < 4 subjects: bound 5 / len(part))
+        np.testing.assert_allclose(share.reindex(overall.index), overall, atol=5.0 / len(part))
 
 
 def test_unstratified_split_is_looser_than_stratified() -> None:
