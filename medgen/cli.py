@@ -26,6 +26,7 @@ _COMMANDS: list[str] = [
     "medgen.simulate._cli",
     "medgen.io._cli",
     "medgen.generative._cli",
+    "medgen.audit._cli",
 ]
 
 

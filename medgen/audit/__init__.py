@@ -4,22 +4,54 @@
 >>> report = audit(preds, y_true="y_true", y_score="y_score", sensitive=["sex", "site"])  # doctest: +SKIP
 >>> report.by_group, report.summary, report.disparities  # doctest: +SKIP
 >>> report.to_html("audit.html")  # doctest: +SKIP
+
+Names are imported lazily so that ``medgen --help`` (which imports ``medgen.audit._cli``) does not
+load pandas.
 """
 
 from __future__ import annotations
 
-from medgen.audit._audit import DISPARITY_METRICS, MISSING_LABEL, audit
-from medgen.audit._disparity import adjust_pvalues
-from medgen.audit._metrics import METRICS
-from medgen.audit._report import AuditReport
-from medgen.audit._threshold import resolve_threshold
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medgen.audit._audit import DISPARITY_METRICS, MISSING_LABEL, audit
+    from medgen.audit._compare import ComparisonReport, compare
+    from medgen.audit._disparity import adjust_pvalues
+    from medgen.audit._metrics import METRICS
+    from medgen.audit._report import AuditReport
+    from medgen.audit._threshold import resolve_threshold
 
 __all__ = [
     "DISPARITY_METRICS",
     "METRICS",
     "MISSING_LABEL",
     "AuditReport",
+    "ComparisonReport",
     "adjust_pvalues",
     "audit",
+    "compare",
     "resolve_threshold",
 ]
+
+_WHERE = {
+    "DISPARITY_METRICS": "medgen.audit._audit",
+    "MISSING_LABEL": "medgen.audit._audit",
+    "audit": "medgen.audit._audit",
+    "ComparisonReport": "medgen.audit._compare",
+    "compare": "medgen.audit._compare",
+    "adjust_pvalues": "medgen.audit._disparity",
+    "METRICS": "medgen.audit._metrics",
+    "AuditReport": "medgen.audit._report",
+    "resolve_threshold": "medgen.audit._threshold",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'medgen.audit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

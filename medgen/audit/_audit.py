@@ -237,7 +237,7 @@ def audit(
     min_group_size: int = 30,
     p_adjust: str = "holm",
     tolerance: tuple[float, float] = (0.8, 1.25),
-    boot_bins: int = 1000,
+    boot_bins: int = 250,
     seed: int | None = None,
     progress: bool = False,
 ) -> AuditReport:

@@ -28,6 +28,7 @@ __all__ = [
     "build_cells",
     "cell_metrics",
     "ece_bins",
+    "make_cells",
 ]
 
 #: Metrics reported per group, in report order.
@@ -133,23 +134,47 @@ def build_cells(
     uniq, first, inverse, counts = np.unique(
         code, return_index=True, return_inverse=True, return_counts=True
     )
-    cell_group = uniq // (2 * n_keys)
-    cell_key = (uniq // 2) % n_keys
-    cnt = counts.astype(np.float64)
-    s_sum = np.bincount(inverse, weights=score, minlength=uniq.shape[0])
     resid = score - y
-    sq_sum = np.bincount(inverse, weights=resid * resid, minlength=uniq.shape[0])
-    ece_cell = ece_bins(score[first])
-    group_starts = _starts(cell_group)
-    tie_starts = _starts(cell_group, cell_key)
-    ece_starts = _starts(cell_group, ece_cell)
-    return Cells(
-        count=cnt,
+    return make_cells(
+        group=uniq // (2 * n_keys),
+        key=(uniq // 2) % n_keys,
         y=(uniq % 2).astype(np.float64),
+        count=counts.astype(np.float64),
+        s_sum=np.asarray(np.bincount(inverse, weights=score, minlength=uniq.shape[0]), np.float64),
+        sq_sum=np.asarray(
+            np.bincount(inverse, weights=resid * resid, minlength=uniq.shape[0]), np.float64
+        ),
         pred=pred[first].astype(np.float64),
-        s_mean=s_sum / cnt,
-        sq_mean=sq_sum / cnt,
-        group=cell_group,
+        ece=ece_bins(score[first]),
+    )
+
+
+def make_cells(
+    *,
+    group: NDArray[np.int64],
+    key: NDArray[np.int64],
+    y: NDArray[np.float64],
+    count: NDArray[np.float64],
+    s_sum: NDArray[np.float64],
+    sq_sum: NDArray[np.float64],
+    pred: NDArray[np.float64],
+    ece: NDArray[np.int64],
+) -> Cells:
+    """:class:`Cells` from cell-level arrays (each ``(C,)``) already sorted by ``(group, key)``.
+
+    Several cells may share a ``(group, key)`` (they are tied for AUC); ``pred`` and ``ece`` must be
+    constant within one ``(group, key)``.
+    """
+    group_starts = _starts(group)
+    tie_starts = _starts(group, key)
+    ece_starts = _starts(group, ece)
+    return Cells(
+        count=count,
+        y=y,
+        pred=pred,
+        s_mean=s_sum / count,
+        sq_mean=sq_sum / count,
+        group=group,
         group_starts=group_starts,
         tie_starts=tie_starts,
         tie_group_starts=np.searchsorted(tie_starts, group_starts),
