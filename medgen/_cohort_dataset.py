@@ -45,7 +45,9 @@ class LoadImaged(MapTransform):
     """Load the paths under ``keys`` with :func:`medgen.io.load` (a MONAI dictionary transform).
 
     Like ``monai.transforms.LoadImaged`` but through medgen's readers, so DICOM series are ordered
-    by position and geometry is RAS world millimetres. Output: ``MetaTensor`` float32,
+    by position and geometry is RAS world millimetres. For ``"image"``, an item with a true
+    ``needs_series`` and a ``series_uid`` (rows of ``medgen.io.scan`` whose folder holds several
+    series) loads that series. Output: ``MetaTensor`` float32,
     channel-first ``(C, X, Y, Z)`` (or ``(C, X, Y)`` for 2D NIfTI).
 
     Args:
@@ -77,7 +79,11 @@ class LoadImaged(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             value = d[key]
-            img = value if isinstance(value, MetaTensor) else load(value)
+            series = None
+            if key == "image" and d.get("needs_series") and d.get("series_uid"):
+                # a `medgen scan` row whose folder holds several DICOM series
+                series = str(d["series_uid"])
+            img = value if isinstance(value, MetaTensor) else load(value, series=series)
             if self.spatial_dims == 2:
                 img = _squeeze_to_2d(img, key=str(key))
             d[key] = img

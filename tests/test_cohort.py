@@ -859,3 +859,36 @@ def test_dicom_series_directory_cached_and_invalidated(tmp_path: Path, mni: np.n
     changed = cohort.dataset(cache="disk", cache_dir=cache)[0]["image"]
     np.testing.assert_allclose(changed.numpy(), vol * 0.5, atol=1.0)
     assert len(list(cache.glob("*.mgc"))) == 2
+
+
+def test_scan_manifest_becomes_a_cohort_and_loads_each_series(
+    tmp_path: Path, mni: np.ndarray
+) -> None:
+    """medgen.io.scan -> Cohort -> dataset, including a folder that holds two DICOM series."""
+    import torch
+
+    from medgen.io import save, scan
+
+    root = tmp_path / "data"
+    vol = np.ascontiguousarray(mni[30:46, 30:46, 40:44])[None]
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    save(vol, root / "tmp1", format="dicom", affine=affine, dicom_tags={"PatientID": "P1"})
+    save(vol * 0.5, root / "tmp2", format="dicom", affine=affine, dicom_tags={"PatientID": "P1"})
+    (root / "mixed").mkdir()
+    for name in ("tmp1", "tmp2"):
+        for f in sorted((root / name).iterdir()):
+            f.rename(root / "mixed" / f"{name}_{f.name}")
+        (root / name).rmdir()
+    _write_nifti(root / "sub-02" / "t1.nii.gz", mni[20:36, 20:36, 20:28].copy())
+    manifest, errors = scan(root)
+    assert errors.empty and len(manifest) == 3
+    path = tmp_path / "manifest.csv"
+    manifest.to_csv(path, index=False)
+    cohort = Cohort.from_manifest(path, root=root)
+    assert cohort.df["needs_series"].sum() == 2
+    items = {it["image_id"]: it for it in cohort.dataset()}
+    means = sorted(float(it["image"].mean()) for it in items.values() if it["image"].shape[-1] == 4)
+    # the two series in one folder load separately: one at full, one at half intensity
+    assert len(means) == 2 and means[0] == pytest.approx(means[1] * 0.5, rel=0.01)
+    nifti = next(it for it in items.values() if it["image"].shape[-1] == 8)
+    torch.testing.assert_close(nifti["image"][0], torch.from_numpy(mni[20:36, 20:36, 20:28]))
