@@ -765,6 +765,10 @@ def _validate(
             if close:
                 hints.append(f"{close[0]!r} -> {c!r}")
         hint = f" Rename {', '.join(hints)}." if hints else ""
+        if len(df.columns) == 1:
+            sep = next((c for c in (";", "\t", "|") if c in str(df.columns[0])), None)
+            if sep is not None:
+                hint += f" The header looks {sep!r}-separated; medgen reads comma-separated CSV."
         raise ManifestError(
             f"Manifest {name}: missing required column(s) {missing_cols}; it has "
             f"{list(df.columns)}. Every manifest needs {required} (see data_manifests/README.md)."

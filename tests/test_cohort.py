@@ -210,6 +210,13 @@ def test_missing_required_column_names_file_and_column(cohort_dir: Path) -> None
     assert isinstance(info.value, ValueError)
 
 
+def test_semicolon_separated_csv_gets_a_hint(cohort_dir: Path) -> None:
+    path = cohort_dir / "semi.csv"
+    _manifest(cohort_dir).to_csv(path, sep=";", index=False)
+    with pytest.raises(ManifestError, match=r"looks ';'-separated; medgen reads comma-separated"):
+        Cohort.from_manifest(path)
+
+
 def test_empty_manifest(cohort_dir: Path) -> None:
     path = _write(_manifest(cohort_dir).iloc[:0], cohort_dir / "empty.csv")
     with pytest.raises(ManifestError, match=r"empty\.csv has the columns but no rows"):
