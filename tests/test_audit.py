@@ -516,3 +516,17 @@ def test_bad_options(preds: pd.DataFrame) -> None:
         audit(preds, sensitive="sex", tolerance=(1.2, 0.8))
     with pytest.raises(MedgenValueError, match="at least one column"):
         audit(preds, sensitive=[])
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import medgen.audit._audit as mod
+
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 3 and result.failed == 0
+
+
+def test_markdown_escapes_missing_group(report: AuditReport) -> None:
+    md = report.to_markdown()
+    assert "\\<missing>" in md and "| <missing>" not in md

@@ -103,7 +103,8 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     sep = "| " + " | ".join("---" for _ in df.columns) + " |"
     lines = [header, sep]
     for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(fmt(v, digits).replace("|", "\\|") for v in row) + " |")
+        cells = (fmt(v, digits).replace("|", "\\|").replace("<", "\\<") for v in row)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
