@@ -390,3 +390,36 @@ def test_manifest_is_a_valid_cohort(tiny_out: pathlib.Path) -> None:
     # splits are subject level and all three are present
     assert set(cohort.df["split"]) == {"train", "val", "test"}
     assert cohort.df.groupby("subject_id")["split"].nunique().max() == 1
+
+
+def test_conditional_attribute_distribution() -> None:
+    cfg = SimulationConfig.from_dict(
+        {
+            "population": {
+                "n_subjects": 4000,
+                "attributes": {"smoker": {"yes": 0.2, "no": 0.8}},
+                "conditional": {"smoker": {"sex": {"M": {"yes": 0.5, "no": 0.5}}}},
+            }
+        }
+    )
+    t, _ = draw_cohort(cfg, seed=0)
+    rate = t.groupby("sex")["smoker"].apply(lambda s: (s == "yes").mean())
+    assert abs(rate["F"] - 0.2) < 0.03 and abs(rate["M"] - 0.5) < 0.04
+    with pytest.raises(ConfigError, match="cannot condition on 'site'"):
+        SimulationConfig.from_dict(
+            {
+                "population": {
+                    "attributes": {"smoker": {"yes": 0.2, "no": 0.8}},
+                    "conditional": {"smoker": {"site": {"site_A": {"yes": 1.0, "no": 0.0}}}},
+                }
+            }
+        )
+    with pytest.raises(ConfigError, match="must be those of"):
+        SimulationConfig.from_dict(
+            {
+                "population": {
+                    "attributes": {"smoker": {"yes": 0.2, "no": 0.8}},
+                    "conditional": {"smoker": {"sex": {"F": {"yes": 0.5, "maybe": 0.5}}}},
+                }
+            }
+        )

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         SiteConfig,
         SplitConfig,
     )
+    from medgen.simulate._degrade import DegradedPair, degrade
     from medgen.simulate._presets import PRESETS, preset
     from medgen.simulate._simulate import (
         SimulatedSubject,
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
         render_subject,
         simulate,
     )
-    from medgen.simulate._degrade import DegradedPair, degrade
 
 _WHERE = {
     "medgen.simulate._config": (

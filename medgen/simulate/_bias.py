@@ -76,7 +76,15 @@ def draw_cohort(cfg: SimulationConfig, seed: int) -> tuple[pd.DataFrame, list[di
     bin_idx = np.searchsorted(np.asarray(pop.age.bins), table["age"].to_numpy(), side="right") - 1
     table["age_group"] = np.asarray(labels, dtype=object)[np.clip(bin_idx, 0, len(labels) - 1)]
     for name in pop.attributes:
-        table[name] = _draw_categorical(dists[name], n, rng)
+        values = _draw_categorical(dists[name], n, rng)
+        for given, cond_groups in pop.conditional.get(name, {}).items():
+            for g, dist in cond_groups.items():
+                for b in biases:  # under-representation acts on conditional proportions too
+                    if b.mechanism == "under_representation" and b.attribute == name:
+                        dist = _down_weight(dist, b.group, b.strength)
+                rows = (table[given] == g).to_numpy()
+                values[rows] = _draw_categorical(dist, int(rows.sum()), rng)
+        table[name] = values
     table["site"] = _draw_categorical({s.name: s.proportion for s in cfg.sites}, n, rng)
 
     ground_truth: list[dict[str, Any]] = []

@@ -77,14 +77,21 @@ class PopulationConfig:
 
     ``sex`` and every entry of ``attributes`` map a group name to its proportion (they must sum
     to 1). ``attributes`` holds user-defined attributes (e.g. ``{"handedness": {"R": 0.7, "L": 0.3}}``),
-    written to the manifest as columns of the same name. Correlations between attributes and sites
-    are introduced by the ``acquisition_shift`` bias mechanism.
+    written to the manifest as columns of the same name.
+
+    ``conditional`` makes the joint distribution non-independent: ``{target: {given: {group:
+    proportions}}}`` draws the user attribute ``target`` from ``proportions`` for subjects whose
+    ``given`` attribute (``sex``, ``age_group`` or a user attribute listed before ``target``) is
+    ``group``; other subjects use ``attributes[target]``. E.g.
+    ``{"smoker": {"sex": {"M": {"yes": 0.4, "no": 0.6}}}}``. Correlations between attributes and
+    sites are introduced by the ``acquisition_shift`` bias mechanism.
     """
 
     n_subjects: int = 100
     sex: dict[str, float] = field(default_factory=lambda: {"F": 0.5, "M": 0.5})
     age: AgeConfig = field(default_factory=AgeConfig)
     attributes: dict[str, dict[str, float]] = field(default_factory=dict)
+    conditional: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -293,6 +300,46 @@ class SimulationConfig:
                     "rename the attribute."
                 )
             _check_proportions(dist, f"population.attributes[{name!r}]")
+        user = list(pop.attributes)
+        for target, by_given in pop.conditional.items():
+            where = f"population.conditional[{target!r}]"
+            if target not in pop.attributes:
+                raise ConfigError(
+                    f"{where}: {target!r} is not a user attribute; declare it in "
+                    f"population.attributes first (known: {user})." + _suggest(str(target), user)
+                )
+            if not isinstance(by_given, dict) or len(by_given) != 1:
+                raise ConfigError(
+                    f"{where} must map exactly one conditioning attribute to its groups, "
+                    f"not {by_given!r}."
+                )
+            given, cond_groups = next(iter(by_given.items()))
+            allowed = ["sex", "age_group", *user[: user.index(target)]]
+            if given not in allowed:
+                raise ConfigError(
+                    f"{where}: cannot condition on {given!r}; use one of {allowed} (user "
+                    "attributes are drawn in the order they are listed)."
+                    + _suggest(str(given), allowed)
+                )
+            given_groups = (
+                list(pop.sex)
+                if given == "sex"
+                else age_group_labels(pop.age.bins)
+                if given == "age_group"
+                else list(pop.attributes[given])
+            )
+            for g, dist in cond_groups.items():
+                if g not in given_groups:
+                    raise ConfigError(
+                        f"{where}[{given!r}]: {given!r} has no group {g!r}; its groups are "
+                        f"{given_groups}." + _suggest(str(g), given_groups)
+                    )
+                _check_proportions(dist, f"{where}[{given!r}][{g!r}]")
+                if set(dist) != set(pop.attributes[target]):
+                    raise ConfigError(
+                        f"{where}[{given!r}][{g!r}]: groups {sorted(dist)} must be those of "
+                        f"population.attributes[{target!r}]: {sorted(pop.attributes[target])}."
+                    )
         age = pop.age
         if not (age.min < age.max):
             raise ConfigError(f"population.age: min ({age.min}) must be below max ({age.max}).")
