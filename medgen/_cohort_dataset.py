@@ -377,6 +377,7 @@ def _decode(obj: Any, arrays: Mapping[str, np.ndarray]) -> Any:
 
 
 _MAGIC = b"MEDGENC1"
+_ALIGN = 64
 
 
 def write_entry(path: Path, item: Any) -> None:
@@ -401,7 +402,7 @@ def write_entry(path: Path, item: Any) -> None:
             "offset": offset,
             "nbytes": nbytes,
         }
-        offset += nbytes
+        offset += -(-nbytes // _ALIGN) * _ALIGN  # every array starts 64-byte aligned
     header = json.dumps({"format": _CACHE_FORMAT, "arrays": table, "size": offset, "item": tree})
     head = header.encode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
@@ -409,7 +410,8 @@ def write_entry(path: Path, item: Any) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(_MAGIC + len(head).to_bytes(8, "little") + head)
             for arr in enc.arrays.values():
-                f.write(arr.tobytes(order="C") if arr.nbytes else b"")
+                f.write(arr.tobytes(order="C"))
+                f.write(b"\0" * (-arr.nbytes % _ALIGN))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

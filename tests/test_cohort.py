@@ -899,3 +899,51 @@ def test_scan_manifest_becomes_a_cohort_and_loads_each_series(
     assert len(means) == 2 and means[0] == pytest.approx(means[1] * 0.5, rel=0.01)
     nifti = next(it for it in items.values() if it["image"].shape[-1] == 8)
     torch.testing.assert_close(nifti["image"][0], torch.from_numpy(mni[20:36, 20:36, 20:28]))
+
+
+def test_cache_entry_format_roundtrips_values_and_rejects_truncation(tmp_path: Path) -> None:
+    import torch
+    from monai.data import MetaTensor
+
+    from medgen._cohort_dataset import read_entry, write_entry
+
+    img = MetaTensor(
+        torch.arange(7, dtype=torch.float32).reshape(1, 7, 1, 1),
+        affine=torch.diag(torch.tensor([2.0, 3.0, 4.0, 1.0], dtype=torch.float64)),
+        meta={"spacing": (2.0, 3.0, 4.0), "original_affine": np.eye(4), "format": "nifti"},
+    )
+    item = {
+        "image": img,
+        "mask": torch.tensor([True, False, True]),
+        "odd": np.arange(3, dtype=np.int8),
+        "after_odd": np.linspace(0, 1, 5),  # float64 after a 3-byte array: needs alignment
+        "scalar": np.float32(1.5),
+        "path": Path("/a/b.nii.gz"),
+        "nested": {"t": (1, "x", None), "l": [1.0, float("nan")]},
+        "label": 1,
+    }
+    path = tmp_path / "e.mgc"
+    write_entry(path, item)
+    back = read_entry(path)
+    assert isinstance(back["image"], MetaTensor)
+    torch.testing.assert_close(back["image"].as_tensor(), img.as_tensor())
+    torch.testing.assert_close(back["image"].affine, img.affine)
+    assert back["image"].meta["spacing"] == (2.0, 3.0, 4.0)
+    np.testing.assert_array_equal(back["image"].meta["original_affine"], np.eye(4))
+    assert back["mask"].tolist() == [True, False, True]
+    np.testing.assert_array_equal(back["odd"], item["odd"])
+    assert back["after_odd"].flags.aligned
+    np.testing.assert_array_equal(back["after_odd"], item["after_odd"])
+    assert back["scalar"] == np.float32(1.5) and back["scalar"].dtype == np.float32
+    assert back["path"] == Path("/a/b.nii.gz")
+    assert back["nested"]["t"] == (1, "x", None) and np.isnan(back["nested"]["l"][1])
+    assert back["label"] == 1
+    back["image"] += 1  # writable, independent of the file
+    assert read_entry(path)["image"].as_tensor()[0, 0, 0, 0] == 0.0
+
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ValueError, match="truncated"):
+        read_entry(path)
+    path.write_bytes(b"PK\x03\x04 an npz file")
+    with pytest.raises(ValueError, match="not a medgen cache entry"):
+        read_entry(path)
