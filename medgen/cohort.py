@@ -415,6 +415,7 @@ class Cohort:
             fractions: split name -> fraction of subjects; names from ``train``, ``val``, ``test``;
                 must sum to 1. Default ``{"train": 0.7, "val": 0.15, "test": 0.15}``.
             stratify: columns to stratify by (label and/or sensitive attributes); ``()`` for none.
+                The default ``("label",)`` falls back to ``()`` when there is no ``label`` column.
             seed: seed of the shuffle; the same seed and cohort give the same split.
             overwrite: replace existing split assignments; without it, a cohort that already has
                 any assigned split is an error.
@@ -445,6 +446,9 @@ class Cohort:
             )
         if isinstance(stratify, str):
             stratify = (stratify,)
+        if tuple(stratify) == ("label",) and "label" not in self._df.columns:
+            logger.info("split: the manifest has no 'label' column; splitting unstratified")
+            stratify = ()
         for c in stratify:
             if c not in self._df.columns:
                 raise MedgenValueError(

@@ -450,6 +450,13 @@ def test_split_warns_when_strata_are_too_fine(caplog: pytest.LogCaptureFixture) 
     assert out.history[-1]["n_strata"] == 50
 
 
+def test_split_without_label_column_is_unstratified() -> None:
+    df = simulated_table(40).drop(columns=["label"])
+    out = Cohort.from_manifest(df, check_files=False).split(seed=2)
+    assert out.history[-1]["stratify"] == [] and out.history[-1]["n_strata"] == 1
+    assert out.df.groupby("subject_id")["split"].nunique().max() == 1
+
+
 def test_split_argument_errors() -> None:
     cohort = Cohort.from_manifest(simulated_table(30), check_files=False)
     with pytest.raises(MedgenValueError, match=r"fractions must sum to 1, not 1\.2"):
