@@ -423,3 +423,13 @@ def test_conditional_attribute_distribution() -> None:
                 }
             }
         )
+
+
+@pytest.mark.parametrize("module", ["_config", "_simulate", "_degrade"])
+def test_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"medgen.simulate.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 1 and result.failed == 0
