@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
         ],
         preset_name: Annotated[
             str | None,
-            typer.Option("--preset", help="Named preset: tiny, demo or demo3d."),
+            typer.Option("--preset", help="Named preset: tiny (default), demo or demo3d."),
         ] = None,
         config: Annotated[
             pathlib.Path | None,
