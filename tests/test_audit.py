@@ -530,3 +530,9 @@ def test_docstring_examples_run() -> None:
 def test_markdown_escapes_missing_group(report: AuditReport) -> None:
     md = report.to_markdown()
     assert "\\<missing>" in md and "| <missing>" not in md
+
+
+def test_repr_is_one_line(report: AuditReport) -> None:
+    text = repr(report)
+    assert text.startswith("AuditReport(rows=3000, attributes=['sex', 'site', 'sex & site']")
+    assert "\n" not in text and "seed=1" in text

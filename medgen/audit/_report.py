@@ -220,7 +220,7 @@ def _attribute_figures(
 
 
 # ---------------------------------------------------------------- the report
-@dataclass
+@dataclass(repr=False)
 class AuditReport:
     """The result of :func:`medgen.audit.audit`.
 
@@ -450,6 +450,15 @@ class AuditReport:
         if self.warnings:
             parts += ["", "## Warnings", ""] + [f"- {w}" for w in self.warnings]
         return "\n".join(parts) + "\n"
+
+    def __repr__(self) -> str:
+        d = self.disparities
+        return (
+            f"AuditReport(rows={self.provenance.get('rows')}, attributes={self.attributes}, "
+            f"n_boot={self.provenance.get('n_boot')}, seed={self.provenance.get('seed')}, "
+            f"flagged={int(d['flagged'].sum())}, significant={int(d['significant'].sum())}, "
+            f"warnings={len(self.warnings)})"
+        )
 
     def _repr_html_(self) -> str:
         sections = [self._summary_section()]
