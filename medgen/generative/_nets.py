@@ -41,7 +41,13 @@ class ResidualUNet(nn.Module):
     """``x + UNet(x)``: MONAI's ``UNet`` predicting a correction of its input."""
 
     def __init__(
-        self, *, spatial_dims: int, in_channels: int, channels: Sequence[int], num_res_units: int
+        self,
+        *,
+        spatial_dims: int,
+        in_channels: int,
+        channels: Sequence[int],
+        num_res_units: int,
+        gain_init: float = 0.0,
     ) -> None:
         super().__init__()
         from monai.networks.nets import UNet
@@ -56,7 +62,7 @@ class ResidualUNet(nn.Module):
             norm="INSTANCE",
         )
         # ReZero (Bachlechner et al. 2021): start as the identity, learn how much to correct.
-        self.gain = nn.Parameter(torch.zeros(()))
+        self.gain = nn.Parameter(torch.full((), float(gain_init)))
 
     def forward(self, x: torch.Tensor) -> GeneratorOutput:
         return GeneratorOutput(image=x + self.gain * self.net(x))
@@ -116,6 +122,7 @@ def build_generator(
             in_channels=in_channels,
             channels=channels,
             num_res_units=int(kwargs.get("num_res_units", 1)),
+            gain_init=float(kwargs.get("gain_init", 0.0)),
         )
     if name == "vae":
         return ResidualVAE(

@@ -274,6 +274,7 @@ class Restorer:
         self.train_config: TrainConfig | None = None
         self.history: list[dict[str, float]] = []
         self.seed: int | None = None
+        self.steps_trained = 0
         self.network: nn.Module = self._build_generator()
         self.network.eval()
 
@@ -401,6 +402,7 @@ class Restorer:
         self.train_config = tc
         self.history = list(result.history)
         self.seed = seed
+        self.steps_trained = result.step
         if run_dir is not None:
             self.save(run_dir)
         return self
@@ -552,6 +554,7 @@ class Restorer:
             "restorer": self._config_dict(),
             "train": tc,
             "seed": self.seed,
+            "steps_trained": self.steps_trained,
             "history": self.history,
             "versions": _package_versions(),
         }
@@ -596,4 +599,5 @@ class Restorer:
         obj.train_config = TrainConfig.from_dict(meta["train"]) if meta.get("train") else None
         obj.history = list(meta.get("history") or [])
         obj.seed = meta.get("seed")
+        obj.steps_trained = int(meta.get("steps_trained") or 0)
         return obj
