@@ -176,3 +176,23 @@ def test_scan_records_geometry_warnings_and_errors(tmp_path: Path) -> None:
     assert "slices are missing" in manifest.loc[0, "geometry_warning"]
     assert list(errors["path"]) == ["mixed_orient"]
     assert "2 different orientations" in errors.loc[0, "reason"]
+
+
+def test_scan_marks_images_saved_as_synthetic(tmp_path: Path) -> None:
+    """Images medgen wrote with ``synthetic=True`` come back as ``source="synthetic"``; the rest real."""
+    from medgen.io import save
+
+    real = load(get_testdata_file("MR_small.dcm"))
+    save(real, tmp_path / "real.nii.gz")
+    save(real, tmp_path / "fake.nii.gz", synthetic=True)
+    save(real, tmp_path / "real_dcm", format="dicom")
+    save(real, tmp_path / "fake_dcm", format="dicom", synthetic=True)
+    manifest, errors = scan(tmp_path)
+    assert errors.empty, errors
+    source = dict(zip(manifest["image_path"], manifest["source"], strict=True))
+    assert source == {
+        "fake.nii.gz": "synthetic",
+        "fake_dcm/00001.dcm": "synthetic",  # a one-slice series is listed by its file
+        "real.nii.gz": "real",
+        "real_dcm/00001.dcm": "real",
+    }

@@ -15,6 +15,8 @@ import numpy as np
 
 from medgen.errors import DicomError, MedgenValueError
 from medgen.io._common import DICOM_SUFFIXES, NIFTI_SUFFIXES, check_exists
+from medgen.io._dicom_write import SYNTHETIC_COMMENT
+from medgen.io._nifti import SYNTHETIC_MARK
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -135,6 +137,7 @@ def _nifti_row(path: Path, rel: str) -> dict[str, Any]:
         img: Any = nib.load(path)
         shape = tuple(int(s) for s in img.shape)
         affine = np.asarray(img.affine)
+        descrip = bytes(np.asarray(img.header.get("descrip", b""))).decode("latin-1")
     except Exception as err:
         raise MedgenValueError(
             f"not a readable NIfTI header ({type(err).__name__}: {err})"
@@ -150,7 +153,15 @@ def _nifti_row(path: Path, rel: str) -> dict[str, Any]:
         "channels": channels,
         "spacing": spacing,
         "n_files": 1,
+        "synthetic": SYNTHETIC_MARK in descrip,
     }
+
+
+def _is_synthetic_dicom(ds: Any) -> bool:
+    """True when the header carries the marks :func:`medgen.io.save` writes with ``synthetic=True``."""
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    comments = str(ds.get("ImageComments", "") or "")
+    return "SYNTHETIC" in image_type or SYNTHETIC_COMMENT in comments
 
 
 def _dicom_rows(
@@ -202,6 +213,7 @@ def _dicom_rows(
         "scanner": text("ManufacturerModelName"),
         "site": text("InstitutionName"),
         "series_description": text("SeriesDescription"),
+        "synthetic": _is_synthetic_dicom(ds),
         # a folder with several series needs load(path, series=uid); single-series rows need nothing
         "series_uid": uid or None,
         "needs_series": len(items) > 1 and not single_series_dir,
@@ -225,7 +237,8 @@ def scan(
         at its folder; when that folder holds several series, pass ``series=row.series_uid`` to
         :func:`medgen.io.load`); ``subject_id`` is ``sub-`` + a SHA-256 prefix of PatientID (a BIDS
         ``sub-*`` folder for NIfTI), never the raw identifier; ``image_id`` is a hash of path and
-        series; ``split`` is empty and ``source`` is ``"real"``, so the table starts a cohort
+        series; ``split`` is empty and ``source`` is ``"real"`` (``"synthetic"`` for
+        images whose header carries medgen's synthetic mark), so the table starts a cohort
         manifest. ``shape`` is ``"XxYxZ"``; ``spacing_*`` in mm; ``age`` in years (float) from
         PatientAge (or birth and study dates); ``sex``, ``manufacturer``, ``scanner`` (model),
         ``site`` (institution) from the headers. ``errors`` has columns ``path`` (relative to
@@ -314,7 +327,9 @@ def scan(
             )
         ]
         manifest["split"] = ""
-        manifest["source"] = "real"
+        # images medgen wrote with synthetic=True say so in their headers; everything else is real
+        synthetic = manifest["synthetic"].fillna(False).astype(bool)
+        manifest["source"] = np.where(synthetic, "synthetic", "real")
         for col in (*MANIFEST_COLUMNS, "needs_series"):
             if col not in manifest:
                 manifest[col] = None
