@@ -25,6 +25,7 @@ from monai.transforms import Compose, MapTransform, Randomizable, Transform
 from monai.transforms.utility.array import SqueezeDim
 
 from medgen.errors import ImageReadError, MedgenValueError
+from medgen.io._common import IDENTITY_KEYWORDS
 
 __all__ = [
     "CohortCacheDataset",
@@ -48,7 +49,8 @@ class LoadImaged(MapTransform):
     by position and geometry is RAS world millimetres. For ``"image"``, an item with a true
     ``needs_series`` and a ``series_uid`` (rows of ``medgen.io.scan`` whose folder holds several
     series) loads that series. Output: ``MetaTensor`` float32,
-    channel-first ``(C, X, Y, Z)`` (or ``(C, X, Y)`` for 2D NIfTI).
+    channel-first ``(C, X, Y, Z)`` (or ``(C, X, Y)`` for 2D NIfTI). Patient identity
+    (PatientName, PatientID, PatientBirthDate) is removed from the metadata, so no cache holds it.
 
     Args:
         keys: keys of the data dict holding paths, e.g. ``("image", "mask")``.
@@ -84,6 +86,10 @@ class LoadImaged(MapTransform):
                 # a `medgen scan` row whose folder holds several DICOM series
                 series = str(d["series_uid"])
             img = value if isinstance(value, MetaTensor) else load(value, series=series)
+            # training data never needs who the patient is, and cached items land on disk:
+            # drop the identity fields medgen.io.load keeps for save(copy_identity=True)
+            for keyword in IDENTITY_KEYWORDS:
+                img.meta.pop(keyword, None)
             if self.spatial_dims == 2:
                 img = _squeeze_to_2d(img, key=str(key))
             d[key] = img

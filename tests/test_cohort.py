@@ -954,3 +954,37 @@ def test_cache_entry_format_roundtrips_values_and_rejects_truncation(tmp_path: P
     path.write_bytes(b"PK\x03\x04 an npz file")
     with pytest.raises(ValueError, match="not a medgen cache entry"):
         read_entry(path)
+
+
+def test_dataset_items_and_disk_cache_hold_no_patient_identity(tmp_path: Path) -> None:
+    """A real DICOM's PatientName/PatientID/BirthDate never reach dataset items or cache files."""
+    import shutil
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    src = Path(get_testdata_file("MR_small.dcm"))
+    header = pydicom.dcmread(src, stop_before_pixels=True)
+    secrets = [str(header.PatientName), str(header.PatientID)]
+    assert all(secrets), "the test file must carry an identity to check"
+    shutil.copy(src, tmp_path / "mr.dcm")
+    pd.DataFrame(
+        [
+            {
+                "image_id": "mr",
+                "image_path": "mr.dcm",
+                "subject_id": "s1",
+                "split": "train",
+                "source": "real",
+            }
+        ]
+    ).to_csv(tmp_path / "manifest.csv", index=False)
+    cohort = Cohort.from_manifest(tmp_path / "manifest.csv")
+    cache = tmp_path / "cache"
+    for mode in (None, "memory", "disk"):
+        item = cohort.dataset(cache=mode, cache_dir=cache if mode == "disk" else None)[0]
+        meta = item["image"].meta
+        assert not {"PatientName", "PatientID", "PatientBirthDate"} & set(meta), mode
+        assert meta["Modality"] == "MR"  # the rest of the header is still there
+    blobs = b"".join(p.read_bytes() for p in cache.iterdir())
+    assert blobs and not any(s.encode() in blobs for s in secrets)

@@ -24,6 +24,14 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
 #: flips x and y: converts DICOM's LPS world to RAS and back (its own inverse)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
+#: the mark ``save(..., synthetic=True)`` writes (NIfTI ``descrip``; DICOM ImageComments and
+#: DerivationDescription, beside ImageType ``SYNTHETIC``)
+SYNTHETIC_MARK = "medgen:synthetic"
+
+#: patient identity: kept in memory by ``load``, never written by ``save`` (nor the disk cache)
+#: unless ``copy_identity=True``
+IDENTITY_KEYWORDS = ("PatientID", "PatientName", "PatientBirthDate")
+
 
 def check_exists(path: str | os.PathLike[str]) -> Path:
     """Return ``path`` as a :class:`~pathlib.Path`, raising a medgen error when it does not exist."""

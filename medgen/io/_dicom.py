@@ -26,7 +26,7 @@ from medgen.errors import (
     SeriesGeometryError,
     SeriesGeometryWarning,
 )
-from medgen.io._common import LPS_TO_RAS, make_metatensor
+from medgen.io._common import LPS_TO_RAS, SYNTHETIC_MARK, make_metatensor
 
 if TYPE_CHECKING:
     from monai.data import MetaTensor
@@ -68,11 +68,6 @@ META_KEYWORDS = (
     "BurnedInAnnotation",
 )
 
-#: identity fields: kept in memory, never written by ``save`` unless ``copy_identity=True``
-IDENTITY_KEYWORDS = ("PatientID", "PatientName", "PatientBirthDate")
-
-_SYNTHETIC_COMMENT = "medgen:synthetic"
-
 
 @dataclass
 class Frame:
@@ -105,6 +100,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("latin-1", "replace")
     return value
+
+
+def is_synthetic(ds: Dataset) -> bool:
+    """True when ``ds`` carries the marks ``save(..., synthetic=True)`` writes."""
+    image_type = ds.get("ImageType") or []
+    if isinstance(image_type, str):
+        image_type = image_type.split("\\")
+    if "SYNTHETIC" in [str(v).upper() for v in image_type]:
+        return True
+    text = f"{ds.get('ImageComments', '') or ''} {ds.get('DerivationDescription', '') or ''}"
+    return SYNTHETIC_MARK in text
 
 
 def header_meta(ds: Dataset) -> dict[str, Any]:
@@ -499,14 +505,13 @@ def build_volume(frames: Sequence[Frame], where: str, source: str) -> MetaTensor
     # (Z, Y, X[, C]) in memory -> (C, X, Y, Z) view: x = column index, y = row index, z = slice
     arr = out.transpose(2, 1, 0)[None] if samples == 1 else out.transpose(3, 2, 1, 0)
     meta = header_meta(first)
-    comments = str(meta.get("ImageComments", "")) + " " + str(meta.get("DerivationDescription", ""))
     meta.update(
         filename_or_obj=source,
         format="dicom",
         spacing=geom.spacing,
         n_slices=n,
         geometry_assumed=geom.assumed,
-        synthetic=_SYNTHETIC_COMMENT in comments,
+        synthetic=is_synthetic(first),
         filenames=[str(frames[int(i)].path) for i in geom.order]
         if frames[0].index is None
         else [str(frames[0].path)],

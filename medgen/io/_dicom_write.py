@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from medgen.errors import MedgenValueError
-from medgen.io._common import LPS_TO_RAS
+from medgen.io._common import IDENTITY_KEYWORDS, LPS_TO_RAS, SYNTHETIC_MARK
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,6 @@ _CARRIED = (
     "EchoTime",
     "KVP",
 )
-_IDENTITY = ("PatientName", "PatientID", "PatientBirthDate")
-SYNTHETIC_COMMENT = "medgen:synthetic"
 
 
 def choose_rescale(vol: np.ndarray) -> tuple[np.ndarray, float, float, bool]:
@@ -180,8 +178,8 @@ def save_dicom(
     _check_tags(dicom_tags)
     if (
         copy_identity
-        and not any(k in meta for k in _IDENTITY)
-        and not any(k in dicom_tags for k in _IDENTITY)
+        and not any(k in meta for k in IDENTITY_KEYWORDS)
+        and not any(k in dicom_tags for k in IDENTITY_KEYWORDS)
     ):
         raise MedgenValueError(
             "save: copy_identity=True but img carries no PatientName/PatientID/PatientBirthDate in "
@@ -203,7 +201,7 @@ def save_dicom(
     study_uid, series_uid, for_uid = generate_uid(), generate_uid(), generate_uid()
     now = _dt.datetime.now()
     normal = np.cross(row_dir, col_dir)
-    comments = [SYNTHETIC_COMMENT] if synthetic else []
+    comments = [SYNTHETIC_MARK] if synthetic else []
     if derivation_description:
         comments.append(derivation_description)
 
@@ -239,7 +237,7 @@ def save_dicom(
                 if kw in meta and meta[kw] not in (None, ""):
                     setattr(ds, kw, meta[kw])
             if copy_identity:
-                for kw in _IDENTITY:
+                for kw in IDENTITY_KEYWORDS:
                     if kw in meta:
                         setattr(ds, kw, meta[kw])
             if comments:

@@ -11,15 +11,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medgen.errors import ImageReadError, MedgenValueError
-from medgen.io._common import atomic_path, make_metatensor, spacing_from_affine
+from medgen.io._common import SYNTHETIC_MARK, atomic_path, make_metatensor, spacing_from_affine
 
 if TYPE_CHECKING:
     from monai.data import MetaTensor
 
 logger = logging.getLogger(__name__)
 
-#: written into the NIfTI ``descrip`` field of synthetic images
-SYNTHETIC_MARK = "medgen:synthetic"
 
 _gzip_impl: types.ModuleType
 try:  # isal's igzip decompresses 1-2x faster than zlib and reads the same files

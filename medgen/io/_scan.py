@@ -14,9 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medgen.errors import DicomError, MedgenValueError
-from medgen.io._common import DICOM_SUFFIXES, NIFTI_SUFFIXES, check_exists
-from medgen.io._dicom_write import SYNTHETIC_COMMENT
-from medgen.io._nifti import SYNTHETIC_MARK
+from medgen.io._common import DICOM_SUFFIXES, NIFTI_SUFFIXES, SYNTHETIC_MARK, check_exists
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -157,18 +155,11 @@ def _nifti_row(path: Path, rel: str) -> dict[str, Any]:
     }
 
 
-def _is_synthetic_dicom(ds: Any) -> bool:
-    """True when the header carries the marks :func:`medgen.io.save` writes with ``synthetic=True``."""
-    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
-    comments = str(ds.get("ImageComments", "") or "")
-    return "SYNTHETIC" in image_type or SYNTHETIC_COMMENT in comments
-
-
 def _dicom_rows(
     items: list[tuple[Path, Any]], folder: Path, root: Path, single_series_dir: bool
 ) -> dict[str, Any]:
     """One manifest row for one series inside one directory."""
-    from medgen.io._dicom import frames_of, stack_geometry
+    from medgen.io._dicom import frames_of, is_synthetic, stack_geometry
 
     path0, ds = items[0]
     frames = []
@@ -213,7 +204,7 @@ def _dicom_rows(
         "scanner": text("ManufacturerModelName"),
         "site": text("InstitutionName"),
         "series_description": text("SeriesDescription"),
-        "synthetic": _is_synthetic_dicom(ds),
+        "synthetic": is_synthetic(ds),
         # a folder with several series needs load(path, series=uid); single-series rows need nothing
         "series_uid": uid or None,
         "needs_series": len(items) > 1 and not single_series_dir,
