@@ -536,3 +536,20 @@ def test_repr_is_one_line(report: AuditReport) -> None:
     text = repr(report)
     assert text.startswith("AuditReport(rows=3000, attributes=['sex', 'site', 'sex & site']")
     assert "\n" not in text and "seed=1" in text
+
+
+def test_sort_once_cells_equal_full_sort_cells(preds: pd.DataFrame) -> None:
+    from medgen.audit._metrics import row_order
+
+    y = preds["y_true"].to_numpy().astype(np.int8)
+    s = preds["y_score"].to_numpy()
+    codes = pd.factorize(preds["site"].fillna("?"), sort=True)[0].astype(np.int64)
+    _, key = np.unique(s, return_inverse=True)
+    key = key.astype(np.int64)
+    args = (codes, key, int(key.max()) + 1, y, s, s >= 0.4)
+    slow = build_cells(*args)
+    fast = build_cells(*args, order=row_order(key, y))
+    for name in ["count", "y", "pred", "group", "group_starts", "tie_starts", "ece_starts"]:
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name), err_msg=name)
+    np.testing.assert_allclose(fast.s_mean, slow.s_mean, rtol=1e-12)
+    np.testing.assert_allclose(fast.sq_mean, slow.sq_mean, rtol=1e-12, atol=1e-15)

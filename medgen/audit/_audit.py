@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from medgen._version import __version__
 from medgen.audit._bootstrap import bootstrap_metrics, percentile_ci
 from medgen.audit._disparity import P_ADJUST, adjust_pvalues, bootstrap_pvalue
-from medgen.audit._metrics import ECE_EDGES, METRICS, build_cells, cell_metrics
+from medgen.audit._metrics import ECE_EDGES, METRICS, build_cells, cell_metrics, row_order
 from medgen.audit._threshold import ThresholdSpec, resolve_threshold
 from medgen.errors import MedgenValueError, MetricWarning
 
@@ -346,6 +346,8 @@ def audit(
     boot_key, boot_nkeys, boot_mode = _boot_key(
         s, exact_key, int(uniq.shape[0]), thr_row, boot_bins
     )
+    exact_order = row_order(exact_key, y)
+    boot_order = exact_order if boot_mode == "exact" else row_order(boot_key, y)
 
     msgs: list[str] = []
     if y.min() == y.max():
@@ -355,7 +357,9 @@ def audit(
     reps: dict[str, dict[str, NDArray[np.float64]]] = {}
     frames = []
     for grouping, ss in zip(all_groupings, child_seeds, strict=True):
-        cells = build_cells(grouping.codes, exact_key, int(uniq.shape[0]), y, s, pred)
+        cells = build_cells(
+            grouping.codes, exact_key, int(uniq.shape[0]), y, s, pred, order=exact_order
+        )
         est = cell_metrics(cells)
         point[grouping.name] = est
         values: dict[str, NDArray[Any]] = {
@@ -367,7 +371,7 @@ def audit(
             bcells = (
                 cells
                 if boot_mode == "exact"
-                else build_cells(grouping.codes, boot_key, boot_nkeys, y, s, pred)
+                else build_cells(grouping.codes, boot_key, boot_nkeys, y, s, pred, order=boot_order)
             )
             approx = est if boot_mode == "exact" else cell_metrics(bcells)
             r = bootstrap_metrics(

@@ -29,6 +29,7 @@ __all__ = [
     "cell_metrics",
     "ece_bins",
     "make_cells",
+    "row_order",
 ]
 
 #: Metrics reported per group, in report order.
@@ -111,6 +112,11 @@ def _starts(*keys: NDArray[np.int64]) -> NDArray[np.intp]:
     return np.flatnonzero(change)
 
 
+def row_order(key: NDArray[np.int64], y: NDArray[np.int8]) -> NDArray[np.intp]:
+    """Row permutation sorting rows by ``(key, y)``; computed once and shared by all groupings."""
+    return np.lexsort((y, key))
+
+
 def build_cells(
     group: NDArray[np.int64],
     key: NDArray[np.int64],
@@ -118,6 +124,8 @@ def build_cells(
     y: NDArray[np.int8],
     score: NDArray[np.float64],
     pred: NDArray[np.bool_],
+    *,
+    order: NDArray[np.intp] | None = None,
 ) -> Cells:
     """Collapse rows into cells sorted by ``(group, key, y)``.
 
@@ -129,21 +137,37 @@ def build_cells(
         y: ``(N,)`` labels in {0, 1}.
         score: ``(N,)`` scores in [0, 1].
         pred: ``(N,)`` decisions.
+        order: :func:`row_order` of ``(key, y)``. With it the rows are put in cell order by one
+            stable (radix) sort of the small group codes instead of a full sort per grouping.
     """
+    n_groups = int(group.max()) + 1
     code = (group.astype(np.int64) * np.int64(n_keys) + key.astype(np.int64)) * 2 + y
-    uniq, first, inverse, counts = np.unique(
-        code, return_index=True, return_inverse=True, return_counts=True
-    )
-    resid = score - y
+    if order is None or n_groups > np.iinfo(np.uint16).max:
+        uniq, first, inverse, counts = np.unique(
+            code, return_index=True, return_inverse=True, return_counts=True
+        )
+        resid = score - y
+        s_sum = np.bincount(inverse, weights=score, minlength=uniq.shape[0])
+        sq_sum = np.bincount(inverse, weights=resid * resid, minlength=uniq.shape[0])
+    else:
+        small = group.astype(np.uint16)[order]
+        perm = order[np.argsort(small, kind="stable")]
+        sorted_code = code[perm]
+        starts = _starts(sorted_code)
+        uniq = sorted_code[starts]
+        first = perm[starts]
+        counts = np.diff(np.append(starts, code.shape[0]))
+        s_perm = score[perm]
+        resid = s_perm - y[perm]
+        s_sum = np.add.reduceat(s_perm, starts)
+        sq_sum = np.add.reduceat(resid * resid, starts)
     return make_cells(
         group=uniq // (2 * n_keys),
         key=(uniq // 2) % n_keys,
         y=(uniq % 2).astype(np.float64),
         count=counts.astype(np.float64),
-        s_sum=np.asarray(np.bincount(inverse, weights=score, minlength=uniq.shape[0]), np.float64),
-        sq_sum=np.asarray(
-            np.bincount(inverse, weights=resid * resid, minlength=uniq.shape[0]), np.float64
-        ),
+        s_sum=np.asarray(s_sum, np.float64),
+        sq_sum=np.asarray(sq_sum, np.float64),
         pred=pred[first].astype(np.float64),
         ece=ece_bins(score[first]),
     )
