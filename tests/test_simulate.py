@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medgen.errors import ConfigError
+from medgen.errors import ConfigError, MedgenValueError
 from medgen.simulate import (
     BiasConfig,
     SimulationConfig,
@@ -433,3 +433,33 @@ def test_docstring_examples_run(module: str) -> None:
     mod = importlib.import_module(f"medgen.simulate.{module}")
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 1 and result.failed == 0
+
+
+def test_rerun_needs_overwrite_and_leaves_no_stale_images(tmp_path: pathlib.Path) -> None:
+    """A smaller rerun into a used folder must not leave the larger run's images behind."""
+    out = tmp_path / "sim"
+    big = preset("tiny")
+    big.population.n_subjects = 6
+    simulate(big, out, progress=False)
+    small = preset("tiny")
+    small.population.n_subjects = 3
+    with pytest.raises(MedgenValueError, match=r"already holds a simulation.*overwrite=True"):
+        simulate(small, out, progress=False)
+    assert len(pd.read_csv(out / "manifest.csv")) == 6  # the refused run changed nothing
+    (out / "notes.txt").write_text("mine")
+    manifest = simulate(small, out, progress=False, overwrite=True)
+    listed = set(pd.read_csv(manifest)["image_path"])
+    assert {f"images/{p.name}" for p in (out / "images").iterdir()} == listed
+    assert len(listed) == 3
+    assert (out / "notes.txt").read_text() == "mine"  # files that are not outputs survive
+
+
+def test_never_clears_a_folder_that_is_not_a_simulation(tmp_path: pathlib.Path) -> None:
+    data = tmp_path / "my_data"
+    data.mkdir()
+    (data / "scan.nii.gz").write_bytes(b"precious")
+    for overwrite in (False, True):
+        with pytest.raises(MedgenValueError, match=r"holds no previous simulation"):
+            simulate(preset("tiny"), data, progress=False, overwrite=overwrite)
+    assert (data / "scan.nii.gz").read_bytes() == b"precious"
+    assert sorted(p.name for p in data.iterdir()) == ["scan.nii.gz"]

@@ -34,6 +34,10 @@ def register(app: typer.Typer) -> None:
             int | None, typer.Option("--n-subjects", help="Override the cohort size.")
         ] = None,
         progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+        overwrite: Annotated[
+            bool,
+            typer.Option("--overwrite", help="Replace a previous simulation in the output folder."),
+        ] = False,
     ) -> None:
         """Simulate a cohort with known disease, site and bias effects on MNI152 anatomy."""
         from medgen.errors import MedgenError
@@ -46,7 +50,9 @@ def register(app: typer.Typer) -> None:
                 cfg = preset(preset_name or "tiny")
             if n_subjects is not None:
                 cfg.population.n_subjects = n_subjects
-            manifest = simulate(cfg, out_dir, seed=seed, progress=progress, format=fmt)
+            manifest = simulate(
+                cfg, out_dir, seed=seed, progress=progress, format=fmt, overwrite=overwrite
+            )
         except MedgenError as err:
             typer.echo(f"Error: {err}", err=True)
             raise typer.Exit(code=2) from err

@@ -206,6 +206,39 @@ def _atomic_write_text(path: pathlib.Path, text: str) -> None:
     tmp.replace(path)
 
 
+_OUTPUTS = ("images", "masks", "manifest.csv", "simulation.json")
+
+
+def _clear_previous_run(out: pathlib.Path, *, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` unless ``overwrite`` and it holds a previous simulation.
+
+    Stale images from a larger earlier run would otherwise sit beside the new manifest, and
+    a researcher's own files must never be deleted by a simulation.
+    """
+    import shutil
+
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not entries:
+        return
+    shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+    if not (out / "simulation.json").is_file():
+        raise MedgenValueError(
+            f"simulate: out_dir {str(out)!r} is not empty ({shown}) and holds no previous "
+            "simulation (no simulation.json). Choose a new or empty folder."
+        )
+    if not overwrite:
+        raise MedgenValueError(
+            f"simulate: out_dir {str(out)!r} already holds a simulation ({shown}). Choose a new "
+            "folder, or pass overwrite=True (CLI: --overwrite) to replace it."
+        )
+    for name in _OUTPUTS:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
 def simulate(
     config: SimulationConfig | dict[str, Any] | str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -213,6 +246,7 @@ def simulate(
     seed: int | None = None,
     progress: bool = True,
     format: str = "nifti",
+    overwrite: bool = False,
 ) -> pathlib.Path:
     """Simulate a cohort and write it to ``out_dir``; return the manifest path.
 
@@ -224,7 +258,10 @@ def simulate(
 
     Args:
         config: a :class:`SimulationConfig`, a dict, or a YAML file path.
-        out_dir: output folder (created). Existing simulator outputs in it are overwritten.
+        out_dir: output folder, created if needed; it must be empty unless ``overwrite``.
+        overwrite: replace a previous simulation in ``out_dir`` (its ``images/``, ``masks/``,
+            ``manifest.csv`` and ``simulation.json``; other files are left alone). A non-empty
+            folder that holds no ``simulation.json`` is never cleared.
         seed: overrides ``config.seed`` (recorded in the sidecar).
         progress: show a tqdm progress bar.
         format: ``"nifti"`` or ``"dicom"``.
@@ -234,6 +271,8 @@ def simulate(
 
     Raises:
         ConfigError: invalid configuration or arguments; nothing is written.
+        MedgenValueError: ``out_dir`` is a file, or is not empty and ``overwrite`` is false (or
+            holds files that are not a previous simulation); nothing is written or deleted.
 
     Example:
         >>> import tempfile
@@ -267,6 +306,7 @@ def simulate(
     out = pathlib.Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise MedgenValueError(f"simulate: out_dir {str(out)!r} exists and is not a directory.")
+    _clear_previous_run(out, overwrite=overwrite)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
 
