@@ -413,3 +413,25 @@ def test_cli_train_and_predict(tiny_manifest: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["train", str(tiny_manifest), "-o", str(run), "--model", "densnet121"])
     assert r.exit_code != 0
     assert "Did you mean 'densenet121'" in str(r.exception)
+
+
+def test_multiclass_target_gives_one_score_column_per_class(tiny_manifest: Path) -> None:
+    df = pd.read_csv(tiny_manifest)
+    classes = sorted(df["age_group"].unique())
+    assert len(classes) > 2
+    clf = train(
+        tiny_manifest,
+        target="age_group",
+        **TINY_NET,
+        epochs=1,
+        batch_size=16,
+        seed=0,
+        progress=False,
+    )
+    assert clf.classes == classes
+    preds = clf.predict(tiny_manifest, split="test", progress=False)
+    cols = [f"y_score_{c}" for c in classes]
+    assert set(cols) <= set(preds.columns) and "y_score" not in preds.columns
+    np.testing.assert_allclose(preds[cols].sum(axis=1), 1.0, rtol=1e-5)
+    assert (preds["y_pred"] == preds[cols].to_numpy().argmax(axis=1)).all()
+    assert (preds["y_true"] == preds["age_group"].map(classes.index)).all()
