@@ -86,6 +86,11 @@ def main() -> None:
         "--repeats", type=int, default=3, help="warm epochs to time (the fastest counts)"
     )
     args = parser.parse_args()
+    run(n=args.n, size=args.size, repeats=args.repeats)
+
+
+def run(*, n: int = 100, size: int = 64, repeats: int = 3) -> None:
+    """Time epochs of ``Cohort.dataset`` with each cache mode and print the table."""
     torch.set_num_threads(1)
 
     from monai.transforms import ScaleIntensityd
@@ -94,14 +99,14 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="medgen-bench-cohort-"))
     try:
-        manifest = make_cohort_files(tmp, n=args.n, size=args.size)
+        manifest = make_cohort_files(tmp, n=n, size=size)
         cohort = Cohort.from_manifest(manifest)
         tf = ScaleIntensityd(keys="image")
         rows: list[tuple[str, str, float]] = []
 
         plain = cohort.dataset(tf)
         epoch(plain)  # warm the OS page cache so "none" is not penalised by cold disk reads
-        base = min(epoch(plain) for _ in range(args.repeats))
+        base = min(epoch(plain) for _ in range(repeats))
         rows.append(("none (Dataset)", "every epoch", base))
 
         fill, mem = timed(lambda: cohort.dataset(tf, cache="memory"))
@@ -110,7 +115,7 @@ def main() -> None:
             (
                 "memory (CacheDataset)",
                 "warm",
-                min(epoch(mem) for _ in range(args.repeats)),
+                min(epoch(mem) for _ in range(repeats)),
             )
         )
 
@@ -118,8 +123,7 @@ def main() -> None:
         cold = epoch(cohort.dataset(tf, cache="disk", cache_dir=cache_dir))
         rows.append(("disk (PersistentDataset)", "cold: load + write", cold))
         warm = min(
-            epoch(cohort.dataset(tf, cache="disk", cache_dir=cache_dir))
-            for _ in range(args.repeats)
+            epoch(cohort.dataset(tf, cache="disk", cache_dir=cache_dir)) for _ in range(repeats)
         )
         rows.append(("disk (PersistentDataset)", "warm: new dataset", warm))
         # reference: MONAI's own PersistentDataset on the same pipeline. With track_meta=False
@@ -146,20 +150,20 @@ def main() -> None:
                             records, stock, cache_dir=stock_dir, track_meta=track_meta
                         )
                     )
-                    for _ in range(args.repeats)
+                    for _ in range(repeats)
                 )
             rows.append((f"MONAI stock, track_meta={track_meta}", note, sec))
         cache_mb = sum(p.stat().st_size for p in cache_dir.glob("*.mgc")) / 1e6
         data_mb = sum(p.stat().st_size for p in (tmp / "img").glob("*.nii.gz")) / 1e6
 
         print(
-            f"Cohort.dataset epoch over {args.n} volumes of {args.size}^3 float32 "
+            f"Cohort.dataset epoch over {n} volumes of {size}^3 float32 "
             f"({data_mb:.1f} MB .nii.gz on disk, disk cache {cache_mb:.1f} MB), "
             f"transform LoadImaged + ScaleIntensityd, 1 torch thread, torch {torch.__version__}"
         )
         print(f"{'cache':<32} {'epoch':<20} {'seconds':>8} {'vol/s':>8} {'speed-up vs none':>17}")
         for mode, kind, sec in rows:
-            print(f"{mode:<32} {kind:<20} {sec:8.3f} {args.n / sec:8.1f} {base / sec:16.1f}x")
+            print(f"{mode:<32} {kind:<20} {sec:8.3f} {n / sec:8.1f} {base / sec:16.1f}x")
         ok = base / rows[2][2] >= 10 and base / warm >= 10  # medgen's memory and disk caches
         print(
             f"target warm cached epochs >= 10x faster than uncached: {'met' if ok else 'NOT met'}"
