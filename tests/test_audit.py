@@ -553,3 +553,26 @@ def test_sort_once_cells_equal_full_sort_cells(preds: pd.DataFrame) -> None:
         np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name), err_msg=name)
     np.testing.assert_allclose(fast.s_mean, slow.s_mean, rtol=1e-12)
     np.testing.assert_allclose(fast.sq_mean, slow.sq_mean, rtol=1e-12, atol=1e-15)
+
+
+def test_cluster_bootstrap_counts_subjects_not_images() -> None:
+    """Each subject's image appears 4 times: resampling subjects must give the CI width of the
+    de-duplicated data, resampling rows a width about half as large (too narrow)."""
+    base = simulate(600, seed=21).assign(subject_id=lambda d: d["image_id"])
+    dup = pd.concat([base] * 4, ignore_index=True)
+    kw = {"sensitive": "sex", "n_boot": 600, "seed": 5}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)
+        ref = audit(base, **kw)
+        clustered = audit(dup, cluster="subject_id", **kw)
+        naive = audit(dup, **kw)
+    pd.testing.assert_frame_equal(ref.by_group[["auc", "tpr"]], clustered.by_group[["auc", "tpr"]])
+    assert "clusters of 'subject_id'" in clustered.provenance["bootstrap"]
+    for m in ["auc", "tpr", "brier"]:
+        w_ref = (ref.by_group[f"{m}_high"] - ref.by_group[f"{m}_low"]).to_numpy()
+        w_cl = (clustered.by_group[f"{m}_high"] - clustered.by_group[f"{m}_low"]).to_numpy()
+        w_naive = (naive.by_group[f"{m}_high"] - naive.by_group[f"{m}_low"]).to_numpy()
+        np.testing.assert_allclose(w_cl, w_ref, rtol=0.15, err_msg=m)
+        np.testing.assert_allclose(w_naive, w_ref / 2, rtol=0.15, err_msg=m)
+    with pytest.raises(MedgenValueError, match=r"cluster='patient'"):
+        audit(base, cluster="patient", **kw)

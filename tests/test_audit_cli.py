@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def test_cli_writes_report_csv_and_markdown(tmp_path: Path) -> None:
             str(out),
             "--n-boot",
             "100",
+            "--cluster",
+            "site",
             "--seed",
             "4",
             "--threshold",
@@ -65,6 +68,8 @@ def test_cli_writes_report_csv_and_markdown(tmp_path: Path) -> None:
     assert "report written to" in res.output and "seed 4" in res.output
     text = out.read_text(encoding="utf-8")
     assert "By sex &amp; site" in text and not re.search(r"https?://", text)
+    prov = json.loads((tmp_path / "tables" / "provenance.json").read_text())
+    assert prov["cluster"] == "site" and prov["seed"] == 4
     by_group = pd.read_csv(tmp_path / "tables" / "by_group.csv")
     assert set(by_group["attribute"]) == {"sex", "site", "sex & site"}
     assert (tmp_path / "audit.md").read_text().startswith("# medgen fairness audit")

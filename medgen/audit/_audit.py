@@ -16,7 +16,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from medgen._version import __version__
-from medgen.audit._bootstrap import bootstrap_metrics, percentile_ci
+from medgen.audit._bootstrap import bootstrap_metrics, cluster_map, percentile_ci
 from medgen.audit._disparity import P_ADJUST, adjust_pvalues, bootstrap_pvalue
 from medgen.audit._metrics import ECE_EDGES, METRICS, build_cells, cell_metrics, row_order
 from medgen.audit._threshold import ThresholdSpec, resolve_threshold
@@ -238,6 +238,7 @@ def audit(
     p_adjust: str = "holm",
     tolerance: tuple[float, float] = (0.8, 1.25),
     boot_bins: int = 250,
+    cluster: str | None = None,
     seed: int | None = None,
     progress: bool = False,
 ) -> AuditReport:
@@ -265,6 +266,9 @@ def audit(
             disparity is flagged (Aequitas' 0.8-1.25 by default).
         boot_bins: above this many distinct scores the bootstrap runs on quantile score bins
             (point estimates always use the exact scores; see ``docs/audit.md``).
+        cluster: a column of cluster ids (e.g. ``"subject_id"``): the bootstrap resamples whole
+            clusters within each group, so several images of one person count as one draw.
+            ``None``: rows are resampled independently.
         seed: bootstrap seed; ``None`` draws one, recorded in ``report.provenance["seed"]``.
         progress: show progress bars.
 
@@ -299,6 +303,8 @@ def audit(
             raise _missing_column(data, col, arg)
     if threshold_by is not None and threshold_by not in data.columns:
         raise _missing_column(data, threshold_by, "threshold_by")
+    if cluster is not None and cluster not in data.columns:
+        raise _missing_column(data, cluster, "cluster")
     if not isinstance(n_boot, int | np.integer) or n_boot < 0:
         raise MedgenValueError(f"n_boot must be an integer >= 0, not {n_boot!r}")
     if not 0.0 < ci < 1.0:
@@ -316,6 +322,15 @@ def audit(
     y = _labels(data, y_true)
     s = _scores(data, y_score)
     n = int(y.shape[0])
+    cluster_codes: NDArray[np.int64] | None = None
+    if cluster is not None:
+        missing = data[cluster].isna()
+        if missing.any():
+            raise MedgenValueError(
+                f"cluster column {cluster!r} has {int(missing.sum())} missing values (e.g. rows "
+                f"{list(data.index[missing][:5])}); fill them, e.g. with the image id"
+            )
+        cluster_codes = np.asarray(pd.factorize(data[cluster])[0], dtype=np.int64)
 
     singles = []
     for col in sens:
@@ -380,6 +395,7 @@ def audit(
                 rng=np.random.default_rng(ss),
                 progress=progress,
                 desc=f"bootstrap {grouping.name}",
+                clusters=None if cluster_codes is None else cluster_map(bcells, cluster_codes),
             )
             # centre the binned bootstrap on the exact estimate (no-op in exact mode)
             r = {m: r[m] + (est[m] - approx[m]) for m in METRICS}
@@ -440,7 +456,9 @@ def audit(
         "thresholds": thr_resolved,
         "n_boot": int(n_boot),
         "ci": ci,
-        "bootstrap": f"stratified by group, {boot_mode}",
+        "bootstrap": f"stratified by group, {boot_mode}"
+        + (f", clusters of {cluster!r} resampled" if cluster is not None else ""),
+        "cluster": cluster,
         "p_adjust": p_adjust,
         "tolerance": list(tolerance),
         "min_group_size": min_group_size,

@@ -10,13 +10,26 @@ not rows. Counts for a batch of replicates form a ``(B, C)`` array, and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from medgen.audit._metrics import Cells, cell_metrics
 
-__all__ = ["bootstrap_metrics", "categorical", "multinomial_counts", "percentile_ci"]
+if TYPE_CHECKING:
+    from scipy.sparse import csr_matrix
+
+__all__ = [
+    "ClusterMap",
+    "bootstrap_metrics",
+    "categorical",
+    "cluster_map",
+    "multinomial_counts",
+    "percentile_ci",
+]
 
 
 def bootstrap_metrics(
@@ -27,6 +40,7 @@ def bootstrap_metrics(
     max_elements: int = 4_000_000,
     progress: bool = False,
     desc: str = "bootstrap",
+    clusters: ClusterMap | None = None,
 ) -> dict[str, NDArray[np.float64]]:
     """Stratified (by group) bootstrap replicates of every metric.
 
@@ -36,6 +50,8 @@ def bootstrap_metrics(
         rng: the random generator (seeded by the caller).
         max_elements: bound on ``B_batch * C`` per batch (memory: about 10 arrays of that size).
         progress: show a tqdm bar over batches.
+        clusters: resample whole clusters (e.g. subjects) within each group instead of rows
+            (:func:`cluster_map`).
 
     Returns:
         metric -> ``(B, G)`` replicate values (NaN where undefined in a replicate).
@@ -51,11 +67,58 @@ def bootstrap_metrics(
     starts = range(0, n_boot, batch)
     for b0 in tqdm(starts, desc=desc, disable=not progress, leave=False):
         nb = min(batch, n_boot - b0)
-        draws = np.empty((nb, n_cells), dtype=np.float64)
-        for g, (n_g, p) in enumerate(probs):
-            draws[:, bounds[g] : bounds[g + 1]] = multinomial_counts(rng, n_g, p, nb)
+        if clusters is None:
+            draws = np.empty((nb, n_cells), dtype=np.float64)
+            for g, (n_g, p) in enumerate(probs):
+                draws[:, bounds[g] : bounds[g + 1]] = multinomial_counts(rng, n_g, p, nb)
+        else:
+            cb = clusters.bounds
+            picks = np.empty((nb, int(cb[-1])), dtype=np.float64)
+            for g in range(cells.n_groups):
+                s_g = int(cb[g + 1] - cb[g])
+                picks[:, cb[g] : cb[g + 1]] = multinomial_counts(
+                    rng, s_g, np.full(s_g, 1.0 / s_g), nb
+                )
+            draws = np.asarray((clusters.matrix.T @ picks.T).T, dtype=np.float64)
         chunks.append(cell_metrics(cells, draws))
     return {k: np.concatenate([c[k] for c in chunks], axis=0) for k in chunks[0]}
+
+
+@dataclass(frozen=True)
+class ClusterMap:
+    """Clusters (e.g. subjects) of one grouping for a cluster bootstrap.
+
+    Attributes:
+        matrix: ``(S, C)`` sparse count of each cluster's rows in each cell; clusters are
+            ``(group, cluster id)`` pairs sorted by group.
+        bounds: ``(G + 1,)`` the clusters of group ``g`` are ``bounds[g]:bounds[g + 1]``.
+    """
+
+    matrix: csr_matrix
+    bounds: NDArray[np.intp]
+
+
+def cluster_map(cells: Cells, cluster: NDArray[np.int64]) -> ClusterMap:
+    """Map rows to clusters within groups.
+
+    Args:
+        cells: cells built by :func:`~medgen.audit._metrics.build_cells` (they know each row's cell).
+        cluster: ``(N,)`` cluster code of each row (0..K-1), e.g. the subject.
+    """
+    from scipy.sparse import coo_matrix
+
+    if cells.row_cell is None:  # pragma: no cover - internal misuse
+        raise TypeError("cluster_map needs cells from build_cells (with row_cell)")
+    row_group = cells.group[cells.row_cell]
+    width = np.int64(cluster.max()) + 1
+    uniq, inverse = np.unique(row_group * width + cluster, return_inverse=True)
+    cl_group = uniq // width
+    bounds = np.searchsorted(cl_group, np.arange(cells.n_groups + 1)).astype(np.intp)
+    n = cluster.shape[0]
+    matrix = coo_matrix(
+        (np.ones(n), (inverse.reshape(-1), cells.row_cell)), shape=(uniq.shape[0], cells.n_cells)
+    ).tocsr()
+    return ClusterMap(matrix=matrix, bounds=bounds)
 
 
 def multinomial_counts(

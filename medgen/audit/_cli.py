@@ -51,6 +51,10 @@ def audit_command(
     ] = True,
     min_group_size: Annotated[int, typer.Option("--min-group-size")] = 30,
     p_adjust: Annotated[str, typer.Option("--p-adjust", help="'holm' or 'bh'.")] = "holm",
+    cluster: Annotated[
+        str | None,
+        typer.Option(help="Cluster column (e.g. subject_id): resample whole clusters."),
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Bootstrap seed (default: drawn, recorded).")
     ] = None,
@@ -97,6 +101,7 @@ def audit_command(
                 intersections=intersections,
                 min_group_size=min_group_size,
                 p_adjust=p_adjust,
+                cluster=cluster,
                 seed=seed,
                 progress=progress,
             )

@@ -15,6 +15,7 @@ No Python loop runs over rows or groups.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +78,7 @@ class Cells:
         tie_group_starts: ``(G,)`` index into ``tie_starts`` of each group's first block.
         ece_starts: ``(E,)`` first cell of each ``(group, calibration bin)`` block.
         ece_group_starts: ``(G,)`` index into ``ece_starts`` of each group's first block.
+        row_cell: ``(N,)`` the cell of each input row (from :func:`build_cells`), or None.
     """
 
     count: NDArray[np.float64]
@@ -90,6 +92,7 @@ class Cells:
     tie_group_starts: NDArray[np.intp]
     ece_starts: NDArray[np.intp]
     ece_group_starts: NDArray[np.intp]
+    row_cell: NDArray[np.intp] | None = None
 
     @property
     def n_cells(self) -> int:
@@ -149,6 +152,7 @@ def build_cells(
         resid = score - y
         s_sum = np.bincount(inverse, weights=score, minlength=uniq.shape[0])
         sq_sum = np.bincount(inverse, weights=resid * resid, minlength=uniq.shape[0])
+        row_cell = np.asarray(inverse, dtype=np.intp).reshape(-1)
     else:
         small = group.astype(np.uint16)[order]
         perm = order[np.argsort(small, kind="stable")]
@@ -161,7 +165,11 @@ def build_cells(
         resid = s_perm - y[perm]
         s_sum = np.add.reduceat(s_perm, starts)
         sq_sum = np.add.reduceat(resid * resid, starts)
-    return make_cells(
+        is_start = np.zeros(code.shape[0], dtype=np.intp)
+        is_start[starts] = 1
+        row_cell = np.empty(code.shape[0], dtype=np.intp)
+        row_cell[perm] = np.cumsum(is_start) - 1
+    cells = make_cells(
         group=uniq // (2 * n_keys),
         key=(uniq // 2) % n_keys,
         y=(uniq % 2).astype(np.float64),
@@ -171,6 +179,7 @@ def build_cells(
         pred=pred[first].astype(np.float64),
         ece=ece_bins(score[first]),
     )
+    return dataclasses.replace(cells, row_cell=row_cell)
 
 
 def make_cells(
