@@ -120,3 +120,27 @@ def test_multinomial_counts_exact_sum_and_moments() -> None:
     cats = categorical(rng, p, 400_000)
     freq = np.bincount(cats, minlength=300) / 400_000
     assert np.abs(freq - p).max() < 5 * np.sqrt(p.max() / 400_000)
+
+
+def test_compare_with_clusters_widens_duplicated_rows() -> None:
+    """With every image duplicated, the clustered paired CI matches the de-duplicated data."""
+    base = two_models(500, seed=4).assign(subject=lambda d: np.arange(len(d)))
+    dup = pd.concat([base] * 3, ignore_index=True)
+    kw = {"sensitive": "site", "n_boot": 0, "seed": 0}
+    ref = compare(
+        audit(base, y_score="real", **kw), audit(base, y_score="synth", **kw), n_boot=500, seed=1
+    )
+    cl = compare(
+        audit(dup, y_score="real", cluster="subject", **kw),
+        audit(dup, y_score="synth", cluster="subject", **kw),
+        n_boot=500,
+        seed=1,
+    )
+    w_ref = (ref.table["delta_high"] - ref.table["delta_low"]).xs("auc", level="metric")
+    w_cl = (cl.table["delta_high"] - cl.table["delta_low"]).xs("auc", level="metric")
+    np.testing.assert_allclose(w_cl, w_ref, rtol=0.2)
+    assert "clusters" in cl.provenance["bootstrap"]
+    with pytest.raises(MedgenValueError, match="same cluster column"):
+        compare(
+            audit(dup, y_score="real", cluster="subject", **kw), audit(dup, y_score="synth", **kw)
+        )

@@ -63,6 +63,7 @@ class RowData:
     score: NDArray[np.float64]
     threshold: NDArray[np.float64]
     groupings: tuple[Grouping, ...]
+    cluster: NDArray[np.int64] | None = None
 
     @property
     def pred(self) -> NDArray[np.bool_]:
@@ -395,7 +396,9 @@ def audit(
                 rng=np.random.default_rng(ss),
                 progress=progress,
                 desc=f"bootstrap {grouping.name}",
-                clusters=None if cluster_codes is None else cluster_map(bcells, cluster_codes),
+                clusters=None
+                if cluster_codes is None or bcells.row_cell is None
+                else cluster_map(bcells.group, bcells.row_cell, cluster_codes),
             )
             # centre the binned bootstrap on the exact estimate (no-op in exact mode)
             r = {m: r[m] + (est[m] - approx[m]) for m in METRICS}
@@ -478,7 +481,9 @@ def audit(
         thresholds=thr_resolved,
         provenance=provenance,
         warnings=msgs,
-        rows=RowData(y=y, score=s, threshold=thr_row, groupings=tuple(groupings)),
+        rows=RowData(
+            y=y, score=s, threshold=thr_row, groupings=tuple(groupings), cluster=cluster_codes
+        ),
     )
 
 

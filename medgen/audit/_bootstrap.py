@@ -27,6 +27,7 @@ __all__ = [
     "bootstrap_metrics",
     "categorical",
     "cluster_map",
+    "draw_counts",
     "multinomial_counts",
     "percentile_ci",
 ]
@@ -59,27 +60,11 @@ def bootstrap_metrics(
     n_cells = cells.n_cells
     batch = max(1, min(n_boot, max_elements // max(n_cells, 1)))
     bounds = np.append(cells.group_starts, n_cells)
-    probs = []
-    for g in range(cells.n_groups):
-        c = cells.count[bounds[g] : bounds[g + 1]]
-        probs.append((int(c.sum()), c / c.sum()))
     chunks: list[dict[str, NDArray[np.float64]]] = []
     starts = range(0, n_boot, batch)
     for b0 in tqdm(starts, desc=desc, disable=not progress, leave=False):
         nb = min(batch, n_boot - b0)
-        if clusters is None:
-            draws = np.empty((nb, n_cells), dtype=np.float64)
-            for g, (n_g, p) in enumerate(probs):
-                draws[:, bounds[g] : bounds[g + 1]] = multinomial_counts(rng, n_g, p, nb)
-        else:
-            cb = clusters.bounds
-            picks = np.empty((nb, int(cb[-1])), dtype=np.float64)
-            for g in range(cells.n_groups):
-                s_g = int(cb[g + 1] - cb[g])
-                picks[:, cb[g] : cb[g + 1]] = multinomial_counts(
-                    rng, s_g, np.full(s_g, 1.0 / s_g), nb
-                )
-            draws = np.asarray((clusters.matrix.T @ picks.T).T, dtype=np.float64)
+        draws = draw_counts(rng, cells.count, bounds, nb, clusters)
         chunks.append(cell_metrics(cells, draws))
     return {k: np.concatenate([c[k] for c in chunks], axis=0) for k in chunks[0]}
 
@@ -98,27 +83,63 @@ class ClusterMap:
     bounds: NDArray[np.intp]
 
 
-def cluster_map(cells: Cells, cluster: NDArray[np.int64]) -> ClusterMap:
+def cluster_map(
+    cell_group: NDArray[np.int64],
+    row_cell: NDArray[np.intp],
+    cluster: NDArray[np.int64],
+) -> ClusterMap:
     """Map rows to clusters within groups.
 
     Args:
-        cells: cells built by :func:`~medgen.audit._metrics.build_cells` (they know each row's cell).
+        cell_group: ``(C,)`` group of each cell (cells sorted by group).
+        row_cell: ``(N,)`` the cell of each row.
         cluster: ``(N,)`` cluster code of each row (0..K-1), e.g. the subject.
     """
     from scipy.sparse import coo_matrix
 
-    if cells.row_cell is None:  # pragma: no cover - internal misuse
-        raise TypeError("cluster_map needs cells from build_cells (with row_cell)")
-    row_group = cells.group[cells.row_cell]
+    n_groups = int(cell_group.max()) + 1
+    row_group = cell_group[row_cell]
     width = np.int64(cluster.max()) + 1
     uniq, inverse = np.unique(row_group * width + cluster, return_inverse=True)
-    cl_group = uniq // width
-    bounds = np.searchsorted(cl_group, np.arange(cells.n_groups + 1)).astype(np.intp)
-    n = cluster.shape[0]
+    bounds = np.searchsorted(uniq // width, np.arange(n_groups + 1)).astype(np.intp)
     matrix = coo_matrix(
-        (np.ones(n), (inverse.reshape(-1), cells.row_cell)), shape=(uniq.shape[0], cells.n_cells)
+        (np.ones(cluster.shape[0]), (inverse.reshape(-1), row_cell)),
+        shape=(uniq.shape[0], cell_group.shape[0]),
     ).tocsr()
     return ClusterMap(matrix=matrix, bounds=bounds)
+
+
+def draw_counts(
+    rng: np.random.Generator,
+    count: NDArray[np.float64],
+    bounds: NDArray[np.intp],
+    size: int,
+    clusters: ClusterMap | None = None,
+) -> NDArray[np.float64]:
+    """One batch of stratified bootstrap cell counts, shape ``(size, C)``.
+
+    Args:
+        rng: random generator.
+        count: ``(C,)`` observed rows per cell, cells sorted by group.
+        bounds: ``(G + 1,)`` cells of group ``g`` are ``bounds[g]:bounds[g + 1]``.
+        size: replicates in the batch.
+        clusters: resample clusters instead of rows (:func:`cluster_map`).
+    """
+    n_groups = bounds.shape[0] - 1
+    if clusters is None:
+        draws = np.empty((size, count.shape[0]), dtype=np.float64)
+        for g in range(n_groups):
+            c = count[bounds[g] : bounds[g + 1]]
+            draws[:, bounds[g] : bounds[g + 1]] = multinomial_counts(
+                rng, int(c.sum()), c / c.sum(), size
+            )
+        return draws
+    cb = clusters.bounds
+    picks = np.empty((size, int(cb[-1])), dtype=np.float64)
+    for g in range(n_groups):
+        s_g = int(cb[g + 1] - cb[g])
+        picks[:, cb[g] : cb[g + 1]] = multinomial_counts(rng, s_g, np.full(s_g, 1.0 / s_g), size)
+    return np.asarray((clusters.matrix.T @ picks.T).T, dtype=np.float64)
 
 
 def multinomial_counts(

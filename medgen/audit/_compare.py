@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 
 from medgen._version import __version__
 from medgen.audit._audit import OVERALL, Grouping, RowData, _boot_key
-from medgen.audit._bootstrap import multinomial_counts, percentile_ci
+from medgen.audit._bootstrap import cluster_map, draw_counts, percentile_ci
 from medgen.audit._disparity import P_ADJUST, adjust_pvalues, bootstrap_pvalue
 from medgen.audit._metrics import METRICS, Cells, cell_metrics, ece_bins, make_cells
 from medgen.audit._report import (
@@ -189,7 +189,8 @@ def compare(
     Both audits must come from the same rows in the same order (same ``y_true`` and sensitive
     values), e.g. one model trained on real images and one on real + synthetic, each predicting
     the same test set. The bootstrap is paired: each resample draws the same rows (stratified by
-    group) for both models, so the CI of the difference accounts for their correlation.
+    group) for both models, so the CI of the difference accounts for their correlation. If the
+    audits were run with ``cluster=`` (e.g. ``"subject_id"``) whole clusters are resampled.
 
     Args:
         a, b: reports of :func:`medgen.audit.audit`.
@@ -222,6 +223,15 @@ def compare(
     ):
         raise MedgenValueError(
             f"a and b must use the same sensitive columns and values (a: {names_a}, b: {names_b})"
+        )
+    same_cluster = (
+        ra.cluster is None
+        if rb.cluster is None
+        else ra.cluster is not None and np.array_equal(ra.cluster, rb.cluster)
+    )
+    if not same_cluster:
+        raise MedgenValueError(
+            "a and b must use the same cluster column (audit(..., cluster=...)) or none"
         )
     if p_adjust not in P_ADJUST:
         raise MedgenValueError(f"p_adjust must be one of {P_ADJUST}, not {p_adjust!r}")
@@ -277,14 +287,14 @@ def compare(
         rng = np.random.default_rng(ss)
         batch = max(1, min(n_boot, 4_000_000 // max(count.shape[0], 1)))
         deltas: dict[str, list[NDArray[np.float64]]] = {m: [] for m in COMPARE_METRICS}
+        cmap = None
+        if ra.cluster is not None:
+            cmap = cluster_map(
+                cell_group, np.asarray(inverse, dtype=np.intp).reshape(-1), ra.cluster
+            )
         for b0 in range(0, n_boot, batch):
             nbt = min(batch, n_boot - b0)
-            draws = np.empty((nbt, count.shape[0]), dtype=np.float64)
-            for g in range(len(grouping.labels)):
-                c = count[bounds[g] : bounds[g + 1]]
-                draws[:, bounds[g] : bounds[g + 1]] = multinomial_counts(
-                    rng, int(c.sum()), c / c.sum(), nbt
-                )
+            draws = draw_counts(rng, count, bounds, nbt, cmap)
             rep_a = cell_metrics(cells_a, draws[:, perm_a])
             rep_b = cell_metrics(cells_b, draws[:, perm_b])
             for m in COMPARE_METRICS:
@@ -331,7 +341,8 @@ def compare(
         "ci": ci,
         "p_adjust": p_adjust,
         "seed": seed,
-        "bootstrap": "paired, stratified by group",
+        "bootstrap": "paired, stratified by group"
+        + (", clusters resampled" if ra.cluster is not None else ""),
         "thresholds_a": a.thresholds,
         "thresholds_b": b.thresholds,
         "data_sha256_a": a.provenance.get("data_sha256"),
