@@ -499,6 +499,10 @@ def test_missing_column_lists_available(preds: pd.DataFrame) -> None:
         ),
         (lambda d: d.assign(sex="F"), r"sensitive column 'sex' has a single value \('F'\)"),
         (lambda d: d.iloc[:0], r"no rows"),
+        (
+            lambda d: d.assign(sex=np.linspace(20, 90, len(d))),
+            r"'sex' has 200 distinct values.*binned first.*pd.cut",
+        ),
     ],
 )
 def test_bad_input_raises_medgen_errors(preds: pd.DataFrame, mutate, match: str) -> None:  # type: ignore[no-untyped-def]

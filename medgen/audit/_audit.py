@@ -125,6 +125,10 @@ def _scores(data: pd.DataFrame, column: str) -> NDArray[np.float64]:
     return s
 
 
+#: A single sensitive column with more groups than this is refused (probably continuous).
+MAX_GROUPS = 100
+
+
 def _encode(data: pd.DataFrame, column: str) -> tuple[NDArray[np.int64], tuple[str, ...]]:
     col = data[column]
     try:
@@ -140,6 +144,12 @@ def _encode(data: pd.DataFrame, column: str) -> tuple[NDArray[np.int64], tuple[s
         raise MedgenValueError(
             f"sensitive column {column!r} has distinct values with the same text "
             f"({labels}); convert it to strings first"
+        )
+    if len(labels) > MAX_GROUPS:
+        raise MedgenValueError(
+            f"sensitive column {column!r} has {len(labels)} distinct values (more than "
+            f"{MAX_GROUPS}); a continuous attribute must be binned first, e.g. "
+            f"data[{column + '_group'!r}] = pd.cut(data[{column!r}], [0, 40, 65, 120])"
         )
     if len(labels) < 2:
         raise MedgenValueError(
