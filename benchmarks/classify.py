@@ -137,7 +137,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--steps", type=int, default=20, help="steps per throughput run")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--models", default="densenet121,vit")
+    ap.add_argument("--models", default="densenet121,vit,densenet")
     ap.add_argument("--skip-auc", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
