@@ -121,7 +121,8 @@ def main() -> None:
             "time_budget_s": budget,
             "seed": seed,
             "device": "cpu",
-            "ema_decay": 0.995,
+            "ema_decay": 0.99,
+            "lr_g": 3e-3,
         }
 
     conditions = [("gaussian", 0.05), ("gaussian", 0.1), ("rician", 0.05), ("rician", 0.1)]

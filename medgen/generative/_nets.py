@@ -9,6 +9,9 @@ Registered names (``GENERATORS``):
 - ``"unet"``: MONAI ``UNet`` with residual units, wrapped as ``x + g * UNet(x)`` (residual learning:
   the network predicts the correction, which trains much faster than predicting the image; the
   learnable gain ``g`` starts at 0, so training starts from the identity / the interpolation).
+  No normalisation layers by default (``norm=None``): in a 70-s CPU comparison on unseen slices
+  (docs/restoration.md) it beat instance norm by ~1.1 dB and batch norm by ~3 dB; instance norm
+  throws away the absolute intensity scale the correction has to be expressed in.
 - ``"vae"``: MONAI ``AutoencoderKL`` (Rombach et al. 2022), ``x + g * decode(z)`` with the KL term.
 """
 
@@ -48,6 +51,7 @@ class ResidualUNet(nn.Module):
         channels: Sequence[int],
         num_res_units: int,
         gain_init: float = 0.0,
+        norm: str | None = None,
     ) -> None:
         super().__init__()
         from monai.networks.nets import UNet
@@ -59,7 +63,7 @@ class ResidualUNet(nn.Module):
             channels=tuple(channels),
             strides=(2,) * (len(channels) - 1),
             num_res_units=num_res_units,
-            norm="INSTANCE",
+            norm=norm,
         )
         # ReZero (Bachlechner et al. 2021): start as the identity, learn how much to correct.
         self.gain = nn.Parameter(torch.full((), float(gain_init)))
@@ -123,6 +127,7 @@ def build_generator(
             channels=channels,
             num_res_units=int(kwargs.get("num_res_units", 1)),
             gain_init=float(kwargs.get("gain_init", 0.0)),
+            norm=kwargs.get("norm"),
         )
     if name == "vae":
         return ResidualVAE(

@@ -430,7 +430,7 @@ class Restorer:
                 hi = (s - p) // m
                 start.append(int(rng.integers(hi + 1)) * m)
             best = tuple(start)
-            if attempt == 7:
+            if attempt == 7 or (attempt == 0 and rng.random() < 0.25):
                 break
             sl = tuple(slice(a, a + p) for a in best)
             if np.mean(ref[sl] > thr) > 0.25:
