@@ -332,6 +332,11 @@ def test_evaluate_table_columns_psnr_and_subgroups(nifti_cohort: Path) -> None:
     by = summarize(tab, by=("site", "method"))
     assert by.index.names == ["site", "method"]
     assert by.loc[("B", "input"), "n_images"] == 1
+    from medgen.errors import MetricWarning
+    from medgen.generative import image_metrics
+
+    with pytest.warns(MetricWarning, match="constant"):
+        assert np.isnan(image_metrics(np.zeros((8, 8)), np.ones((8, 8)))["psnr"])
     sr_tab = evaluate(None, cohort, task="superres", scale=2, progress=False)
     assert set(sr_tab["method"]) == {"bicubic"} and (sr_tab["psnr"] > 20).all()
 

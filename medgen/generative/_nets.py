@@ -63,7 +63,7 @@ class ResidualUNet(nn.Module):
             channels=tuple(channels),
             strides=(2,) * (len(channels) - 1),
             num_res_units=num_res_units,
-            norm=norm,
+            norm=norm,  # type: ignore[arg-type]  # MONAI accepts None at run time
         )
         # ReZero (Bachlechner et al. 2021): start as the identity, learn how much to correct.
         self.gain = nn.Parameter(torch.full((), float(gain_init)))

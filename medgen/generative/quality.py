@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from medgen.errors import ConfigError, MedgenValueError
+from medgen.errors import ConfigError, MedgenValueError, MetricWarning
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,21 @@ def image_metrics(
         )
     dr = float(x.max() - x.min()) if data_range is None else float(data_range)
     if dr <= 0:
-        dr = 1.0
+        warnings.warn(
+            "image_metrics: the clean image is constant (data range 0), so PSNR/SSIM are "
+            "undefined; reported as NaN. Leave empty images out of the evaluation.",
+            MetricWarning,
+            stacklevel=2,
+        )
+        nan = float("nan")
+        return {
+            "psnr": nan,
+            "ssim": nan,
+            "psnr_fg": nan,
+            "ssim_fg": nan,
+            "data_range": 0.0,
+            "foreground_fraction": 0.0,
+        }
     m = foreground_mask(x) if mask is None else np.squeeze(np.asarray(mask, dtype=bool))
     err = (x - y) ** 2
     win = min(7, *x.shape)
