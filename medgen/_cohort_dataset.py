@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from copy import deepcopy
 from pathlib import Path
@@ -24,6 +23,7 @@ from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
 from monai.transforms import Compose, MapTransform, Randomizable, Transform
 from monai.transforms.utility.array import SqueezeDim
 
+from medgen._files import atomic_path
 from medgen.errors import ImageReadError, MedgenValueError
 from medgen.io._common import IDENTITY_KEYWORDS
 
@@ -411,17 +411,11 @@ def write_entry(path: Path, item: Any) -> None:
         offset += -(-nbytes // _ALIGN) * _ALIGN  # every array starts 64-byte aligned
     header = json.dumps({"format": _CACHE_FORMAT, "arrays": table, "size": offset, "item": tree})
     head = header.encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC + len(head).to_bytes(8, "little") + head)
-            for arr in enc.arrays.values():
-                f.write(arr.tobytes(order="C"))
-                f.write(b"\0" * (-arr.nbytes % _ALIGN))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        f.write(_MAGIC + len(head).to_bytes(8, "little") + head)
+        for arr in enc.arrays.values():
+            f.write(arr.tobytes(order="C"))
+            f.write(b"\0" * (-arr.nbytes % _ALIGN))
 
 
 def read_entry(path: Path) -> Any:
@@ -483,14 +477,8 @@ class SafePersistentDataset(_UnwrapMedgenErrors, PersistentDataset):
             write_entry(npz, out)
         except _Unencodable as err:
             logger.info("cache entry %s needs pickle (%s); writing it with torch.save", key, err)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.cache_dir)
-            os.close(fd)
-            try:
+            with atomic_path(pt) as tmp:
                 torch.save(out, tmp)
-                os.replace(tmp, pt)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
         return out
 
 

@@ -40,7 +40,6 @@ import importlib.resources
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from medgen._files import write_table
 from medgen.errors import ManifestError, MedgenFileNotFoundError, MedgenValueError
 
 if TYPE_CHECKING:
@@ -537,18 +537,7 @@ class Cohort:
         if relative:
             for col in _path_columns(df.columns):
                 df[col] = _relative_paths(df[col], folder)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        os.close(fd)
-        try:
-            if suffix == ".csv":
-                df.to_csv(tmp_name, index=False)
-            else:
-                df.to_parquet(tmp_name, index=False)
-            os.replace(tmp_name, out)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        return out
+        return write_table(df, out, what="to_manifest")
 
     # ------------------------------------------------------------------ datasets
     def records(

@@ -8,7 +8,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from medgen._files import write_text_atomic
 from medgen.audit._audit import RowData
 from medgen.audit._metrics import METRICS, ece_bins
 from medgen.errors import MedgenValueError
@@ -42,18 +42,7 @@ def atomic_write_text(path: Path, text: str) -> Path:
         raise MedgenValueError(
             f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist; create it first"
         )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, text)
 
 
 def fmt(x: Any, digits: int = 3) -> str:

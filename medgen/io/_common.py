@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,26 +99,6 @@ def to_numpy(img: Any) -> np.ndarray:
             img = img.as_tensor()
         return np.asarray(img.numpy())
     return np.asarray(img)
-
-
-@contextmanager
-def atomic_path(target: Path, *, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success rename it onto ``target``.
-
-    On any error the temporary file is removed and ``target`` is left as it was.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def as_float_tuple(values: Any, *, what: str, source: Path | str) -> tuple[float, ...]:

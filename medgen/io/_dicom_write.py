@@ -5,14 +5,12 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medgen._files import atomic_dir, only_suffixes
 from medgen.errors import MedgenValueError
 from medgen.io._common import IDENTITY_KEYWORDS, LPS_TO_RAS, SYNTHETIC_MARK
 
@@ -205,9 +203,8 @@ def save_dicom(
     if derivation_description:
         comments.append(derivation_description)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    # an existing folder is replaced only when it holds nothing but DICOM files (an older series)
+    with atomic_dir(path, replaceable=only_suffixes((".dcm",))) as tmp_dir:
         for k in range(nz):
             sop_uid = generate_uid()
             fm = FileMetaDataset()
@@ -265,20 +262,6 @@ def save_dicom(
                 setattr(ds, kw, value)
             ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
             ds.save_as(tmp_dir / f"{k + 1:05d}.dcm", enforce_file_format=True)
-        if path.exists():
-            if not path.is_dir():
-                raise MedgenValueError(
-                    f"save: {path} exists and is a file; a DICOM series needs a directory."
-                )
-            backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.rename(path, backup / "old")
-            os.rename(tmp_dir, path)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.rename(tmp_dir, path)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     logger.debug(
         "wrote DICOM series %s: %d slices, slope=%g intercept=%g", path, nz, slope, intercept
     )

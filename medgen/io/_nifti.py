@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medgen._files import atomic_path
 from medgen.errors import ImageReadError, MedgenValueError
-from medgen.io._common import SYNTHETIC_MARK, atomic_path, make_metatensor, spacing_from_affine
+from medgen.io._common import SYNTHETIC_MARK, make_metatensor, spacing_from_affine
 
 if TYPE_CHECKING:
     from monai.data import MetaTensor

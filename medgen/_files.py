@@ -1,0 +1,139 @@
+"""Atomic file and directory writes, shared by every module that writes outputs.
+
+A write goes to a temporary name beside its target and is renamed over it only when complete, so
+a crash never leaves half a file and a failed overwrite keeps the old data. Temporary names from
+:func:`tempfile.mkstemp` / :func:`tempfile.mkdtemp` are private (0600 / 0700); the final file or
+folder gets the permissions an ordinary ``open()``/``mkdir()`` would give under the process umask,
+so colleagues can read shared cohorts and reports.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from medgen.errors import MedgenValueError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["atomic_dir", "atomic_path", "write_bytes_atomic", "write_table", "write_text_atomic"]
+
+
+@functools.cache
+def _umask() -> int:
+    # os.umask can only be read by setting it; do it once, at first use
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary file path beside ``target``; on success rename it onto ``target``.
+
+    The caller writes the whole file to the yielded path. On any error the temporary file is
+    removed and ``target`` is left as it was. ``suffix`` is appended to the temporary name (some
+    writers pick the format from it, e.g. ``".nii.gz"``).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent
+    )
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(
+    target: str | os.PathLike[str], *, replaceable: Callable[[Path], bool] | None = None
+) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; on success it takes ``target``'s place.
+
+    An existing ``target`` folder is replaced only when every entry in it passes ``replaceable``
+    (default: none do, so only an empty folder is replaced); otherwise :class:`MedgenValueError`
+    names the entries that would be lost and nothing is touched. The old folder is moved aside
+    first and deleted only after the new one is in place.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        if not target.is_dir():
+            raise MedgenValueError(f"{target} exists and is a file; a folder is needed there.")
+        keep = sorted(p.name for p in target.iterdir() if replaceable is None or not replaceable(p))
+        if keep:
+            shown = ", ".join(keep[:5]) + (f", ... ({len(keep)} in all)" if len(keep) > 5 else "")
+            raise MedgenValueError(
+                f"{target} already holds files this write would delete ({shown}). "
+                "Choose a new or empty folder, or move those files away."
+            )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if target.exists():
+            aside = Path(
+                tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
+            )
+            os.rename(target, aside / "old")
+            os.rename(tmp, target)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; return ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; return ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+_TABLE_SUFFIXES = (".csv", ".parquet")
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike[str], *, what: str = "table") -> Path:
+    """Write ``df`` as CSV or Parquet (by ``path``'s suffix) atomically, without the index."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _TABLE_SUFFIXES:
+        raise MedgenValueError(
+            f"{what} {str(path)!r}: unknown table format {path.suffix or '(none)'!r}; "
+            f"use one of {', '.join(_TABLE_SUFFIXES)}."
+        )
+    with atomic_path(path, suffix=suffix) as tmp:
+        if suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_parquet(tmp, index=False)
+    return path
+
+
+def only_suffixes(suffixes: Iterable[str]) -> Callable[[Path], bool]:
+    """A ``replaceable`` test for :func:`atomic_dir`: plain files with one of ``suffixes``."""
+    allowed = tuple(s.lower() for s in suffixes)
+    return lambda p: p.is_file() and p.name.lower().endswith(allowed)
