@@ -166,7 +166,7 @@ def main() -> None:
         m = den_model(kind)
         t0 = time.perf_counter()
         m.fit(
-            [train_vol],
+            train_set,
             run_dir=out / f"denoise_{kind}",
             config=cfg(args.compare_budget),
             progress=False,
@@ -209,9 +209,7 @@ def main() -> None:
     for scale in (2, 4):
         sr = SuperResolver(scale=scale, channels=channels, patch_size=args.patch_size)
         t0 = time.perf_counter()
-        sr.fit(
-            [train_vol], run_dir=out / f"sr_x{scale}", config=cfg(args.sr_budget), progress=False
-        )
+        sr.fit(train_set, run_dir=out / f"sr_x{scale}", config=cfg(args.sr_budget), progress=False)
         print(f"\nSR x{scale} trained {time.perf_counter() - t0:.0f} s")
         df = evaluate(sr, images, progress=False)
         df["source"] = df["image_id"].map(sources)
