@@ -211,6 +211,30 @@ def test_real_pairs_from_arrays_and_mismatch(mni_slices: np.ndarray) -> None:
         den.fit([(mni_slices[0], mni_slices[0][:-2])], config={"epochs": 1}, progress=False)
 
 
+def test_real_pairs_from_a_manifest(tmp_path: Path, mni_slices: np.ndarray) -> None:
+    from medgen.generative._restorer import load_images
+    from medgen.io import save
+
+    aff = np.diag([2.0, 2.0, 3.0, 1.0])
+    vol = np.moveaxis(mni_slices, 0, -1)
+    save(vol[None], tmp_path / "clean.nii.gz", affine=aff)
+    save((vol + 0.05)[None], tmp_path / "noisy.nii.gz", affine=aff)
+    save(vol[None, :-2], tmp_path / "short.nii.gz", affine=aff)
+    row = {"image_id": "a", "subject_id": "s", "split": "train", "source": "real"}
+    good = pd.DataFrame([{**row, "image_path": "clean.nii.gz", "noisy_path": "noisy.nii.gz"}])
+    good.to_csv(tmp_path / "good.csv", index=False)
+    ((iid, clean, noisy),) = load_images(tmp_path / "good.csv")
+    assert iid == "a"
+    np.testing.assert_allclose(noisy - clean, 0.05, atol=1e-5)
+    bad = pd.DataFrame([{**row, "image_path": "clean.nii.gz", "noisy_path": "short.nii.gz"}])
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(
+        MedgenValueError,
+        match=r"image a: image_path .*clean.nii.gz has shape \(64, 80, 4\) but noisy_path .*short.nii.gz has shape \(62, 80, 4\)",
+    ):
+        load_images(tmp_path / "bad.csv")
+
+
 def test_superres_geometry_and_errors(mni_slices: np.ndarray) -> None:
     with pytest.raises(ConfigError, match=r"scale must be one of \(2, 4\), not 3"):
         SuperResolver(scale=3)

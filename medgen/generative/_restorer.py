@@ -169,9 +169,10 @@ def load_images(data: Any) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
     """Load training data into ``(name, clean array, paired degraded array or None)``.
 
     ``data`` may be a :class:`~medgen.cohort.Cohort`, a manifest path, a DataFrame manifest, a
-    single image, or a sequence of images (arrays, tensors, MetaTensors or paths). A manifest with
-    ``clean_path`` and ``noisy_path`` columns (or ``clean``/``noisy``) gives real pairs; otherwise
-    its ``image_path`` images are the clean images.
+    single image, or a sequence of images (arrays, tensors, MetaTensors or paths), or of
+    ``(clean, degraded)`` tuples. A manifest with a ``noisy_path`` column gives real pairs (clean
+    from ``clean_path`` when present, else ``image_path``; or ``clean``/``noisy`` columns);
+    otherwise its ``image_path`` images are the clean images.
     """
     import pandas as pd
 
@@ -193,7 +194,11 @@ def load_images(data: Any) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
         pair = next(
             (
                 (c, n)
-                for c, n in (("clean_path", "noisy_path"), ("clean", "noisy"))
+                for c, n in (
+                    ("clean_path", "noisy_path"),
+                    ("clean", "noisy"),
+                    ("image_path", "noisy_path"),
+                )
                 if c in cols and n in cols
             ),
             None,
