@@ -177,6 +177,14 @@ def test_denoiser_fit_apply_save_load(tmp_path: Path, mni_slices: np.ndarray) ->
     again = Denoiser.load(tmp_path / "run")
     np.testing.assert_array_equal(again.apply(noisy.astype(np.float32)), out)
     assert pd.DataFrame(again.history).equals(pd.DataFrame(den.history))
+    assert again.data_hash == den.data_hash and len(str(den.data_hash)) == 64
+    with pytest.raises(ConfigError, match=r"differs in \['run_info.data_sha256'\]"):
+        den.fit(
+            [mni_slices[0], mni_slices[1] + 0.01, mni_slices[2], mni_slices[3]],
+            run_dir=tmp_path / "run",
+            config={"epochs": 3, "steps_per_epoch": 10, "batch_size": 4, "ema_decay": None},
+            resume=True,
+        )
     assert len(den.history) == 2
     assert (tmp_path / "run" / "metrics.csv").is_file()
     tab = evaluate(den, [mni_slices[0]], sigma=0.08, baselines=[], progress=False)

@@ -280,6 +280,7 @@ class Restorer:
         self.history: list[dict[str, float]] = []
         self.seed: int | None = None
         self.steps_trained = 0
+        self.data_hash: str | None = None
         self.network: nn.Module = self._build_generator()
         self.network.eval()
 
@@ -392,7 +393,21 @@ class Restorer:
                 "target": torch.from_numpy(np.stack(ys)[:, None].astype(np.float32)),
             }
 
-        run_info = {"task": self.task, "restorer": self._config_dict(), "n_images": len(images)}
+        import hashlib
+
+        h = hashlib.sha256()
+        for iid, clean, deg in images:
+            for a in (clean, deg):
+                if a is not None:
+                    h.update(f"{iid}{a.shape}".encode())
+                    h.update(np.ascontiguousarray(a).tobytes())
+        self.data_hash = h.hexdigest()
+        run_info = {
+            "task": self.task,
+            "restorer": self._config_dict(),
+            "n_images": len(images),
+            "data_sha256": self.data_hash,
+        }
         result = train(
             self.network,
             sample_batch,
@@ -559,6 +574,7 @@ class Restorer:
             "restorer": self._config_dict(),
             "train": tc,
             "seed": self.seed,
+            "data_sha256": self.data_hash,
             "steps_trained": self.steps_trained,
             "history": self.history,
             "versions": _package_versions(),
@@ -605,4 +621,5 @@ class Restorer:
         obj.history = list(meta.get("history") or [])
         obj.seed = meta.get("seed")
         obj.steps_trained = int(meta.get("steps_trained") or 0)
+        obj.data_hash = meta.get("data_sha256")
         return obj
