@@ -210,6 +210,16 @@ def test_denoiser_3d_and_vae(mni_slices: np.ndarray) -> None:
     np.testing.assert_array_equal(a, vae.apply(mni_slices[0]))  # deterministic at inference
 
 
+def test_poisson_gaussian_training_pairs(mni_slices: np.ndarray) -> None:
+    """Low-dose-CT-like pairs: the training input is noisier than the target, same grid."""
+    den = Denoiser(**TINY, noise="poisson_gaussian", sigma=0.01, photons=50.0)
+    x, y = den._make_pair(mni_slices[0], None, np.random.default_rng(0))
+    assert x.shape == y.shape == (16, 16)
+    assert np.abs(x - y).mean() > 0.02
+    with pytest.raises(ConfigError, match="noise must be one or more of"):
+        Denoiser(noise="speckle")
+
+
 def test_real_pairs_from_arrays_and_mismatch(mni_slices: np.ndarray) -> None:
     rng = np.random.default_rng(0)
     pairs = [(s, s + rng.normal(0, 0.05, s.shape).astype(np.float32)) for s in mni_slices]
