@@ -159,7 +159,10 @@ def run_demo(
 
     t = time.perf_counter()
     log.info("[1/4] simulating the %r cohort into %s", preset, out / "cohort")
-    manifest = simulate(sim_preset(preset), out / "cohort", seed=seed, progress=progress)
+    # the demo owns OUT/cohort: a rerun replaces the previous simulation there (and only that)
+    manifest = simulate(
+        sim_preset(preset), out / "cohort", seed=seed, progress=progress, overwrite=True
+    )
     cohort = Cohort.from_manifest(manifest)
     timings["simulate"] = time.perf_counter() - t
 

@@ -32,6 +32,26 @@ def test_demo_runs_end_to_end_on_tiny(tmp_path: Path) -> None:
     assert set(by_group["attribute"]) == set(summary["sensitive"])
     assert (out / "model" / "model.safetensors").is_file()
     assert summary["timings_s"]["train"] > 0
+    # rerunning into the same folder replaces the run (a researcher's usual second try)
+    again = [
+        "demo",
+        "-o",
+        str(out),
+        "--preset",
+        "tiny",
+        "--no-progress",
+        "--epochs",
+        "1",
+        "--seed",
+        "1",
+    ]
+    r = CliRunner().invoke(app, again)
+    assert r.exit_code == 0, r.output
+    rerun = json.loads((out / "demo.json").read_text())
+    assert (
+        rerun["seed"] == 1
+        and json.loads((out / "cohort" / "simulation.json").read_text())["seed"] == 1
+    )
 
 
 @pytest.mark.slow
