@@ -444,6 +444,29 @@ def test_html_report_is_self_contained(report: AuditReport, tmp_path: Path) -> N
     assert "flagged" in text or "significant" in text
 
 
+def test_html_findings_come_first_and_match_the_disparities(report: AuditReport) -> None:
+    """The verdict per attribute sits under the summary and agrees with ``.disparities``."""
+    text = report.to_html()
+    findings = text.index("<h2>Findings</h2>")
+    assert text.index("<h2>Summary</h2>") < findings < text.index("<h2>By sex</h2>")
+    table = text[findings : text.index("<h2>", findings + 1)]
+    rows = re.findall(
+        r'<tr class="([a-z]*)"><td class="name">([^<]+)</td><td class="">(\d+)</td>', table
+    )
+    assert [html.unescape(name) for _, name, _ in rows] == list(report.attributes)
+    d = report.disparities
+    for cls, name, n_sig in rows:
+        sub = d[d.index.get_level_values(0) == html.unescape(name)]
+        assert int(n_sig) == int(sub["significant"].sum())
+        expected = (
+            "significant"
+            if sub["significant"].any()
+            else ("flagged" if sub["flagged"].any() else "")
+        )
+        assert cls == expected
+    assert any(cls == "significant" for cls, _, _ in rows), "the fixture injects a real disparity"
+
+
 def test_csv_markdown_and_notebook_repr(report: AuditReport, tmp_path: Path) -> None:
     files = report.to_csv(tmp_path / "csv")
     assert {f.name for f in files} == {

@@ -369,6 +369,40 @@ class AuditReport:
             "images": [],
         }
 
+    def _findings_section(self) -> dict[str, Any]:
+        """One row per attribute: how many disparities are significant / outside the band, and
+        the strongest one, so a reviewer sees the verdict before the detail tables."""
+        d = self.disparities
+        header = [
+            "attribute",
+            "significant (adjusted p)",
+            "outside tolerance band",
+            "strongest: group, metric, value vs reference (ratio, adjusted p)",
+        ]
+        rows = []
+        for attr in self.attributes:
+            sub = d[d.index.get_level_values(0) == attr] if len(d) else d
+            n_sig = int(sub["significant"].sum()) if len(sub) else 0
+            n_band = int(sub["flagged"].sum()) if len(sub) else 0
+            strongest = "none"
+            if len(sub) and sub["p_adjusted"].notna().any():
+                pos = int(sub["p_adjusted"].astype(float).fillna(float("inf")).to_numpy().argmin())
+                r = sub.iloc[pos]
+                _, group, metric = cast(tuple[str, str, str], sub.index[pos])
+                strongest = (
+                    f"{group}, {metric}: {fmt(r['value'])} vs {fmt(r['reference_value'])} "
+                    f"({r['reference_group']}) (ratio {fmt(r['ratio'])}, p {fmt(r['p_adjusted'], 4)})"
+                )
+            cls = "significant" if n_sig else ("flagged" if n_band else "")
+            rows.append(([str(attr), str(n_sig), str(n_band), strongest], cls))
+        lo, hi = self.provenance.get("tolerance", (0.8, 1.25))
+        note = (
+            f"Red bold: at least one disparity significant after "
+            f"{self.provenance.get('p_adjust', 'holm')} adjustment; orange: only ratios outside "
+            f"[{lo}, {hi}]. Details in the Disparities table at the end."
+        )
+        return {"title": "Findings", "note": note, "table": html_table(header, rows), "images": []}
+
     def to_html(self, path: str | os.PathLike[str] | None = None, *, images: bool = True) -> str:
         """Render the report as one self-contained HTML page (inline PNGs, no network).
 
@@ -379,7 +413,7 @@ class AuditReport:
         Returns:
             The HTML text.
         """
-        sections = [self._summary_section()]
+        sections = [self._summary_section(), self._findings_section()]
         sections += [self._group_section(a, images=images) for a in self.attributes]
         sections.append(self._disparity_section())
         p = self.provenance
