@@ -17,7 +17,12 @@ def register(app: typer.Typer) -> None:
         preset: Annotated[str, typer.Option(help="simulator preset: demo | tiny")] = "demo",
         model: Annotated[str | None, typer.Option(help="override the network")] = None,
         epochs: Annotated[int | None, typer.Option(help="override the epoch cap")] = None,
-        time_budget: Annotated[float | None, typer.Option(help="training seconds")] = None,
+        time_budget: Annotated[
+            float | None,
+            typer.Option(
+                help="cap training seconds (off by default: results then depend on machine load)"
+            ),
+        ] = None,
         device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
         seed: Annotated[int, typer.Option(help="random seed")] = 0,
         progress: Annotated[bool, typer.Option(help="show progress bars")] = True,

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 __all__ = ["DEMO_SETTINGS", "DemoResult", "run_demo"]
 
 #: Training settings per simulator preset: chosen so ``demo`` fits 10 minutes on 2 CPU cores.
+#: No wall-time budget by default: a budget makes the trained model, and so the report's
+#: conclusions, depend on how busy the machine is (a loaded run stopped after 6 of 40 epochs and
+#: missed the injected bias). Epoch cap + early stopping give the same result for the same seed.
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "demo": {
         # a small MONAI DenseNet (init_features=16, growth_rate=8, blocks (2, 2, 2)): ~1.5 s per
@@ -42,7 +45,7 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
         "batch_size": 32,
         "lr": 3e-3,
         "patience": 8,
-        "time_budget_s": 300.0,
+        "time_budget_s": None,
         "n_boot": 1000,
     },
     "tiny": {
@@ -51,7 +54,7 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
         "batch_size": 16,
         "lr": 2e-3,
         "patience": None,
-        "time_budget_s": 60.0,
+        "time_budget_s": None,
         "n_boot": 100,
     },
 }
@@ -129,7 +132,8 @@ def run_demo(
         preset: simulator preset (``"demo"``: ~2,000 64x64 slices, ``"tiny"``: 80 32x32 slices).
         model: override the network (default per preset in :data:`DEMO_SETTINGS`).
         epochs: override the epoch cap.
-        time_budget_s: override the training wall-time budget (seconds).
+        time_budget_s: cap training wall time (seconds); off by default, because the result
+            then depends on machine load.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         seed: seeds the simulation, training and the audit's bootstrap.
         progress: show progress bars.

@@ -15,4 +15,6 @@ def _torch_threads() -> None:
         import torch
     except ImportError:  # pragma: no cover
         return
-    torch.set_num_threads(2)
+    # MEDGEN_TEST_THREADS=1 when something else holds a core: two multi-threaded torch
+    # processes on 2 cores slow each other down ~10x (OpenMP workers spin for busy cores)
+    torch.set_num_threads(int(os.environ.get("MEDGEN_TEST_THREADS", "2")))

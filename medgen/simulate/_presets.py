@@ -14,6 +14,7 @@ from medgen.simulate._config import (
     PopulationConfig,
     SimulationConfig,
     SiteConfig,
+    SplitConfig,
 )
 
 __all__ = ["PRESETS", "preset"]
@@ -63,6 +64,10 @@ def _demo() -> SimulationConfig:
 
     Injected bias: *presentation* on ``sex = F`` (lesions in women 50% subtler: smaller and
     lower contrast). Control: ``handedness`` (R 70% / L 30%) has no effect at all.
+
+    Split 55/15/30 by subject: the 600-subject test split gives an audit of the bias enough power
+    to survive multiplicity adjustment; with 300 the verdict flipped between runs that differed
+    only in thread count (women's AUC 0.856 vs 0.958, raw p 0.005, Holm-adjusted 0.44).
     """
     return SimulationConfig(
         name="demo",
@@ -77,6 +82,7 @@ def _demo() -> SimulationConfig:
         sites=_sites(),
         disease=DiseaseConfig(effect="lesions", prevalence=0.4),
         biases=[BiasConfig(mechanism="presentation", attribute="sex", group="F", strength=0.5)],
+        split=SplitConfig(train=0.55, val=0.15, test=0.30),
     )
 
 
@@ -85,6 +91,7 @@ def _tiny() -> SimulationConfig:
     cfg = _demo()
     cfg.name = "tiny"
     cfg.population.n_subjects = 80
+    cfg.split = SplitConfig()  # 70/15/15: training gets most of the few subjects
     cfg.anatomy = AnatomyConfig(mode="2d", image_size=32, fov_mm=192.0)
     sites = _sites()[:2]
     sites[0].proportion = 0.6
