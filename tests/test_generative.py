@@ -109,6 +109,35 @@ def test_training_reduces_the_loss(mni_slices: np.ndarray) -> None:
     assert after < 0.92 * before, (before, after)
 
 
+def test_mse_term_is_trained_and_logged(mni_slices: np.ndarray) -> None:
+    """``mse_weight`` adds an MSE (L2) term: it is in the history and MSE-only training works."""
+    torch.manual_seed(0)
+    net = build_generator("unet", spatial_dims=2, channels=(4, 8))
+    fixed = _tiny_batches(mni_slices)(0)
+
+    def mse() -> float:
+        net.eval()
+        with torch.no_grad():
+            return float(torch.mean((net(fixed["input"]).image - fixed["target"]) ** 2))
+
+    before = mse()
+    cfg = TrainConfig(
+        epochs=1,
+        steps_per_epoch=25,
+        batch_size=4,
+        lr_g=1e-2,
+        l1_weight=0.0,
+        mse_weight=1.0,
+        ssim_weight=0.0,
+        ema_decay=None,
+    )
+    res = train(net, lambda step: fixed, config=cfg, progress=False)
+    assert res.history[0]["mse"] == pytest.approx(res.history[0]["loss_g"])
+    assert mse() < 0.9 * before
+    with pytest.raises(ConfigError):
+        TrainConfig(mse_weight=-1.0)
+
+
 @pytest.mark.parametrize("variant", ["unet_adversarial", "vae"])
 def test_resume_continues_identically(tmp_path: Path, mni_slices: np.ndarray, variant: str) -> None:
     """Interrupted after epoch 1 and resumed == never interrupted, bitwise."""

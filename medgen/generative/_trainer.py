@@ -4,7 +4,8 @@ The loop knows nothing about denoising or super-resolution: it receives a genera
 optional discriminator and a ``sample_batch(step) -> {"input": BxCx[S], "target": BxCx[S]}``
 function (the *process*: how pairs are made), and optimises
 
-``l1_weight * L1 + ssim_weight * (1 - SSIM) + kl_weight * KL + adv_weight * LSGAN``
+``l1_weight * L1 + mse_weight * MSE + ssim_weight * (1 - SSIM) + kl_weight * KL
++ adv_weight * LSGAN``
 
 with the adversarial term switched on after ``adv_warmup_steps`` (pix2pix, Isola et al. 2017;
 least-squares GAN loss from MONAI's ``PatchAdversarialLoss``). Generator and discriminator have
@@ -60,7 +61,8 @@ class TrainConfig:
         batch_size: patches per step.
         lr_g, lr_d: Adam learning rates of the generator and the discriminator.
         betas: Adam betas (both optimisers).
-        l1_weight, ssim_weight, kl_weight, adv_weight: loss weights (0 switches a term off).
+        l1_weight, mse_weight, ssim_weight, kl_weight, adv_weight: loss weights (0 switches a
+            term off). MSE (L2) targets the mean, which is what PSNR rewards; L1 the median.
         adv_warmup_steps: steps of content-only training before the discriminator and the
             adversarial term start.
         ema_decay: decay of the EMA of the generator's weights; ``None`` disables EMA.
@@ -77,6 +79,7 @@ class TrainConfig:
     lr_d: float = 2e-4
     betas: tuple[float, float] = (0.9, 0.999)
     l1_weight: float = 1.0
+    mse_weight: float = 0.0
     ssim_weight: float = 0.1
     kl_weight: float = 1e-6
     adv_weight: float = 0.0
@@ -96,7 +99,7 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, int | float) and v > 0 and math.isfinite(v)):
                 raise ConfigError(f"TrainConfig.{name} must be a positive number, not {v!r}.")
-        for name in ("l1_weight", "ssim_weight", "kl_weight", "adv_weight"):
+        for name in ("l1_weight", "mse_weight", "ssim_weight", "kl_weight", "adv_weight"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and v >= 0):
                 raise ConfigError(f"TrainConfig.{name} must be >= 0, not {v!r}.")
@@ -332,6 +335,8 @@ def train(
                     pred = out.image
                     terms: dict[str, torch.Tensor] = {}
                     terms["l1"] = torch.mean(torch.abs(pred.float() - y.float()))
+                    if config.mse_weight > 0:
+                        terms["mse"] = torch.mean((pred.float() - y.float()) ** 2)
                     if ssim_loss is not None:
                         terms["ssim"] = ssim_loss(pred.float(), y.float())
                     if out.z_mu is not None and out.z_sigma is not None and config.kl_weight > 0:
@@ -344,6 +349,7 @@ def train(
                         )
                     weights = {
                         "l1": config.l1_weight,
+                        "mse": config.mse_weight,
                         "ssim": config.ssim_weight,
                         "kl": config.kl_weight,
                         "adv": config.adv_weight,
@@ -393,7 +399,7 @@ def train(
                     "epoch": float(step // config.steps_per_epoch),
                     "step": float(step),
                 }
-                for k in ("loss_g", "l1", "ssim", "kl", "adv", "loss_d"):
+                for k in ("loss_g", "l1", "mse", "ssim", "kl", "adv", "loss_d"):
                     row[k] = sums[k] / n_in_epoch if k in sums else float("nan")
                 row["seconds"] = secs
                 row["images_per_s"] = n_in_epoch * x.shape[0] / max(secs, 1e-9)
