@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,9 +140,10 @@ def run_demo(
     Returns:
         A :class:`DemoResult`.
     """
+    from medgen._files import write_table, write_text_atomic
     from medgen.audit import audit
     from medgen.classify import train
-    from medgen.classify._model import package_versions, write_table
+    from medgen.classify._model import package_versions
     from medgen.cohort import Cohort
     from medgen.simulate import preset as sim_preset
     from medgen.simulate import simulate
@@ -238,9 +238,7 @@ def run_demo(
         "manifest_sha256": clf.provenance.get("manifest_sha256"),
         "versions": package_versions(),
     }
-    tmp = out / ".demo.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, out / "demo.json")
+    write_text_atomic(out / "demo.json", json.dumps(summary, indent=2, default=str))
     log.info(
         "done in %.0f s: test AUC %.3f; injected bias on %s; flagged: %s; report %s",
         sum(timings.values()),

@@ -96,8 +96,8 @@ def register(app: typer.Typer) -> None:
         progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
     ) -> None:
         """Predict a cohort: one row per image with the manifest columns, y_true, y_score, y_pred."""
+        from medgen._files import write_table
         from medgen.classify import Classifier
-        from medgen.classify._model import write_table
 
         clf = Classifier.load(run)
         preds = clf.predict(manifest, split=split, progress=progress)

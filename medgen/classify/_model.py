@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medgen._files import atomic_path, write_table, write_text_atomic
 from medgen.errors import ConfigError, MedgenFileNotFoundError, MedgenValueError
 
 if TYPE_CHECKING:
@@ -226,13 +225,11 @@ class Classifier:
             "provenance": self.provenance,
         }
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        with tempfile.NamedTemporaryFile(dir=d, suffix=".tmp", delete=False) as fh:
-            tmp_w = Path(fh.name)
-        save_file(state, str(tmp_w))
-        os.replace(tmp_w, d / _WEIGHTS)
-        _atomic_text(d / _CONFIG, json.dumps(meta, indent=2, default=_json_default))
+        with atomic_path(d / _WEIGHTS) as tmp:
+            save_file(state, str(tmp))
+        write_text_atomic(d / _CONFIG, json.dumps(meta, indent=2, default=_json_default))
         if not self.history.empty:
-            _atomic_text(d / "metrics.csv", self.history.to_csv(index=False))
+            write_table(self.history, d / "metrics.csv")
         return d
 
     @classmethod
@@ -294,24 +291,3 @@ class Classifier:
             target_layer=target_layer,
             mask_size=mask_size,
         )
-
-
-def write_table(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write a table atomically as ``.csv`` or ``.parquet`` (by suffix)."""
-    p = Path(path)
-    if p.suffix not in (".csv", ".parquet"):
-        raise MedgenValueError(f"output {p} must end in .csv or .parquet")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    if p.suffix == ".csv":
-        df.to_csv(tmp, index=False)
-    else:
-        df.to_parquet(tmp, index=False)
-    os.replace(tmp, p)
-    return p
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -99,9 +99,9 @@ def _apply(
             new["derived_from"] = str(path)
             rows.append(new)
     if rows:
-        from medgen.generative._trainer import atomic_text
+        from medgen._files import write_table
 
-        atomic_text(output / "manifest.csv", pd.DataFrame(rows).to_csv(index=False))
+        write_table(pd.DataFrame(rows), output / "manifest.csv")
         typer.echo(f"manifest -> {output / 'manifest.csv'}")
 
 

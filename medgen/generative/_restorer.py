@@ -559,12 +559,13 @@ class Restorer:
         ``model.pt`` (the generator's state dict) into ``directory``, atomically."""
         import torch
 
-        from medgen.generative._trainer import _atomic_write_bytes, atomic_text
+        from medgen._files import atomic_path, write_text_atomic
 
         d = Path(directory).expanduser()
         d.mkdir(parents=True, exist_ok=True)
         sd = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
-        _atomic_write_bytes(d / WEIGHTS, lambda p: torch.save(sd, p))
+        with atomic_path(d / WEIGHTS) as tmp:
+            torch.save(sd, tmp)
         tc = None
         if self.train_config is not None:
             tc = asdict(self.train_config)
@@ -579,7 +580,7 @@ class Restorer:
             "history": self.history,
             "versions": _package_versions(),
         }
-        atomic_text(d / CONFIG, json.dumps(meta, indent=2, default=str))
+        write_text_atomic(d / CONFIG, json.dumps(meta, indent=2, default=str))
         return d
 
     @classmethod

@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -38,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medgen._files import atomic_path, write_text_atomic
 from medgen.errors import ConfigError, MedgenFileNotFoundError
 from medgen.generative._nets import GeneratorOutput
 
@@ -150,26 +150,6 @@ def _step_seed(seed: int, step: int) -> int:
     return (int(seed) * 1_000_003 + int(step) * 7919 + 17) % (2**63 - 1)
 
 
-def _atomic_write_bytes(path: Path, writer: Callable[[Path], None]) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as fh:
-        tmp = Path(fh.name)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_text(path: Path, text: str) -> None:
-    """Write text to ``path`` through a temporary file in the same folder."""
-
-    def write(p: Path) -> None:
-        p.write_text(text)
-
-    _atomic_write_bytes(path, write)
-
-
 def _kl(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, sigma) || N(0, 1)), summed over latent dims, averaged over the batch."""
     dims = list(range(1, mu.ndim))
@@ -184,7 +164,7 @@ def _write_metrics(run_dir: Path, history: list[dict[str, float]]) -> None:
     lines = [",".join(cols)]
     for row in history:
         lines.append(",".join(f"{row.get(c, float('nan')):.6g}" for c in cols))
-    atomic_text(run_dir / METRICS, "\n".join(lines) + "\n")
+    write_text_atomic(run_dir / METRICS, "\n".join(lines) + "\n")
 
 
 def train(
@@ -303,9 +283,10 @@ def train(
         if discriminator is not None and opt_d is not None:
             ckpt["discriminator"] = discriminator.state_dict()
             ckpt["opt_d"] = opt_d.state_dict()
-        _atomic_write_bytes(rd / CHECKPOINT, lambda p: torch.save(ckpt, p))
+        with atomic_path(rd / CHECKPOINT) as tmp:
+            torch.save(ckpt, tmp)
         state = {"step": step, "config": cfg_dict, "run_info": info, "history": history}
-        atomic_text(rd / TRAIN_STATE, json.dumps(state, indent=1))
+        write_text_atomic(rd / TRAIN_STATE, json.dumps(state, indent=1))
         _write_metrics(rd, history)
 
     total = config.epochs * config.steps_per_epoch

@@ -247,10 +247,9 @@ class SimulationConfig:
 
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
-            path = pathlib.Path(path)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+            from medgen._files import write_text_atomic
+
+            write_text_atomic(path, text)
         return text
 
     @classmethod
