@@ -45,6 +45,9 @@ class Denoiser(Restorer):
         sigma: noise s.d. relative to the clean image's intensity range, a number or a
             ``(low, high)`` range drawn per patch (a blind denoiser over that range).
         photons: Poisson counts at the top of the range (``"poisson_gaussian"`` only).
+        augment: randomly flip and rotate (by 90 degrees, in plane) each clean training image
+            and change its contrast by a random gamma (0.5-2) before degrading it, so the model
+            sees more anatomy orientations and contrasts than the training set holds.
         model_kwargs: extra generator options.
     """
 
@@ -61,6 +64,7 @@ class Denoiser(Restorer):
         sigma: float | tuple[float, float] = (0.02, 0.15),
         photons: float | tuple[float, float] = (200.0, 2000.0),
         discriminator_channels: int = 16,
+        augment: bool = False,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         noises = [noise] if isinstance(noise, str) else list(noise)
@@ -85,6 +89,7 @@ class Denoiser(Restorer):
                     "noise": noises,
                     "sigma": [float(s) for s in sig],
                     "photons": [float(p) for p in phot],
+                    "augment": bool(augment),
                 },
             )
         )
@@ -113,6 +118,8 @@ class Denoiser(Restorer):
             ptp_full, ptp_src = float(np.ptp(clean)), float(np.ptp(src))
             if src is not clean and ptp_src > 0:
                 sigma = sigma * ptp_full / ptp_src
+            if opts.get("augment"):  # after the crop: gamma keeps its min and max
+                src = _augment(src, rng)
             p = opts["photons"]
             photons = float(rng.uniform(p[0], p[-1]))
             pair = degrade(src, noise=noise, sigma=sigma, photons=photons, seed=rng)
@@ -124,3 +131,18 @@ class Denoiser(Restorer):
         y = (clean_s - lo) / (hi - lo)
         xs, ys = self._crop([x, y], rng)
         return xs, ys
+
+
+def _augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random flips, in-plane rotation by k * 90 degrees and gamma (contrast) of a clean image."""
+    out = image
+    for ax in range(image.ndim):
+        if rng.random() < 0.5:
+            out = np.flip(out, axis=ax)
+    out = np.rot90(out, k=int(rng.integers(4)), axes=(0, 1))
+    if rng.random() < 0.5:
+        lo, hi = float(out.min()), float(out.max())
+        if hi > lo:
+            gamma = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+            out = lo + (hi - lo) * ((out - lo) / (hi - lo)) ** gamma
+    return np.ascontiguousarray(out, dtype=np.float32)
