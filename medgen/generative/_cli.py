@@ -141,6 +141,12 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option(help="patches per step")] = 16,
         adv_weight: Annotated[float, typer.Option(help="PatchGAN loss weight (0 = off)")] = 0.0,
         time_budget: Annotated[float | None, typer.Option(help="seconds of training")] = None,
+        lr_schedule: Annotated[
+            str, typer.Option(help="constant | cosine (to 0 over all epochs)")
+        ] = "constant",
+        workers: Annotated[
+            int, typer.Option(help="processes making training pairs beside the network")
+        ] = 0,
         resume: Annotated[bool, typer.Option(help="continue an interrupted run")] = False,
         device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
         seed: Annotated[int, typer.Option(help="random seed")] = 0,
@@ -163,6 +169,8 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             adv_weight=adv_weight,
             time_budget_s=time_budget,
+            lr_schedule=lr_schedule,
+            num_workers=workers,
             device=device,
             seed=seed,
         )
@@ -201,6 +209,12 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option(help="patches per step")] = 16,
         adv_weight: Annotated[float, typer.Option(help="PatchGAN loss weight (0 = off)")] = 0.0,
         time_budget: Annotated[float | None, typer.Option(help="seconds of training")] = None,
+        lr_schedule: Annotated[
+            str, typer.Option(help="constant | cosine (to 0 over all epochs)")
+        ] = "constant",
+        workers: Annotated[
+            int, typer.Option(help="processes making training pairs beside the network")
+        ] = 0,
         resume: Annotated[bool, typer.Option(help="continue an interrupted run")] = False,
         device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
         seed: Annotated[int, typer.Option(help="random seed")] = 0,
@@ -223,6 +237,8 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             adv_weight=adv_weight,
             time_budget_s=time_budget,
+            lr_schedule=lr_schedule,
+            num_workers=workers,
             device=device,
             seed=seed,
         )

@@ -277,7 +277,7 @@ def train(
         if net is not None:
             net.to(device)
             if fmt is not None:
-                net.to(memory_format=fmt)
+                net.to(memory_format=fmt)  # type: ignore[call-overload]  # not in the stubs
     ema = copy.deepcopy(generator).eval() if config.ema_decay is not None else None
     if ema is not None:
         for p in ema.parameters():
@@ -491,7 +491,7 @@ def train(
     if fmt is not None:  # back to the default layout, so a saved and reloaded model computes alike
         for net in (generator, ema, discriminator):
             if net is not None:
-                net.to(memory_format=torch.contiguous_format)
+                net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     return TrainResult(
         generator=generator, ema=ema, history=history, step=step, stopped_early=stopped
     )
