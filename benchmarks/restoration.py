@@ -2,18 +2,20 @@
 
 Training data: axial slices of nilearn's MNI152 T1 template (1 mm) inside a band of slices
 (``--train-band``), at 1, 2 and 3 mm in plane; the denoiser also trains on scikit-image's bundled
-grey-level sample images (``--natural``; none of them is a test image). Test data (never seen in training): nibabel's ``example4d.nii.gz`` (first
-volume) and ``anatomical.nii``, pydicom's ``MR_small`` and ``CT_small``, and MNI slices outside
-the training band. Degradations: Gaussian and Rician noise, sigma 0.05 and 0.1 of each clean
+grey-level sample images (``--natural``; none of them is a test image). Test data (never seen in
+training): nibabel's ``example4d.nii.gz`` (first volume) and ``anatomical.nii``, pydicom's
+``MR_small`` and ``CT_small``, and MNI slices outside the training band. Degradations: Gaussian and Rician noise, sigma 0.05 and 0.1 of each clean
 image's intensity range (``medgen.simulate.degrade``); SR x2 and x4 by block averaging.
 
 Printed: mean PSNR / SSIM (whole image and foreground, data range = clean max - min) for the
 input, each baseline (NL-means, TV, wavelet, BM3D when installed; bicubic for SR) and the model,
-seconds per slice, and ratios: dB gained over NL-means / bicubic, speed relative to BM3D.
+seconds per slice, and ratios: dB gained over NL-means / bicubic, speed relative to BM3D. Each
+model is evaluated twice: one pass (``model``) and the self-ensemble over the 8 in-plane
+rotations/flips (``model_x8``, 8x the inference time).
 
 Run in one process (CPU): ``python benchmarks/restoration.py`` (about 23 min with the default
-budgets); ``--skip-compare --skip-sr`` for the denoiser alone (about 16 min); ``--quick`` for a
-smoke run.
+budgets); ``--skip-compare --skip-sr`` for the denoiser alone (about 16 min); ``--evaluate-only``
+re-evaluates the models a run left in ``--out``; ``--quick`` for a smoke run.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -82,6 +85,24 @@ def test_images(band: tuple[int, int]) -> list[tuple[str, str, np.ndarray]]:
     for z in (lo - 25, lo - 15, hi + 5, hi + 15):  # brain ends near z = 150
         out.append((f"mni_z{z}", "MNI outside band", mni[..., z]))
     return out
+
+
+def _model_rows(
+    model: Any, images: list[np.ndarray], ensemble_only: bool = False, **degradation: Any
+) -> list[pd.DataFrame]:
+    """The model's rows of ``evaluate``: ``model`` (one pass) and ``model_x8`` (self-ensemble
+    over the 8 rotations/flips, ``RestorerConfig.self_ensemble``)."""
+    from medgen.generative import evaluate
+
+    rows = []
+    for ens in (False, True) if not ensemble_only else (True,):
+        model.config.self_ensemble = ens
+        t = evaluate(model, images, baselines=[], progress=False, **degradation)
+        t = t[t.method == "model"].copy()
+        t["method"] = "model_x8" if ens else "model"
+        rows.append(t)
+    model.config.self_ensemble = False
+    return rows
 
 
 def _table(df: pd.DataFrame, ref: str, bm3d_row: bool) -> pd.DataFrame:
@@ -145,6 +166,11 @@ def main() -> None:
         help="no U-Net vs VAE comparison: the U-Net trains --denoise-budget s in one go",
     )
     ap.add_argument("--skip-sr", action="store_true", help="no super-resolution part")
+    ap.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="no training: evaluate the models a previous run saved in --out",
+    )
     ap.add_argument("--quick", action="store_true", help="tiny budgets (smoke test)")
     args = ap.parse_args()
 
@@ -224,7 +250,7 @@ def main() -> None:
     compare = []
     unet_dir = out / "denoise_unet"
     trained: dict[str, Denoiser] = {}
-    for kind in () if args.skip_compare else ("unet", "vae"):
+    for kind in () if args.skip_compare or args.evaluate_only else ("unet", "vae"):
         m = den_model(kind)
         t0 = time.perf_counter()
         m.fit(
@@ -245,16 +271,24 @@ def main() -> None:
     # ------------------------------------------------ continue the U-Net (identical resume)
     done = 0.0 if args.skip_compare else args.compare_budget
     rest = max(args.denoise_budget - done, 1.0)
-    den = den_model("unet")
-    t0 = time.perf_counter()
-    den.fit(
-        den_train, run_dir=unet_dir, config=cfg(rest), resume=not args.skip_compare, progress=False
-    )
-    print(
-        f"\nU-Net denoiser trained {done + time.perf_counter() - t0:.0f} s in total, "
-        f"{den.steps_trained} steps"
-    )
-    pd.DataFrame(den.history).to_csv(out / "denoise_unet_history.csv", index=False)
+    if args.evaluate_only:
+        den = Denoiser.load(unet_dir)
+        print(f"U-Net denoiser loaded from {unet_dir}: {den.steps_trained} steps")
+    else:
+        den = den_model("unet")
+        t0 = time.perf_counter()
+        den.fit(
+            den_train,
+            run_dir=unet_dir,
+            config=cfg(rest),
+            resume=not args.skip_compare,
+            progress=False,
+        )
+        print(
+            f"\nU-Net denoiser trained {done + time.perf_counter() - t0:.0f} s in total, "
+            f"{den.steps_trained} steps"
+        )
+        pd.DataFrame(den.history).to_csv(out / "denoise_unet_history.csv", index=False)
 
     # ------------------------------------------------ baselines (after training)
     base: dict[tuple[str, float], pd.DataFrame] = {}
@@ -267,9 +301,10 @@ def main() -> None:
 
     all_rows = []
     for noise, sigma in conditions:
-        mt = evaluate(den, images, noise=noise, sigma=sigma, baselines=[], progress=False)
-        mt = mt[mt.method == "model"]
-        df = pd.concat([base[(noise, sigma)], mt], ignore_index=True)
+        df = pd.concat(
+            [base[(noise, sigma)], *_model_rows(den, images, noise=noise, sigma=sigma)],
+            ignore_index=True,
+        )
         df["source"] = df["image_id"].map(sources)
         all_rows.append(df)
         print(f"\n== denoise {noise} sigma={sigma} (mean over {len(images)} unseen slices) ==")
@@ -283,16 +318,20 @@ def main() -> None:
     # ------------------------------------------------ super-resolution
     sr_rows = []
     for scale in () if args.skip_sr else (2, 4):
-        sr = SuperResolver(scale=scale, channels=channels, patch_size=args.patch_size)
-        t0 = time.perf_counter()
-        sr.fit(
-            train_set,
-            run_dir=out / f"sr_x{scale}",
-            config=cfg(args.sr_budget, sr=True),
-            progress=False,
-        )
-        print(f"\nSR x{scale} trained {time.perf_counter() - t0:.0f} s")
+        if args.evaluate_only:
+            sr = SuperResolver.load(out / f"sr_x{scale}")
+        else:
+            sr = SuperResolver(scale=scale, channels=channels, patch_size=args.patch_size)
+            t0 = time.perf_counter()
+            sr.fit(
+                train_set,
+                run_dir=out / f"sr_x{scale}",
+                config=cfg(args.sr_budget, sr=True),
+                progress=False,
+            )
+            print(f"\nSR x{scale} trained {time.perf_counter() - t0:.0f} s")
         df = evaluate(sr, images, progress=False)
+        df = pd.concat([df, _model_rows(sr, images, ensemble_only=True)[0]], ignore_index=True)
         df["source"] = df["image_id"].map(sources)
         sr_rows.append(df)
         print(f"== super-resolution x{scale} (mean over {len(images)} unseen slices) ==")

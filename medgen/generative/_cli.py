@@ -57,7 +57,13 @@ def _apply_inputs(inputs: list[Path]) -> list[tuple[str, Path, dict[str, Any] | 
 
 
 def _apply(
-    kind: str, run: Path, inputs: list[Path], output: Path, fmt: str | None, progress: bool
+    kind: str,
+    run: Path,
+    inputs: list[Path],
+    output: Path,
+    fmt: str | None,
+    progress: bool,
+    self_ensemble: bool = False,
 ) -> None:
     import logging
 
@@ -73,6 +79,8 @@ def _apply(
         raise ConfigError(f"--format must be nifti or dicom, not {fmt!r}.")
     cls = Denoiser if kind == "denoise" else SuperResolver
     model = cls.load(run)
+    if self_ensemble:
+        model.config.self_ensemble = True
     output.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, path, row in tqdm(_apply_inputs(inputs), disable=not progress, desc=kind):
@@ -187,10 +195,13 @@ def register(app: typer.Typer) -> None:
         format: Annotated[
             str | None, typer.Option(help="nifti | dicom (default: as input)")
         ] = None,
+        self_ensemble: Annotated[
+            bool, typer.Option(help="average over 8 rotations/flips (8x slower, better)")
+        ] = False,
         progress: Annotated[bool, typer.Option(help="progress bars")] = True,
     ) -> None:
         """Denoise images; outputs are marked DERIVED and name the model."""
-        _apply("denoise", run, inputs, output, format, progress)
+        _apply("denoise", run, inputs, output, format, progress, self_ensemble)
 
     @superres.command("train")
     def superres_train(
@@ -255,7 +266,10 @@ def register(app: typer.Typer) -> None:
         format: Annotated[
             str | None, typer.Option(help="nifti | dicom (default: as input)")
         ] = None,
+        self_ensemble: Annotated[
+            bool, typer.Option(help="average over 8 rotations/flips (8x slower, better)")
+        ] = False,
         progress: Annotated[bool, typer.Option(help="progress bars")] = True,
     ) -> None:
         """Super-resolve images; the output affine has the finer spacing; marked DERIVED."""
-        _apply("superres", run, inputs, output, format, progress)
+        _apply("superres", run, inputs, output, format, progress, self_ensemble)

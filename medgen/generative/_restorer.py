@@ -65,6 +65,11 @@ class RestorerConfig:
             ``adv_weight > 0``).
         norm_percentiles: percentiles of the input giving the 0..1 intensity scale.
         overlap: sliding-window overlap at inference.
+        self_ensemble: at inference, average the outputs for the 8 in-plane rotations (by
+            multiples of 90 degrees) and flips of the input, each mapped back (Timofte et al.
+            2016); 8x the inference time. In docs/restoration.md it added 0.28 dB (Gaussian 0.1)
+            and 0.37 dB (0.05) to the benchmark denoiser's mean PSNR. Can be switched on for a
+            trained model (``model.config.self_ensemble = True``; CLI ``apply --self-ensemble``).
         model_kwargs: extra generator options (``num_res_units``, ``latent_channels``).
         task_options: the task's own options (noise models and levels; scale and axes).
     """
@@ -76,6 +81,7 @@ class RestorerConfig:
     discriminator_channels: int = 16
     norm_percentiles: tuple[float, float] = (0.5, 99.5)
     overlap: float = 0.5
+    self_ensemble: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)
 
@@ -470,11 +476,28 @@ class Restorer:
 
         2D slices up to ``WHOLE_SLICE_MAX_PIXELS`` go through the network whole; larger slices and
         3D volumes through MONAI's sliding-window inference (``patch_size`` windows, Gaussian
-        blending).
+        blending). With ``config.self_ensemble`` the result is the mean over the 8 in-plane
+        rotations and flips of the input (each mapped back).
 
         The output is deterministic (VAEs decode the posterior mean); ``generator`` is accepted
         for the common model signature and unused.
         """
+        import torch
+
+        if not self.config.self_ensemble:
+            return RestorationOutput(image=self._restore(batch))
+        plane = (2, 3)  # the first two spatial axes
+        total = torch.zeros(batch.shape, dtype=torch.float32)
+        for k in range(4):
+            for flip in (False, True):
+                x = torch.rot90(batch, k, dims=plane)
+                x = torch.flip(x, dims=(3,)) if flip else x
+                y = self._restore(x)
+                y = torch.flip(y, dims=(3,)) if flip else y
+                total += torch.rot90(y, -k, dims=plane)
+        return RestorationOutput(image=total / 8)
+
+    def _restore(self, batch: torch.Tensor) -> torch.Tensor:
         import torch
         from monai.inferers import sliding_window_inference
 
@@ -482,7 +505,7 @@ class Restorer:
         dev = next(net.parameters()).device
         roi = (self.config.patch_size,) * self.config.spatial_dims
         if self.config.spatial_dims == 2 and batch.shape[-2:].numel() <= WHOLE_SLICE_MAX_PIXELS:
-            return RestorationOutput(image=self._whole(batch.to(dev)).cpu())
+            return self._whole(batch.to(dev)).cpu()
         with torch.no_grad():
             out = sliding_window_inference(
                 batch.to(dev),
@@ -493,7 +516,7 @@ class Restorer:
                 mode="gaussian",
                 padding_mode="reflect" if self.config.spatial_dims == 2 else "replicate",
             )
-        return RestorationOutput(image=torch.as_tensor(out).cpu())
+        return torch.as_tensor(out).cpu()
 
     def _whole(self, batch: torch.Tensor) -> torch.Tensor:
         """The network on whole slices, padded (mirrored) to a multiple of its down-sampling."""

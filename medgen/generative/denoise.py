@@ -48,6 +48,8 @@ class Denoiser(Restorer):
         augment: randomly flip and rotate (by 90 degrees, in plane) each clean training image
             and change its contrast by a random gamma (0.5-2) before degrading it, so the model
             sees more anatomy orientations and contrasts than the training set holds.
+        self_ensemble: at inference, average over the 8 in-plane rotations and flips of the
+            input (8x the time; see :class:`~medgen.generative.RestorerConfig`).
         model_kwargs: extra generator options.
     """
 
@@ -64,6 +66,7 @@ class Denoiser(Restorer):
         sigma: float | tuple[float, float] = (0.02, 0.15),
         photons: float | tuple[float, float] = (200.0, 2000.0),
         discriminator_channels: int = 16,
+        self_ensemble: bool = False,
         augment: bool = False,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -84,6 +87,7 @@ class Denoiser(Restorer):
                 channels=tuple(channels),
                 patch_size=patch_size,
                 discriminator_channels=discriminator_channels,
+                self_ensemble=bool(self_ensemble),
                 model_kwargs=dict(model_kwargs or {}),
                 task_options={
                     "noise": noises,

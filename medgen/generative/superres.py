@@ -56,7 +56,8 @@ class SuperResolver(Restorer):
         scale: 2 or 4.
         axes: ``"inplane"`` (axes X and Y; 2D or 3D models) or ``"through"`` (axis Z: thick
             slices; needs ``spatial_dims=3``).
-        model, spatial_dims, channels, patch_size, discriminator_channels, model_kwargs: as
+        model, spatial_dims, channels, patch_size, discriminator_channels, self_ensemble,
+            model_kwargs: as
             for :class:`~medgen.generative.Denoiser`. ``patch_size`` is on the fine grid and must
             be divisible by ``scale``.
     """
@@ -73,6 +74,7 @@ class SuperResolver(Restorer):
         channels: Sequence[int] = (16, 32, 64),
         patch_size: int = 48,
         discriminator_channels: int = 16,
+        self_ensemble: bool = False,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if isinstance(scale, bool) or scale not in SCALES:
@@ -96,6 +98,7 @@ class SuperResolver(Restorer):
                 channels=tuple(channels),
                 patch_size=patch_size,
                 discriminator_channels=discriminator_channels,
+                self_ensemble=bool(self_ensemble),
                 model_kwargs=dict(model_kwargs or {}),
                 task_options={"scale": int(scale), "axes": axes},
             )
