@@ -245,6 +245,20 @@ def test_cosine_schedule_and_pair_workers_resume_identically(
         TrainConfig(num_workers=-1)
 
 
+def test_pair_workers_fall_back_where_fork_is_missing(
+    mni_slices: np.ndarray, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    g = build_generator("unet", spatial_dims=2, channels=(4, 8))
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, num_workers=2)
+    with caplog.at_level("WARNING", logger="medgen.generative._trainer"):
+        res = train(g, _tiny_batches(mni_slices), config=cfg, progress=False)
+    assert res.step == 2
+    assert "lacks; making the training pairs in the training process" in caplog.text
+
+
 # ---------------------------------------------------------------------------------- models
 
 

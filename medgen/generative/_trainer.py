@@ -192,6 +192,15 @@ class _StepBatches(torch.utils.data.Dataset[Mapping[str, torch.Tensor]]):
 def _batches(
     sample_batch: Callable[[int], Mapping[str, torch.Tensor]], start: int, total: int, workers: int
 ) -> Iterator[Mapping[str, torch.Tensor]]:
+    import multiprocessing
+
+    if workers > 0 and "fork" not in multiprocessing.get_all_start_methods():
+        log.warning(
+            "num_workers=%d needs the 'fork' start method, which this platform lacks; making "
+            "the training pairs in the training process instead",
+            workers,
+        )
+        workers = 0
     if workers == 0:
         return (sample_batch(k) for k in range(start, total))
     loader = torch.utils.data.DataLoader(
@@ -200,6 +209,9 @@ def _batches(
         shuffle=False,
         num_workers=workers,
         prefetch_factor=4,
+        # fork: the workers inherit the pair function (a closure over the training images)
+        # instead of pickling it, also where spawn is the default (macOS)
+        multiprocessing_context="fork",
     )
     return iter(loader)
 
