@@ -376,6 +376,25 @@ def test_self_ensemble_makes_the_model_rotation_and_flip_equivariant(
     np.testing.assert_allclose(again.apply(img), ens, atol=1e-6)
 
 
+def test_defaults_are_the_benchmarked_recipe(mni_slices: np.ndarray) -> None:
+    """Without options, a Denoiser is the benchmark's U-Net trained with MSE at lr 3e-3; a dict
+    config overrides single options; SR keeps L1 + SSIM. 3D models default to 32-voxel patches."""
+    den = Denoiser()
+    assert den.config.channels == (16, 32, 64, 128) and den.config.patch_size == 64
+    assert Denoiser(spatial_dims=3).config.patch_size == 32
+    den.fit(list(mni_slices), config={"epochs": 1, "steps_per_epoch": 1, "batch_size": 2,
+                                      "ssim_weight": 0.5}, progress=False)  # fmt: skip
+    tc = den.train_config
+    assert tc is not None
+    assert (tc.lr_g, tc.l1_weight, tc.mse_weight, tc.ssim_weight) == (3e-3, 0.0, 1.0, 0.5)
+    sr = SuperResolver(scale=4, channels=(4, 8), patch_size=16)
+    sr.fit(list(mni_slices), config={"epochs": 1, "steps_per_epoch": 1, "batch_size": 2},
+           progress=False)  # fmt: skip
+    assert sr.train_config is not None
+    assert (sr.train_config.lr_g, sr.train_config.l1_weight) == (3e-3, 1.0)
+    assert sr.train_config.mse_weight == 0.0 and sr.train_config.ssim_weight == 0.1
+
+
 def test_augment_keeps_the_range_and_varies_orientation_and_contrast(
     mni_slices: np.ndarray,
 ) -> None:

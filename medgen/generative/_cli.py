@@ -133,8 +133,10 @@ def register(app: typer.Typer) -> None:
         output: Annotated[Path, typer.Option("-o", "--output", help="run folder to write")],
         model: Annotated[str, typer.Option(help="unet | vae")] = "unet",
         spatial_dims: Annotated[int, typer.Option(help="2 (slices) or 3 (patches)")] = 2,
-        channels: Annotated[str, typer.Option(help="widths per level")] = "16,32,64",
-        patch_size: Annotated[int, typer.Option(help="training patch / window edge")] = 48,
+        channels: Annotated[str, typer.Option(help="widths per level")] = "16,32,64,128",
+        patch_size: Annotated[
+            int | None, typer.Option(help="training patch / window edge [default: 64; 3D: 32]")
+        ] = None,
         noise: Annotated[
             list[str] | None, typer.Option(help="gaussian | rician | poisson_gaussian (repeat)")
         ] = None,
@@ -211,10 +213,11 @@ def register(app: typer.Typer) -> None:
         axes: Annotated[str, typer.Option(help="inplane | through (thick slices, 3D)")] = "inplane",
         model: Annotated[str, typer.Option(help="unet | vae")] = "unet",
         spatial_dims: Annotated[int, typer.Option(help="2 (slices) or 3 (patches)")] = 2,
-        channels: Annotated[str, typer.Option(help="widths per level")] = "16,32,64",
+        channels: Annotated[str, typer.Option(help="widths per level")] = "16,32,64,128",
         patch_size: Annotated[
-            int, typer.Option(help="training patch / window edge (fine grid)")
-        ] = 48,
+            int | None,
+            typer.Option(help="training patch / window edge, fine grid [default: 64; 3D: 32]"),
+        ] = None,
         epochs: Annotated[int, typer.Option(help="epochs")] = 10,
         steps_per_epoch: Annotated[int, typer.Option(help="steps per epoch")] = 50,
         batch_size: Annotated[int, typer.Option(help="patches per step")] = 16,

@@ -283,6 +283,9 @@ class Restorer:
     """
 
     task: ClassVar[str] = ""
+    # TrainConfig options that differ from TrainConfig's own defaults for this task (the recipe
+    # measured in docs/restoration.md); a dict passed to fit() overrides them
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: RestorerConfig) -> None:
         self.config = config
@@ -364,9 +367,10 @@ class Restorer:
         from medgen.generative._nets import build_discriminator
         from medgen.generative._trainer import TrainConfig, train
 
-        tc = (
-            config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config or {}))
-        )
+        if isinstance(config, TrainConfig):
+            tc = config
+        else:  # the task's measured recipe, then the caller's options
+            tc = TrainConfig.from_dict({**self.train_defaults, **dict(config or {})})
         images = load_images(data)
         pool: list[tuple[np.ndarray, np.ndarray | None]] = []
         for _, clean, deg in images:
