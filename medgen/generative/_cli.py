@@ -8,6 +8,22 @@ from typing import Annotated, Any
 
 import typer
 
+# options both train (and both apply) commands take
+_Epochs = Annotated[int, typer.Option(help="epochs")]
+_Steps = Annotated[int, typer.Option(help="steps per epoch")]
+_Batch = Annotated[int, typer.Option(help="patches per step")]
+_AdvWeight = Annotated[float, typer.Option(help="PatchGAN loss weight (0 = off)")]
+_TimeBudget = Annotated[float | None, typer.Option(help="seconds of training")]
+_LrSchedule = Annotated[str, typer.Option(help="constant | cosine (to 0 over all epochs)")]
+_Workers = Annotated[int, typer.Option(help="processes making training pairs beside the network")]
+_Resume = Annotated[bool, typer.Option(help="continue an interrupted run")]
+_Device = Annotated[str, typer.Option(help="auto | cpu | cuda")]
+_Seed = Annotated[int, typer.Option(help="random seed")]
+_Progress = Annotated[bool, typer.Option(help="progress bars")]
+_SelfEnsemble = Annotated[
+    bool, typer.Option(help="average over 8 rotations/flips (8x slower, better)")
+]
+
 
 def _parse_ints(text: str, name: str) -> tuple[int, ...]:
     from medgen.errors import ConfigError
@@ -146,21 +162,17 @@ def register(app: typer.Typer) -> None:
         sigma_max: Annotated[
             float, typer.Option(help="highest noise s.d. (fraction of range)")
         ] = 0.15,
-        epochs: Annotated[int, typer.Option(help="epochs")] = 10,
-        steps_per_epoch: Annotated[int, typer.Option(help="steps per epoch")] = 50,
-        batch_size: Annotated[int, typer.Option(help="patches per step")] = 16,
-        adv_weight: Annotated[float, typer.Option(help="PatchGAN loss weight (0 = off)")] = 0.0,
-        time_budget: Annotated[float | None, typer.Option(help="seconds of training")] = None,
-        lr_schedule: Annotated[
-            str, typer.Option(help="constant | cosine (to 0 over all epochs)")
-        ] = "constant",
-        workers: Annotated[
-            int, typer.Option(help="processes making training pairs beside the network")
-        ] = 0,
-        resume: Annotated[bool, typer.Option(help="continue an interrupted run")] = False,
-        device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-        seed: Annotated[int, typer.Option(help="random seed")] = 0,
-        progress: Annotated[bool, typer.Option(help="progress bars")] = True,
+        epochs: _Epochs = 10,
+        steps_per_epoch: _Steps = 50,
+        batch_size: _Batch = 16,
+        adv_weight: _AdvWeight = 0.0,
+        time_budget: _TimeBudget = None,
+        lr_schedule: _LrSchedule = "constant",
+        workers: _Workers = 0,
+        resume: _Resume = False,
+        device: _Device = "auto",
+        seed: _Seed = 0,
+        progress: _Progress = True,
     ) -> None:
         """Train a denoiser; writes config.json, model.pt, checkpoint.pt, metrics.csv."""
         from medgen.generative import Denoiser
@@ -197,10 +209,8 @@ def register(app: typer.Typer) -> None:
         format: Annotated[
             str | None, typer.Option(help="nifti | dicom (default: as input)")
         ] = None,
-        self_ensemble: Annotated[
-            bool, typer.Option(help="average over 8 rotations/flips (8x slower, better)")
-        ] = False,
-        progress: Annotated[bool, typer.Option(help="progress bars")] = True,
+        self_ensemble: _SelfEnsemble = False,
+        progress: _Progress = True,
     ) -> None:
         """Denoise images; outputs are marked DERIVED and name the model."""
         _apply("denoise", run, inputs, output, format, progress, self_ensemble)
@@ -218,21 +228,17 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(help="training patch / window edge, fine grid [default: 64; 3D: 32]"),
         ] = None,
-        epochs: Annotated[int, typer.Option(help="epochs")] = 10,
-        steps_per_epoch: Annotated[int, typer.Option(help="steps per epoch")] = 50,
-        batch_size: Annotated[int, typer.Option(help="patches per step")] = 16,
-        adv_weight: Annotated[float, typer.Option(help="PatchGAN loss weight (0 = off)")] = 0.0,
-        time_budget: Annotated[float | None, typer.Option(help="seconds of training")] = None,
-        lr_schedule: Annotated[
-            str, typer.Option(help="constant | cosine (to 0 over all epochs)")
-        ] = "constant",
-        workers: Annotated[
-            int, typer.Option(help="processes making training pairs beside the network")
-        ] = 0,
-        resume: Annotated[bool, typer.Option(help="continue an interrupted run")] = False,
-        device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-        seed: Annotated[int, typer.Option(help="random seed")] = 0,
-        progress: Annotated[bool, typer.Option(help="progress bars")] = True,
+        epochs: _Epochs = 10,
+        steps_per_epoch: _Steps = 50,
+        batch_size: _Batch = 16,
+        adv_weight: _AdvWeight = 0.0,
+        time_budget: _TimeBudget = None,
+        lr_schedule: _LrSchedule = "constant",
+        workers: _Workers = 0,
+        resume: _Resume = False,
+        device: _Device = "auto",
+        seed: _Seed = 0,
+        progress: _Progress = True,
     ) -> None:
         """Train a super-resolver; writes config.json, model.pt, checkpoint.pt, metrics.csv."""
         from medgen.generative import SuperResolver
@@ -269,10 +275,8 @@ def register(app: typer.Typer) -> None:
         format: Annotated[
             str | None, typer.Option(help="nifti | dicom (default: as input)")
         ] = None,
-        self_ensemble: Annotated[
-            bool, typer.Option(help="average over 8 rotations/flips (8x slower, better)")
-        ] = False,
-        progress: Annotated[bool, typer.Option(help="progress bars")] = True,
+        self_ensemble: _SelfEnsemble = False,
+        progress: _Progress = True,
     ) -> None:
         """Super-resolve images; the output affine has the finer spacing; marked DERIVED."""
         _apply("superres", run, inputs, output, format, progress, self_ensemble)
