@@ -4,8 +4,9 @@ Training data: axial slices of nilearn's MNI152 T1 template (1 mm) inside a band
 (``--train-band``), at 1, 2 and 3 mm in plane; the denoiser also trains on scikit-image's bundled
 grey-level sample images (``--natural``; none of them is a test image). Test data (never seen in
 training): nibabel's ``example4d.nii.gz`` (first volume) and ``anatomical.nii``, pydicom's
-``MR_small`` and ``CT_small``, and MNI slices outside the training band. Degradations: Gaussian and Rician noise, sigma 0.05 and 0.1 of each clean
-image's intensity range (``medgen.simulate.degrade``); SR x2 and x4 by block averaging.
+``MR_small`` and ``CT_small``, and MNI slices outside the training band. Degradations: Gaussian
+and Rician noise, sigma 0.05 and 0.1 of each clean image's intensity range
+(``medgen.simulate.degrade``); SR x2 and x4 by block averaging.
 
 Printed: mean PSNR / SSIM (whole image and foreground, data range = clean max - min) for the
 input, each baseline (NL-means, TV, wavelet, BM3D when installed; bicubic for SR) and the model,
@@ -95,13 +96,16 @@ def _model_rows(
     from medgen.generative import evaluate
 
     rows = []
-    for ens in (False, True) if not ensemble_only else (True,):
-        model.config.self_ensemble = ens
-        t = evaluate(model, images, baselines=[], progress=False, **degradation)
-        t = t[t.method == "model"].copy()
-        t["method"] = "model_x8" if ens else "model"
-        rows.append(t)
-    model.config.self_ensemble = False
+    was = model.config.self_ensemble
+    try:
+        for ens in (False, True) if not ensemble_only else (True,):
+            model.config.self_ensemble = ens
+            t = evaluate(model, images, baselines=[], progress=False, **degradation)
+            t = t[t.method == "model"].copy()
+            t["method"] = "model_x8" if ens else "model"
+            rows.append(t)
+    finally:
+        model.config.self_ensemble = was
     return rows
 
 

@@ -20,6 +20,10 @@ _Resume = Annotated[bool, typer.Option(help="continue an interrupted run")]
 _Device = Annotated[str, typer.Option(help="auto | cpu | cuda")]
 _Seed = Annotated[int, typer.Option(help="random seed")]
 _Progress = Annotated[bool, typer.Option(help="progress bars")]
+_Run = Annotated[Path, typer.Argument(help="trained run folder")]
+_Inputs = Annotated[list[Path], typer.Argument(help="NIfTI files, DICOM folders or a manifest")]
+_ApplyOutput = Annotated[Path, typer.Option("-o", "--output", help="output folder")]
+_Format = Annotated[str | None, typer.Option(help="nifti | dicom (default: as input)")]
 _SelfEnsemble = Annotated[
     bool, typer.Option(help="average over 8 rotations/flips (8x slower, better)")
 ]
@@ -37,8 +41,23 @@ def _parse_ints(text: str, name: str) -> tuple[int, ...]:
     return vals
 
 
-def _train_config(**kw: Any) -> dict[str, Any]:
-    return {k: v for k, v in kw.items() if v is not None}
+def _fit(
+    model: Any,
+    manifest: Path,
+    output: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    time_budget: float | None,
+    workers: int,
+    **train: Any,
+) -> None:
+    """Train ``model`` with the training options both train commands take; CLI option names
+    map to :class:`~medgen.generative.TrainConfig` names here."""
+    cfg = {**train, "time_budget_s": time_budget, "num_workers": workers}
+    cfg = {k: v for k, v in cfg.items() if v is not None}
+    model.fit(manifest, run_dir=output, config=cfg, resume=resume, progress=progress)
+    typer.echo(f"model -> {output}")
 
 
 def _apply_inputs(inputs: list[Path]) -> list[tuple[str, Path, dict[str, Any] | None]]:
@@ -185,30 +204,29 @@ def register(app: typer.Typer) -> None:
             noise=noise or ["gaussian", "rician"],
             sigma=(sigma_min, sigma_max),
         )
-        cfg = _train_config(
+        _fit(
+            den,
+            manifest,
+            output,
+            resume=resume,
+            progress=progress,
+            time_budget=time_budget,
+            workers=workers,
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
             batch_size=batch_size,
             adv_weight=adv_weight,
-            time_budget_s=time_budget,
             lr_schedule=lr_schedule,
-            num_workers=workers,
             device=device,
             seed=seed,
         )
-        den.fit(manifest, run_dir=output, config=cfg, resume=resume, progress=progress)
-        typer.echo(f"model -> {output}")
 
     @denoise.command("apply")
     def denoise_apply(
-        run: Annotated[Path, typer.Argument(help="trained run folder")],
-        inputs: Annotated[
-            list[Path], typer.Argument(help="NIfTI files, DICOM folders or a manifest")
-        ],
-        output: Annotated[Path, typer.Option("-o", "--output", help="output folder")],
-        format: Annotated[
-            str | None, typer.Option(help="nifti | dicom (default: as input)")
-        ] = None,
+        run: _Run,
+        inputs: _Inputs,
+        output: _ApplyOutput,
+        format: _Format = None,
         self_ensemble: _SelfEnsemble = False,
         progress: _Progress = True,
     ) -> None:
@@ -251,30 +269,29 @@ def register(app: typer.Typer) -> None:
             channels=_parse_ints(channels, "--channels"),
             patch_size=patch_size,
         )
-        cfg = _train_config(
+        _fit(
+            sr,
+            manifest,
+            output,
+            resume=resume,
+            progress=progress,
+            time_budget=time_budget,
+            workers=workers,
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
             batch_size=batch_size,
             adv_weight=adv_weight,
-            time_budget_s=time_budget,
             lr_schedule=lr_schedule,
-            num_workers=workers,
             device=device,
             seed=seed,
         )
-        sr.fit(manifest, run_dir=output, config=cfg, resume=resume, progress=progress)
-        typer.echo(f"model -> {output}")
 
     @superres.command("apply")
     def superres_apply(
-        run: Annotated[Path, typer.Argument(help="trained run folder")],
-        inputs: Annotated[
-            list[Path], typer.Argument(help="NIfTI files, DICOM folders or a manifest")
-        ],
-        output: Annotated[Path, typer.Option("-o", "--output", help="output folder")],
-        format: Annotated[
-            str | None, typer.Option(help="nifti | dicom (default: as input)")
-        ] = None,
+        run: _Run,
+        inputs: _Inputs,
+        output: _ApplyOutput,
+        format: _Format = None,
         self_ensemble: _SelfEnsemble = False,
         progress: _Progress = True,
     ) -> None:

@@ -114,6 +114,12 @@ class RestorerConfig:
             raise ConfigError(f"overlap must be in [0, 1), not {self.overlap!r}.")
 
 
+def default_patch_size(spatial_dims: int) -> int:
+    """Training patch edge when none is given: 64-px slices; 32-voxel cubes keep 3D training
+    tractable on a CPU (the benchmark's recipe, docs/restoration.md)."""
+    return 64 if spatial_dims == 2 else 32
+
+
 def robust_range(x: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
     """``(low, high)`` percentiles of ``x``; ``high > low`` always (a flat image gets width 1)."""
     lo, hi = (float(v) for v in np.percentile(x, percentiles))

@@ -24,7 +24,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from medgen.errors import ConfigError
-from medgen.generative._restorer import Restorer, RestorerConfig, robust_range
+from medgen.generative._restorer import (
+    Restorer,
+    RestorerConfig,
+    default_patch_size,
+    robust_range,
+)
 
 __all__ = ["Denoiser"]
 
@@ -78,8 +83,8 @@ class Denoiser(Restorer):
         augment: bool = False,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        if patch_size is None:  # 64 px slices; 32 voxel cubes keep 3D training tractable on a CPU
-            patch_size = 64 if spatial_dims == 2 else 32
+        if patch_size is None:
+            patch_size = default_patch_size(spatial_dims)
         noises = [noise] if isinstance(noise, str) else list(noise)
         bad = [n for n in noises if n not in _NOISES]
         if not noises or bad:

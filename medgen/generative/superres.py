@@ -27,7 +27,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from medgen.errors import ConfigError, MedgenValueError
-from medgen.generative._restorer import Restorer, RestorerConfig, robust_range
+from medgen.generative._restorer import (
+    Restorer,
+    RestorerConfig,
+    default_patch_size,
+    robust_range,
+)
 
 __all__ = ["SCALES", "SuperResolver", "output_affine"]
 
@@ -88,8 +93,8 @@ class SuperResolver(Restorer):
                 "axes='through' (thick-slice super-resolution) needs spatial_dims=3: the model "
                 "must see neighbouring slices."
             )
-        if patch_size is None:  # as for Denoiser: 64 px in 2D, 32 voxels in 3D
-            patch_size = 64 if spatial_dims == 2 else 32
+        if patch_size is None:
+            patch_size = default_patch_size(spatial_dims)
         if isinstance(patch_size, int) and patch_size % scale:
             raise ConfigError(
                 f"patch_size={patch_size} must be divisible by scale={scale}; try "
