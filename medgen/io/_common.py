@@ -44,6 +44,17 @@ def check_exists(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def has_dicom_preamble(path: Path) -> bool:
+    """True when ``path`` carries 'DICM' at byte 128 (a DICOM file, whatever its suffix);
+    False for other files and unreadable paths."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def image_format(path: Path) -> str:
     """``"nifti"`` or ``"dicom"`` for ``path`` (a file or a directory of DICOM files).
 
@@ -57,14 +68,8 @@ def image_format(path: Path) -> str:
         return "nifti"
     if path.suffix.lower() in DICOM_SUFFIXES:
         return "dicom"
-    # a DICOM file with an unusual suffix still carries 'DICM' at byte 128
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            if fh.read(4) == b"DICM":
-                return "dicom"
-    except OSError:
-        pass
+    if has_dicom_preamble(path):
+        return "dicom"
     raise ImageReadError(
         f"Cannot read {path}: unsupported file type {path.suffix!r}. medgen.io reads NIfTI "
         "(.nii, .nii.gz) and DICOM (.dcm or no suffix, or a folder holding one DICOM series); "

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medgen.errors import DicomError, MedgenValueError
-from medgen.io._common import DICOM_SUFFIXES, NIFTI_SUFFIXES, SYNTHETIC_MARK, check_exists
+from medgen.io._common import (
+    DICOM_SUFFIXES,
+    NIFTI_SUFFIXES,
+    SYNTHETIC_MARK,
+    check_exists,
+    has_dicom_preamble,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -114,15 +120,8 @@ def _is_candidate(path: Path) -> str | None:
         return "nifti"
     if name.endswith(_SKIP_SUFFIXES) or name == "dicomdir":
         return None
-    if path.suffix.lower() in DICOM_SUFFIXES:
+    if path.suffix.lower() in DICOM_SUFFIXES or has_dicom_preamble(path):
         return "dicom"
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            if fh.read(4) == b"DICM":
-                return "dicom"
-    except OSError:
-        return None
     return None
 
 
