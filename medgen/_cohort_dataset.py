@@ -23,7 +23,7 @@ from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
 from monai.transforms import Compose, MapTransform, Randomizable, Transform
 from monai.transforms.utility.array import SqueezeDim
 
-from medgen._files import atomic_path
+from medgen._internal.files import atomic_path
 from medgen.errors import ImageReadError, MedgenValueError
 from medgen.io._common import IDENTITY_KEYWORDS
 

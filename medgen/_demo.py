@@ -140,10 +140,10 @@ def run_demo(
     Returns:
         A :class:`DemoResult`.
     """
-    from medgen._files import write_table, write_text_atomic
+    from medgen._internal.files import write_table, write_text_atomic
+    from medgen._internal.provenance import package_versions
     from medgen.audit import audit
     from medgen.classify import train
-    from medgen.classify._model import package_versions
     from medgen.cohort import Cohort
     from medgen.simulate import preset as sim_preset
     from medgen.simulate import simulate

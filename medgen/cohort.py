@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import importlib.resources
@@ -47,7 +46,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from medgen._files import write_table
+from medgen._internal.files import write_table
+from medgen._internal.suggest import close_matches, did_you_mean
 from medgen.errors import ManifestError, MedgenFileNotFoundError, MedgenValueError
 
 if TYPE_CHECKING:
@@ -96,12 +96,8 @@ def _list_some(values: Sequence[Any], n: int = _MAX_LISTED) -> str:
 
 
 def _suggest(value: str, allowed: Iterable[str]) -> str:
-    allowed = list(allowed)
-    close = difflib.get_close_matches(str(value).lower(), allowed, n=1, cutoff=0.4)
-    if not close:
-        # 'validation' -> 'val': prefix matches are what people mean most often.
-        close = [a for a in allowed if str(value).lower().startswith(a)][:1]
-    return f" Did you mean {close[0]!r}?" if close else ""
+    # 'validation' -> 'val': prefix matches are what people mean most often.
+    return did_you_mean(value, allowed, cutoff=0.4, ignore_case=True, prefix=True)
 
 
 def _is_missing(series: pd.Series) -> pd.Series:
@@ -752,9 +748,7 @@ def _validate(
     if missing_cols:
         hints = []
         for c in missing_cols:
-            close = difflib.get_close_matches(
-                c, [x for x in df.columns if x not in required], 1, 0.6
-            )
+            close = close_matches(c, [x for x in df.columns if x not in required])
             if close:
                 hints.append(f"{close[0]!r} -> {c!r}")
         hint = f" Rename {', '.join(hints)}." if hints else ""

@@ -19,6 +19,7 @@ __all__ = [
     "MedgenRuntimeError",
     "MedgenValueError",
     "MetricWarning",
+    "MissingDependencyError",
     "MultipleSeriesError",
     "SeriesGeometryError",
     "SeriesGeometryWarning",
@@ -39,6 +40,10 @@ class MedgenFileNotFoundError(MedgenError, FileNotFoundError):
 
 class MedgenRuntimeError(MedgenError, RuntimeError):
     """An operation failed for a reason other than its input (e.g. an interrupted write)."""
+
+
+class MissingDependencyError(MedgenError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
 
 
 class ImageReadError(MedgenValueError):

@@ -19,10 +19,10 @@ medium    light + Gaussian noise (σ ≤ 0.05, p=0.3) + gamma contrast (0.8-1.25
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from medgen._internal.suggest import did_you_mean
 from medgen.errors import ConfigError
 
 __all__ = ["AUGMENT_PRESETS", "augmentation", "normalize_intensity", "resize"]
@@ -83,8 +83,7 @@ def augmentation(
     )
 
     if preset not in AUGMENT_PRESETS:
-        close = difflib.get_close_matches(str(preset), AUGMENT_PRESETS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(preset, AUGMENT_PRESETS)
         raise ConfigError(
             f"Unknown augment preset {preset!r}.{hint} Choose one of {', '.join(AUGMENT_PRESETS)}."
         )

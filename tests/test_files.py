@@ -12,7 +12,13 @@ import pandas as pd
 import pytest
 from pydicom.data import get_testdata_file
 
-from medgen._files import atomic_dir, atomic_path, only_suffixes, write_table, write_text_atomic
+from medgen._internal.files import (
+    atomic_dir,
+    atomic_path,
+    only_suffixes,
+    write_table,
+    write_text_atomic,
+)
 from medgen.errors import MedgenValueError
 from medgen.io import load, save
 

@@ -91,7 +91,7 @@ def test_written_headers_uids_markers_and_no_identity(tmp_path: Path) -> None:
 def test_bad_arguments_are_explained(tmp_path: Path) -> None:
     vol = np.zeros((1, 3, 3, 2), np.float32)
     with pytest.raises(
-        MedgenValueError, match=r"'PatientAgee' is not a DICOM keyword\. Did you mean PatientAge"
+        MedgenValueError, match=r"'PatientAgee' is not a DICOM keyword\. Did you mean 'PatientAge'"
     ):
         save(vol, tmp_path / "s", dicom_tags={"PatientAgee": "040Y"})
     with pytest.raises(

@@ -11,8 +11,9 @@ load pandas.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from medgen._internal.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from medgen.audit._audit import DISPARITY_METRICS, MISSING_LABEL, audit
@@ -47,11 +48,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'medgen.audit' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE, __all__)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from medgen._files import write_text_atomic
+from medgen._internal.files import write_text_atomic
 from medgen.audit._audit import RowData
 from medgen.audit._metrics import METRICS, ece_bins
 from medgen.errors import MedgenValueError

@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
         progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
     ) -> None:
         """Predict a cohort: one row per image with the manifest columns, y_true, y_score, y_pred."""
-        from medgen._files import write_table
+        from medgen._internal.files import write_table
         from medgen.classify import Classifier
 
         clf = Classifier.load(run)

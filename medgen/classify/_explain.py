@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from medgen._internal.suggest import did_you_mean
 from medgen.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -51,8 +51,7 @@ def explain(
     from medgen.classify._registry import get_model_spec
 
     if method not in EXPLAIN_METHODS:
-        close = difflib.get_close_matches(str(method), EXPLAIN_METHODS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(method, EXPLAIN_METHODS)
         raise ConfigError(
             f"Unknown explain method {method!r}.{hint} Choose one of {', '.join(EXPLAIN_METHODS)}."
         )
@@ -67,9 +66,10 @@ def explain(
             )
         names = dict(net.named_modules())
         if layer not in names:
-            close = difflib.get_close_matches(layer, list(names), n=3)
             raise ConfigError(
-                f"target_layer {layer!r} is not a layer of the network; close: {close}"
+                f"target_layer {layer!r} is not a layer of the network."
+                + did_you_mean(layer, names, n=3)
+                + " List the layers with dict(clf.net.named_modules())."
             )
         cam = GradCAM(nn_module=net, target_layers=layer)
         with torch.enable_grad():

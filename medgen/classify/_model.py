@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medgen._files import atomic_path, write_table, write_text_atomic
+from medgen._internal.files import atomic_path, write_table, write_text_atomic
 from medgen.errors import ConfigError, MedgenFileNotFoundError, MedgenValueError
 
 if TYPE_CHECKING:
@@ -17,23 +17,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Classifier", "package_versions"]
+__all__ = ["Classifier"]
 
 _CONFIG = "config.json"
 _WEIGHTS = "model.safetensors"
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape a training run."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("medgen", "torch", "monai", "numpy", "pandas", "scikit-learn", "torchio"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def _json_default(o: Any) -> Any:

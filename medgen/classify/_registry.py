@@ -9,11 +9,11 @@ the factories only choose MONAI's constructor arguments (MONAI's ViT returns ``(
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from medgen._internal.suggest import did_you_mean
 from medgen.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -208,8 +208,7 @@ def get_model_spec(name: str) -> ModelSpec:
     key = name.strip().lower()
     if key in MODELS:
         return MODELS[key]
-    close = difflib.get_close_matches(key, list(MODELS), n=1, cutoff=0.4)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(key, MODELS, cutoff=0.4)
     raise ConfigError(
         f"Unknown model {name!r}.{hint} Available models: {', '.join(available_models())}."
     )

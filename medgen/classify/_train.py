@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medgen._files import atomic_path
+from medgen._internal.device import resolve_device
+from medgen._internal.files import atomic_path
 from medgen.errors import ConfigError, ManifestError, MedgenValueError
 
 if TYPE_CHECKING:
@@ -217,18 +218,6 @@ def _dist_setup(distributed: bool | str, device: str) -> tuple[int, int, bool]:
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
         here = True
     return dist.get_rank(), dist.get_world_size(), here
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; other strings pass through."""
-    import torch
-
-    if device == "auto":
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            return f"cuda:{local}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "cuda"
-        return "cpu"
-    return device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -564,8 +553,9 @@ def train(
     """
     import numpy as np
 
+    from medgen._internal.provenance import package_versions
     from medgen.classify._data import as_cohort, load_images, manifest_hash, manifest_of
-    from medgen.classify._model import Classifier, package_versions
+    from medgen.classify._model import Classifier
     from medgen.classify._registry import get_model_spec
 
     get_model_spec(model)
@@ -632,7 +622,7 @@ def train(
         time_budget_s=time_budget_s,
         channels_last=channels_last,
         seed=seed,
-        device=resolve_device(device),
+        device=str(resolve_device(device)),
     )
     out = Path(out_dir) if out_dir is not None else None
     res = fit_tensors(

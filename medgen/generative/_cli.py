@@ -142,7 +142,7 @@ def _apply(
             new["derived_from"] = str(path)
             rows.append(new)
     if rows:
-        from medgen._files import write_table
+        from medgen._internal.files import write_table
 
         write_table(pd.DataFrame(rows), output / "manifest.csv")
         typer.echo(f"manifest -> {output / 'manifest.csv'}")

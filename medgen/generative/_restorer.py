@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -126,18 +125,6 @@ def robust_range(x: np.ndarray, percentiles: tuple[float, float]) -> tuple[float
     if not hi > lo:
         hi = lo + 1.0
     return lo, hi
-
-
-def _package_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for name in ("medgen", "torch", "monai", "numpy", "scikit-image"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def as_spatial(image: Any, name: str = "image") -> tuple[np.ndarray, np.ndarray | None, bool]:
@@ -616,7 +603,8 @@ class Restorer:
         ``model.pt`` (the generator's state dict) into ``directory``, atomically."""
         import torch
 
-        from medgen._files import atomic_path, write_text_atomic
+        from medgen._internal.files import atomic_path, write_text_atomic
+        from medgen._internal.provenance import package_versions
 
         d = Path(directory).expanduser()
         d.mkdir(parents=True, exist_ok=True)
@@ -635,7 +623,7 @@ class Restorer:
             "data_sha256": self.data_hash,
             "steps_trained": self.steps_trained,
             "history": self.history,
-            "versions": _package_versions(),
+            "versions": package_versions(),
         }
         write_text_atomic(d / CONFIG, json.dumps(meta, indent=2, default=str))
         return d

@@ -37,7 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from medgen._files import atomic_path, write_text_atomic
+from medgen._internal.device import resolve_device
+from medgen._internal.files import atomic_path, write_text_atomic
 from medgen.errors import ConfigError, MedgenFileNotFoundError
 from medgen.generative._nets import GeneratorOutput
 
@@ -151,16 +152,6 @@ class TrainResult:
     def inference_model(self) -> nn.Module:
         """The EMA generator when there is one, else the generator."""
         return self.ema if self.ema is not None else self.generator
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available else CPU; otherwise ``torch.device(device)``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as err:
-        raise ConfigError(f"device={device!r} is not a torch device; use 'cpu' or 'cuda'.") from err
 
 
 def _step_seed(seed: int, step: int) -> int:

@@ -69,13 +69,9 @@ def _wavelet(x: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _bm3d(x: np.ndarray, sigma: float) -> np.ndarray:
-    try:
-        import bm3d
-    except ImportError as err:
-        raise ImportError(
-            "the 'bm3d' baseline needs the optional bm3d package: pip install 'medgen[bm3d]' "
-            "(or pip install bm3d)."
-        ) from err
+    from medgen._internal.lazy import optional_import
+
+    bm3d = optional_import("bm3d", extra="bm3d", purpose="the 'bm3d' baseline")
     if x.ndim == 3:
         return np.stack(
             [np.asarray(bm3d.bm3d(x[..., k], sigma_psd=sigma)) for k in range(x.shape[-1])], -1

@@ -85,7 +85,7 @@ def scan_command(
 
 
 def _write(df: pd.DataFrame, path: Path) -> None:
-    from medgen._files import atomic_path
+    from medgen._internal.files import atomic_path
 
     path = path.expanduser()
     suffix = ".parquet" if path.name.lower().endswith(".parquet") else ".csv"

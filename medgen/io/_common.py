@@ -30,6 +30,21 @@ SYNTHETIC_MARK = "medgen:synthetic"
 IDENTITY_KEYWORDS = ("PatientID", "PatientName", "PatientBirthDate")
 
 
+#: the DICOM elements that hold an image's pixels (integer, float and double-float images)
+PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def has_pixel_data(ds: Any, *, header_only: bool = False) -> bool:
+    """True when the pydicom dataset ``ds`` holds an image.
+
+    ``header_only``: ``ds`` was read with ``stop_before_pixels=True``, so the pixel element is
+    absent; a positive ``Rows`` then says the file holds an image.
+    """
+    if any(k in ds for k in PIXEL_DATA_KEYWORDS):
+        return True
+    return header_only and int(ds.get("Rows", 0) or 0) > 0
+
+
 def check_exists(path: str | os.PathLike[str]) -> Path:
     """Return ``path`` as a :class:`~pathlib.Path`, raising a medgen error when it does not exist."""
     p = Path(path).expanduser()

@@ -26,7 +26,7 @@ from medgen.errors import (
     SeriesGeometryError,
     SeriesGeometryWarning,
 )
-from medgen.io._common import LPS_TO_RAS, SYNTHETIC_MARK, make_metatensor
+from medgen.io._common import LPS_TO_RAS, SYNTHETIC_MARK, has_pixel_data, make_metatensor
 
 if TYPE_CHECKING:
     from monai.data import MetaTensor
@@ -549,7 +549,7 @@ def load_dicom_dir(folder: Path, *, series: str | int | None) -> MetaTensor:
                 raise
             logger.debug("skipping non-DICOM file %s", p)
             continue
-        if "PixelData" not in ds and "FloatPixelData" not in ds:
+        if not has_pixel_data(ds):
             logger.debug("skipping %s: no pixel data", p)
             continue
         groups.setdefault(_series_key(ds), []).append((p, ds))
@@ -605,7 +605,7 @@ def _describe(groups: dict[str, list[tuple[Path, Dataset]]]) -> str:
 def load_dicom_file(path: Path) -> MetaTensor:
     """Load one DICOM file (single-frame -> (C, X, Y, 1); multi-frame -> (C, X, Y, frames))."""
     ds = read_dataset(path)
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    if not has_pixel_data(ds):
         raise DicomError(
             f"Cannot load {path}: the DICOM file has no pixel data (Modality {ds.get('Modality', '?')}). "
             "Point medgen at an image file."

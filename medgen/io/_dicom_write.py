@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import datetime as _dt
-import difflib
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medgen._files import atomic_dir, only_suffixes
+from medgen._internal.files import atomic_dir, only_suffixes
+from medgen._internal.suggest import did_you_mean
 from medgen.errors import MedgenValueError
 from medgen.io._common import IDENTITY_KEYWORDS, LPS_TO_RAS, SYNTHETIC_MARK
 
@@ -111,8 +111,7 @@ def _check_tags(tags: dict[str, Any]) -> None:
     for key, value in tags.items():
         tag = tag_for_keyword(key)
         if tag is None:
-            close = difflib.get_close_matches(key, list(keyword_dict), n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            hint = did_you_mean(key, keyword_dict, n=3)
             raise MedgenValueError(
                 f"save: dicom_tags key {key!r} is not a DICOM keyword.{hint} Use keywords such as "
                 "PatientSex, PatientAge, InstitutionName, Manufacturer."

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medgen._files import atomic_path
+from medgen._internal.files import atomic_path
 from medgen.errors import ImageReadError, MedgenValueError
 from medgen.io._common import SYNTHETIC_MARK, make_metatensor, spacing_from_affine
 

@@ -20,6 +20,7 @@ from medgen.io._common import (
     SYNTHETIC_MARK,
     check_exists,
     has_dicom_preamble,
+    has_pixel_data,
 )
 
 if TYPE_CHECKING:
@@ -272,11 +273,7 @@ def scan(
                 ds = read_dataset(path, stop_before_pixels=True)
             for w in caught:
                 logger.debug("%s: %s", rel, w.message)
-            if (
-                "PixelData" not in ds
-                and "FloatPixelData" not in ds
-                and int(ds.get("Rows", 0) or 0) == 0
-            ):
+            if not has_pixel_data(ds, header_only=True):
                 raise DicomError("DICOM object without an image")
             # files without a SeriesInstanceUID cannot be grouped safely: one image each
             uid = str(ds.get("SeriesInstanceUID", "") or "") or f"<no uid: {path.name}>"

@@ -8,7 +8,6 @@ value and the fix, *before* anything is written to disk.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import math
 import pathlib
@@ -17,6 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from medgen._internal.suggest import did_you_mean
 from medgen.errors import ConfigError
 
 __all__ = [
@@ -50,11 +50,6 @@ BIAS_MECHANISMS: dict[str, str] = {
 _DISEASE_EFFECTS = ("lesions", "atrophy")
 _MODES = ("2d", "3d")
 _LESION_LOCATIONS = ("periventricular", "uniform")
-
-
-def _suggest(name: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 @dataclass
@@ -247,7 +242,7 @@ class SimulationConfig:
 
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
-            from medgen._files import write_text_atomic
+            from medgen._internal.files import write_text_atomic
 
             write_text_atomic(path, text)
         return text
@@ -305,7 +300,8 @@ class SimulationConfig:
             if target not in pop.attributes:
                 raise ConfigError(
                     f"{where}: {target!r} is not a user attribute; declare it in "
-                    f"population.attributes first (known: {user})." + _suggest(str(target), user)
+                    f"population.attributes first (known: {user})."
+                    + did_you_mean(str(target), user)
                 )
             if not isinstance(by_given, dict) or len(by_given) != 1:
                 raise ConfigError(
@@ -318,7 +314,7 @@ class SimulationConfig:
                 raise ConfigError(
                     f"{where}: cannot condition on {given!r}; use one of {allowed} (user "
                     "attributes are drawn in the order they are listed)."
-                    + _suggest(str(given), allowed)
+                    + did_you_mean(str(given), allowed)
                 )
             given_groups = (
                 list(pop.sex)
@@ -331,7 +327,7 @@ class SimulationConfig:
                 if g not in given_groups:
                     raise ConfigError(
                         f"{where}[{given!r}]: {given!r} has no group {g!r}; its groups are "
-                        f"{given_groups}." + _suggest(str(g), given_groups)
+                        f"{given_groups}." + did_you_mean(str(g), given_groups)
                     )
                 _check_proportions(dist, f"{where}[{given!r}][{g!r}]")
                 if set(dist) != set(pop.attributes[target]):
@@ -359,7 +355,7 @@ class SimulationConfig:
         if an.mode not in _MODES:
             raise ConfigError(
                 f"anatomy.mode must be one of {list(_MODES)}, not {an.mode!r}."
-                + _suggest(str(an.mode), _MODES)
+                + did_you_mean(str(an.mode), _MODES)
             )
         _check_int(an.image_size, "anatomy.image_size", minimum=8)
         for fname in ("fov_mm", "spacing_mm"):
@@ -392,7 +388,7 @@ class SimulationConfig:
             if s.contrast not in CONTRASTS:
                 raise ConfigError(
                     f"{where}.contrast must be one of {list(CONTRASTS)}, not {s.contrast!r}."
-                    + _suggest(str(s.contrast), CONTRASTS)
+                    + did_you_mean(str(s.contrast), CONTRASTS)
                 )
             for fname in ("bias_field", "noise_sigma", "blur_fwhm_mm", "slice_thickness_mm"):
                 _check_number(getattr(s, fname), f"{where}.{fname}", minimum=0.0)
@@ -405,7 +401,7 @@ class SimulationConfig:
         if d.effect not in _DISEASE_EFFECTS:
             raise ConfigError(
                 f"disease.effect must be one of {list(_DISEASE_EFFECTS)}, not {d.effect!r}."
-                + _suggest(str(d.effect), _DISEASE_EFFECTS)
+                + did_you_mean(str(d.effect), _DISEASE_EFFECTS)
             )
         _check_unit(d.prevalence, "disease.prevalence")
         if len(d.prevalence_by) > 1:
@@ -429,7 +425,7 @@ class SimulationConfig:
         if d.lesion_location not in _LESION_LOCATIONS:
             raise ConfigError(
                 f"disease.lesion_location must be one of {list(_LESION_LOCATIONS)}, not "
-                f"{d.lesion_location!r}." + _suggest(str(d.lesion_location), _LESION_LOCATIONS)
+                f"{d.lesion_location!r}." + did_you_mean(str(d.lesion_location), _LESION_LOCATIONS)
             )
         _check_unit(d.atrophy_strength, "disease.atrophy_strength")
         _check_number(d.atrophy_radius_mm, "disease.atrophy_radius_mm", minimum=1e-3)
@@ -443,7 +439,7 @@ class SimulationConfig:
             if b.mechanism not in BIAS_MECHANISMS:
                 raise ConfigError(
                     f"{where}.mechanism must be one of {list(BIAS_MECHANISMS)}, not {b.mechanism!r}."
-                    + _suggest(str(b.mechanism), BIAS_MECHANISMS)
+                    + did_you_mean(str(b.mechanism), BIAS_MECHANISMS)
                 )
             _check_attribute_group(b.attribute, b.group, groups, where)
             _check_unit(b.strength, f"{where}.strength")
@@ -452,7 +448,7 @@ class SimulationConfig:
                 if site not in groups["site"]:
                     raise ConfigError(
                         f"{where}.params['site'] must name a configured site {groups['site']}, "
-                        f"not {site!r}." + _suggest(str(site), groups["site"])
+                        f"not {site!r}." + did_you_mean(str(site), groups["site"])
                     )
                 if b.attribute == "site":
                     raise ConfigError(f"{where}: acquisition_shift cannot act on attribute 'site'.")
@@ -543,12 +539,12 @@ def _check_attribute_group(
     if attr not in groups:
         raise ConfigError(
             f"{where}: unknown attribute {attr!r}; known attributes are {sorted(groups)}."
-            + _suggest(str(attr), groups)
+            + did_you_mean(str(attr), groups)
         )
     if group is not None and group not in groups[attr]:
         raise ConfigError(
             f"{where}: attribute {attr!r} has no group {group!r}; its groups are {groups[attr]}."
-            + _suggest(str(group), groups[attr])
+            + did_you_mean(str(group), groups[attr])
         )
 
 
@@ -572,7 +568,7 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
     if unknown:
         raise ConfigError(
             f"{where}: unknown field {unknown[0]!r}; known fields are {sorted(fields)}."
-            + _suggest(str(unknown[0]), fields)
+            + did_you_mean(str(unknown[0]), fields)
         )
     kwargs: dict[str, Any] = {}
     for key, value in data.items():

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 
+from medgen._internal.suggest import did_you_mean
 from medgen.errors import ConfigError
 from medgen.simulate._config import (
     AgeConfig,
@@ -125,7 +125,6 @@ def preset(name: str) -> SimulationConfig:
         ConfigError: unknown name (lists the registered presets).
     """
     if name not in PRESETS:
-        close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, PRESETS)
         raise ConfigError(f"Unknown preset {name!r}; known presets are {sorted(PRESETS)}.{hint}")
     return PRESETS[name]().validate()

@@ -9,7 +9,6 @@ import logging
 import math
 import os
 import pathlib
-import platform
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medgen._internal.files import write_text_atomic
+from medgen._internal.provenance import package_versions
 from medgen.errors import ConfigError, MedgenValueError
 from medgen.simulate import _anatomy, _disease, _site
 from medgen.simulate._bias import draw_cohort
@@ -188,24 +189,6 @@ def iter_subjects(
         yield render_subject(config, row, i, seed)
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("medgen", "numpy", "scipy", "pandas", "nibabel", "nilearn", "pydicom", "monai"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 _OUTPUTS = ("images", "masks", "manifest.csv", "simulation.json")
 
 
@@ -370,7 +353,7 @@ def simulate(
     first += ["mask_path", "label_true", "presentation", "marker"]
     manifest = manifest[first + [c for c in manifest.columns if c not in first]]
     manifest_path = out / "manifest.csv"
-    _atomic_write_text(manifest_path, manifest.to_csv(index=False))
+    write_text_atomic(manifest_path, manifest.to_csv(index=False))
 
     sidecar = {
         "generator": "medgen.simulate",
@@ -378,7 +361,7 @@ def simulate(
         "seed": seed,
         "format": format,
         "n_subjects": len(manifest),
-        "versions": _versions(),
+        "versions": package_versions(),
         "ground_truth": {
             "biases": ground_truth,
             "prevalence": {
@@ -398,9 +381,7 @@ def simulate(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "wall_time_s": round(elapsed, 3),
     }
-    _atomic_write_text(
-        out / "simulation.json", json.dumps(sidecar, indent=2, default=_json_default)
-    )
+    write_text_atomic(out / "simulation.json", json.dumps(sidecar, indent=2, default=_json_default))
     logger.info("simulated %d subjects into %s in %.1f s", len(manifest), out, elapsed)
     return manifest_path
 
