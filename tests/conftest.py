@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -18,3 +19,19 @@ def _torch_threads() -> None:
     # MEDGEN_TEST_THREADS=1 when something else holds a core: two multi-threaded torch
     # processes on 2 cores slow each other down ~10x (OpenMP workers spin for busy cores)
     torch.set_num_threads(int(os.environ.get("MEDGEN_TEST_THREADS", "2")))
+
+
+@pytest.fixture(scope="session")
+def mni() -> np.ndarray:
+    """nilearn's MNI152 T1 template at 2 mm, float32, in its own units: ``(91, 109, 91)``."""
+    from nilearn.datasets import load_mni152_template
+
+    return np.asarray(load_mni152_template(resolution=2).get_fdata(), dtype=np.float32)
+
+
+@pytest.fixture(scope="session")
+def mni_slices(mni: np.ndarray) -> np.ndarray:
+    """Four axial MNI152 slices (2 mm), cropped to 64x80, intensities 0..1: ``(4, 64, 80)``."""
+    vol = mni / mni.max()
+    cx, cy = vol.shape[0] // 2, vol.shape[1] // 2
+    return np.stack([vol[cx - 32 : cx + 32, cy - 40 : cy + 40, z] for z in (40, 45, 50, 55)])

@@ -24,13 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def mni() -> np.ndarray:
-    from nilearn.datasets import load_mni152_template
-
-    return np.asarray(load_mni152_template(resolution=2).get_fdata(), dtype=np.float32)
-
-
 def _write_nifti(path: Path, data: np.ndarray, spacing: float = 2.0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(data, np.diag([spacing, spacing, spacing, 1.0])), str(path))

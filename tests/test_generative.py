@@ -30,17 +30,6 @@ TINY = {"channels": (4, 8), "patch_size": 16}
 
 
 @pytest.fixture(scope="module")
-def mni_slices() -> np.ndarray:
-    """Four axial MNI152 slices (2 mm), cropped to 64x80, intensities 0..1: ``(4, 64, 80)``."""
-    from nilearn.datasets import load_mni152_template
-
-    vol = np.asarray(load_mni152_template(resolution=2).get_fdata(), dtype=np.float32)
-    vol = vol / vol.max()
-    cx, cy = vol.shape[0] // 2, vol.shape[1] // 2
-    return np.stack([vol[cx - 32 : cx + 32, cy - 40 : cy + 40, z] for z in (40, 45, 50, 55)])
-
-
-@pytest.fixture(scope="module")
 def nifti_cohort(tmp_path_factory: pytest.TempPathFactory, mni_slices: np.ndarray) -> Path:
     """A manifest of three small 3D NIfTI volumes (64x80x4, spacing 2x2x3 mm, shifted origin)."""
     from medgen.io import save
