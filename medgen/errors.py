@@ -21,6 +21,9 @@ __all__ = [
     "MetricWarning",
     "MissingDependencyError",
     "MultipleSeriesError",
+    "OutputPathError",
+    "RunFolderError",
+    "RunLockedError",
     "SeriesGeometryError",
     "SeriesGeometryWarning",
 ]
@@ -76,3 +79,16 @@ class ConfigError(MedgenValueError):
 
 class MetricWarning(UserWarning):
     """A metric is undefined or unreliable for a group (one class only, tiny group, ...)."""
+
+
+class OutputPathError(MedgenValueError):
+    """An output path would overwrite, contain or lie inside an input, or leave its folder."""
+
+
+class RunFolderError(MedgenValueError):
+    """A run folder is in the wrong state for what was asked (interrupted, finished, mixed,
+    or holding files that are not a run's)."""
+
+
+class RunLockedError(MedgenRuntimeError):
+    """Another process is writing the run folder."""
