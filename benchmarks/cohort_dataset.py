@@ -135,7 +135,7 @@ def run(*, n: int = 100, size: int = 64, repeats: int = 3) -> None:
         from monai.data import PersistentDataset
         from monai.transforms import Compose
 
-        from medgen._cohort_dataset import LoadImaged
+        from medgen.io import LoadImaged
 
         records = [{"image": str(p)} for p in cohort.paths]
         stock = Compose([LoadImaged("image"), tf])

@@ -33,15 +33,17 @@ __all__ = [
     "MedgenFileNotFoundError",
     "MedgenValueError",
     "__version__",
+    "apps",
     "audit",
     "classify",
+    "cohort",
     "generative",
     "io",
     "simulate",
 ]
 
 _LAZY_ATTRS = {"Cohort": "medgen.cohort"}
-_SUBMODULES = {"audit", "classify", "generative", "io", "simulate"}
+_SUBMODULES = {"apps", "audit", "classify", "cohort", "generative", "io", "simulate"}
 
 
 def __getattr__(name: str) -> Any:

@@ -20,9 +20,9 @@ app = typer.Typer(
 
 # modules that define `register(app: typer.Typer) -> None`; each adds its own commands.
 _COMMANDS: list[str] = [
-    "medgen._cli_cohort",
+    "medgen.cohort._cli",
     "medgen.classify._cli",
-    "medgen._cli_demo",
+    "medgen.apps._cli",
     "medgen.simulate._cli",
     "medgen.io._cli",
     "medgen.generative._cli",

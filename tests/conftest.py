@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# pseudonyms are keyed by a project secret (docs/privacy.md): tests use their own, never the
+# user's ~/.config/medgen one; subprocesses of CLI tests inherit it
+os.environ.setdefault("MEDGEN_PROJECT_SECRET", "medgen-test-suite-secret")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -35,3 +39,14 @@ def mni_slices(mni: np.ndarray) -> np.ndarray:
     vol = mni / mni.max()
     cx, cy = vol.shape[0] // 2, vol.shape[1] // 2
     return np.stack([vol[cx - 32 : cx + 32, cy - 40 : cy + 40, z] for z in (40, 45, 50, 55)])
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The simulator's ``tiny`` preset (seed 0) written once: the path of its ``manifest.csv``.
+
+    Shared by the simulate and classify tests; read it, never write into its folder (copy first).
+    """
+    from medgen.simulate import preset, simulate
+
+    return simulate(preset("tiny"), tmp_path_factory.mktemp("tiny"), seed=0, progress=False)

@@ -46,7 +46,7 @@ def test_two_process_ddp_sees_each_sample_once_per_epoch(
 ) -> None:
     script = tmp_path / "ddp_train.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
     cmd = [
         sys.executable,
         "-m",

@@ -209,7 +209,7 @@ def test_import_medgen_io_stays_light() -> None:
         "import sys, medgen.io, medgen.io._cli; "
         "print(sorted(m for m in ('torch', 'monai', 'pandas', 'pydicom', 'nibabel') if m in sys.modules))"
     )
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo
     )

@@ -21,12 +21,6 @@ from medgen.simulate import (
 from medgen.simulate._bias import draw_cohort
 
 
-@pytest.fixture(scope="module")
-def tiny_out(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    out = tmp_path_factory.mktemp("tiny")
-    return simulate(preset("tiny"), out, progress=False)
-
-
 def _hashes(folder: pathlib.Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -172,11 +166,11 @@ def test_bias_mechanisms_realised_in_table() -> None:
 
 
 # ------------------------------------------------------------------ images
-def test_tiny_output_files_and_geometry(tiny_out: pathlib.Path) -> None:
+def test_tiny_output_files_and_geometry(tiny_manifest: pathlib.Path) -> None:
     import medgen.io
 
-    out = tiny_out.parent
-    m = pd.read_csv(tiny_out)
+    out = tiny_manifest.parent
+    m = pd.read_csv(tiny_manifest)
     cfg = preset("tiny")
     assert len(m) == cfg.population.n_subjects
     for col in (
@@ -221,15 +215,15 @@ def test_tiny_output_files_and_geometry(tiny_out: pathlib.Path) -> None:
 
 
 def test_same_seed_byte_identical_and_other_seed_differs(
-    tiny_out: pathlib.Path, tmp_path: pathlib.Path
+    tiny_manifest: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
     again = simulate(preset("tiny"), tmp_path / "again", progress=False)
-    assert _hashes(tiny_out.parent) == _hashes(again.parent)
-    assert tiny_out.read_bytes() == again.read_bytes()
+    assert _hashes(tiny_manifest.parent) == _hashes(again.parent)
+    assert tiny_manifest.read_bytes() == again.read_bytes()
     cfg = preset("tiny")
     cfg.population.n_subjects = 5
     other = simulate(cfg, tmp_path / "other", seed=cfg.seed + 1, progress=False)
-    first = _hashes(tiny_out.parent)
+    first = _hashes(tiny_manifest.parent)
     for name, digest in _hashes(other.parent).items():
         if name.startswith("images/"):
             assert first[name] != digest
@@ -367,7 +361,7 @@ def test_cli_simulate_tiny_and_bad_config(tmp_path: pathlib.Path) -> None:
 def test_example_yaml_with_every_mechanism_records_ground_truth() -> None:
     from medgen.simulate import BIAS_MECHANISMS
 
-    path = pathlib.Path(__file__).parents[1] / "medgen/simulate/examples/all_mechanisms.yaml"
+    path = pathlib.Path(__file__).parents[2] / "medgen/simulate/examples/all_mechanisms.yaml"
     cfg = SimulationConfig.from_yaml(path)
     table, gt = draw_cohort(cfg, cfg.seed)
     assert {g["mechanism"] for g in gt} == set(BIAS_MECHANISMS)
@@ -382,10 +376,10 @@ def test_example_yaml_with_every_mechanism_records_ground_truth() -> None:
     assert old > young + 0.2
 
 
-def test_manifest_is_a_valid_cohort(tiny_out: pathlib.Path) -> None:
+def test_manifest_is_a_valid_cohort(tiny_manifest: pathlib.Path) -> None:
     from medgen import Cohort
 
-    cohort = Cohort.from_manifest(tiny_out)
+    cohort = Cohort.from_manifest(tiny_manifest)
     assert len(cohort.df) == preset("tiny").population.n_subjects
     # splits are subject level and all three are present
     assert set(cohort.df["split"]) == {"train", "val", "test"}

@@ -57,7 +57,7 @@ def test_demo_runs_end_to_end_on_tiny(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_demo_preset_flags_the_injected_bias_not_the_control(tmp_path: Path) -> None:
     """The full main job (~5 minutes on 2 cores): sex is flagged, handedness is not."""
-    from medgen._demo import run_demo
+    from medgen.apps import run_demo
 
     res = run_demo(tmp_path / "demo", preset="demo", progress=False)
     assert res.injected == ["sex"]

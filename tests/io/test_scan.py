@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -12,7 +13,6 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
-from test_io_dicom import write_series
 from typer.testing import CliRunner
 
 from medgen.errors import MedgenFileNotFoundError
@@ -23,7 +23,7 @@ NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> Path:
+def tree(tmp_path: Path, write_series: Callable[..., list[Path]]) -> Path:
     """A study folder: two series (one sharing a folder with another), NIfTI (BIDS), junk files."""
     root = tmp_path / "study"
     write_series(root / "pat1" / "ax", [0.0, 2.0, 4.0, 6.0])  # one series in its folder
@@ -166,7 +166,9 @@ def test_files_without_series_uid_are_one_image_each(tmp_path: Path) -> None:
         assert load(tmp_path / p).shape[-1] == 1
 
 
-def test_scan_records_geometry_warnings_and_errors(tmp_path: Path) -> None:
+def test_scan_records_geometry_warnings_and_errors(
+    tmp_path: Path, write_series: Callable[..., list[Path]]
+) -> None:
     write_series(tmp_path / "gap", [0.0, 2.0, 4.0, 8.0])
     uid = generate_uid()
     write_series(tmp_path / "mixed_orient", [0.0, 2.0], series_uid=uid)
@@ -196,3 +198,4 @@ def test_scan_marks_images_saved_as_synthetic(tmp_path: Path) -> None:
         "real.nii.gz": "real",
         "real_dcm/00001.dcm": "real",
     }
+

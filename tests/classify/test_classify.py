@@ -31,13 +31,6 @@ TINY_NET = {
 
 
 @pytest.fixture(scope="module")
-def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from medgen.simulate import preset, simulate
-
-    return simulate(preset("tiny"), tmp_path_factory.mktemp("tiny"), seed=0, progress=False)
-
-
-@pytest.fixture(scope="module")
 def trained(
     tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Classifier, Path]:

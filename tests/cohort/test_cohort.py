@@ -20,7 +20,7 @@ import pytest
 from medgen.cohort import Cohort, load_schema
 from medgen.errors import ManifestError, MedgenFileNotFoundError, MedgenValueError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------- fixtures
@@ -397,7 +397,7 @@ def test_unstratified_split_is_looser_than_stratified() -> None:
 
 
 def test_split_stratifies_mixed_subjects_on_majority_value() -> None:
-    from medgen.cohort import _majority_by_subject
+    from medgen.cohort._splits import majority_by_subject
 
     df = pd.DataFrame(
         {
@@ -405,7 +405,7 @@ def test_split_stratifies_mixed_subjects_on_majority_value() -> None:
             "label": [1, 0, 0, 1, 0, np.nan, np.nan, 1, 0],
         }
     )
-    got = _majority_by_subject(df, "label")
+    got = majority_by_subject(df, "label")
     assert got.to_dict() == {"a": 0, "b": 1, "c": None, "d": 0}  # tie -> first seen; NaN counts
 
     # 60 subjects whose images disagree: 2 of 3 images carry the subject's true label
@@ -697,7 +697,7 @@ def test_disk_cache_roundtrips_metadata_and_recovers_from_corruption(
     assert len(entries) == len(cohort) == 2
     for entry in entries:
         entry.write_bytes(entry.read_bytes()[:100])
-    with caplog.at_level("WARNING", logger="medgen._cohort_dataset"):
+    with caplog.at_level("WARNING", logger="medgen.cohort"):
         again = cohort.dataset(tf, cache="disk", cache_dir=cache)[0]["image"]
     assert "corrupt cache entry" in caplog.text
     torch.testing.assert_close(again.as_tensor(), img.as_tensor(), rtol=0, atol=0)
@@ -905,7 +905,7 @@ def test_cache_entry_format_roundtrips_values_and_rejects_truncation(tmp_path: P
     import torch
     from monai.data import MetaTensor
 
-    from medgen._cohort_dataset import read_entry, write_entry
+    from medgen.cohort._cache import read_entry, write_entry
 
     img = MetaTensor(
         torch.arange(7, dtype=torch.float32).reshape(1, 7, 1, 1),

@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         """Simulate a cohort with a known bias, train a classifier, audit it, write OUT/report.html."""
         import logging
 
-        from medgen._demo import run_demo
+        from medgen.apps._demo import run_demo
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         res = run_demo(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,47 +29,6 @@ _rx = np.array([[1, 0, 0], [0, np.cos(_a), -np.sin(_a)], [0, np.sin(_a), np.cos(
 OBLIQUE = tuple(np.concatenate([_rz @ _rx @ [1, 0, 0], _rz @ _rx @ [0, 1, 0]]).round(8))
 
 
-def write_series(
-    folder: Path,
-    positions_mm: list[float],
-    *,
-    iop: tuple[float, ...] = (1, 0, 0, 0, 1, 0),
-    origin: tuple[float, float, float] = (-20.0, 15.0, 7.5),
-    instance_numbers: list[int] | None = None,
-    seed: int = 0,
-    series_uid: str | None = None,
-    slopes: list[float] | None = None,
-) -> list[Path]:
-    """Write MR_small-based slices at ``positions_mm`` along the normal, with shuffled file names.
-
-    Slice s gets pixel values ``MR_small + 100 * s`` so its identity survives any reordering.
-    """
-    rng = np.random.default_rng(seed)
-    base = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
-    px = base.pixel_array.astype(np.int16)
-    iop_a = np.asarray(iop, float)
-    normal = np.cross(iop_a[:3], iop_a[3:])
-    uid = series_uid or generate_uid()
-    numbers = instance_numbers or list(rng.permutation(len(positions_mm)) + 1)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for s, pos in enumerate(positions_mm):
-        ds = copy.deepcopy(base)
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.SeriesInstanceUID = uid
-        ds.InstanceNumber = int(numbers[s])
-        ds.ImageOrientationPatient = [f"{v:.8f}" for v in iop_a]
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in np.asarray(origin) + pos * normal]
-        ds.RescaleSlope = slopes[s] if slopes else 1
-        ds.RescaleIntercept = -5 if slopes else 0
-        ds.PixelData = (px + 100 * s).astype(np.int16).tobytes()
-        p = folder / f"{rng.integers(1e9):09d}.dcm"
-        ds.save_as(p)
-        paths.append(p)
-    return paths
-
-
 def _expected_world(path: Path, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """RAS mm (3, N) of columns i / rows j of the slice in ``path``, from its own header."""
     ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -84,7 +43,7 @@ def _expected_world(path: Path, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     "iop", [(1, 0, 0, 0, 1, 0), SAGITTAL, OBLIQUE], ids=["axial", "sagittal", "oblique"]
 )
 def test_series_sorted_by_position_not_instance_number(
-    tmp_path: Path, iop: tuple[float, ...]
+    tmp_path: Path, iop: tuple[float, ...], write_series: Callable[..., list[Path]]
 ) -> None:
     positions = [12.0, 0.0, 9.0, 3.0, 6.0, 15.0]  # file s at positions[s]; InstanceNumbers shuffled
     paths = write_series(tmp_path / "s", positions, iop=iop)
@@ -103,7 +62,9 @@ def test_series_sorted_by_position_not_instance_number(
     assert img.meta["filenames"] == [str(paths[s]) for s in order]
 
 
-def test_monai_pydicomreader_defects_are_fixed(tmp_path: Path) -> None:
+def test_monai_pydicomreader_defects_are_fixed(
+    tmp_path: Path, write_series: Callable[..., list[Path]]
+) -> None:
     """MONAI 1.6.1 stacks by InstanceNumber and builds the affine from the first/last numbered slice."""
     from monai.data import PydicomReader
     from monai.transforms import LoadImage
@@ -134,7 +95,7 @@ def test_monai_pydicomreader_defects_are_fixed(tmp_path: Path) -> None:
     )
 
 
-def test_rescale_applied_per_slice(tmp_path: Path) -> None:
+def test_rescale_applied_per_slice(tmp_path: Path, write_series: Callable[..., list[Path]]) -> None:
     write_series(tmp_path / "s", [0.0, 2.0, 4.0], slopes=[1.0, 2.0, 0.5])
     img = load(tmp_path / "s")
     base = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array.T.astype(np.float64)
@@ -142,7 +103,9 @@ def test_rescale_applied_per_slice(tmp_path: Path) -> None:
         np.testing.assert_allclose(img[0, :, :, k].numpy(), (base + 100 * k) * slope - 5, atol=1e-3)
 
 
-def test_missing_slice_and_uneven_spacing_warn(tmp_path: Path) -> None:
+def test_missing_slice_and_uneven_spacing_warn(
+    tmp_path: Path, write_series: Callable[..., list[Path]]
+) -> None:
     write_series(tmp_path / "gap", [0.0, 2.0, 4.0, 8.0, 10.0])
     with pytest.warns(SeriesGeometryWarning, match=r"1 gap\(s\).*slices are missing"):
         img = load(tmp_path / "gap")
@@ -152,7 +115,9 @@ def test_missing_slice_and_uneven_spacing_warn(tmp_path: Path) -> None:
         load(tmp_path / "uneven")
 
 
-def test_mixed_orientation_and_duplicate_positions_raise(tmp_path: Path) -> None:
+def test_mixed_orientation_and_duplicate_positions_raise(
+    tmp_path: Path, write_series: Callable[..., list[Path]]
+) -> None:
     uid = generate_uid()
     write_series(tmp_path / "mix", [0.0, 2.0, 4.0], series_uid=uid)
     write_series(tmp_path / "mix", [0.0, 2.0], iop=SAGITTAL, series_uid=uid, seed=1)
@@ -165,7 +130,9 @@ def test_mixed_orientation_and_duplicate_positions_raise(tmp_path: Path) -> None
         load(tmp_path / "dup")
 
 
-def test_folder_with_two_series_lists_them_and_series_picks(tmp_path: Path) -> None:
+def test_folder_with_two_series_lists_them_and_series_picks(
+    tmp_path: Path, write_series: Callable[..., list[Path]]
+) -> None:
     uid_a, uid_b = generate_uid(), generate_uid()
     write_series(tmp_path / "two", [0.0, 1.0, 2.0], series_uid=uid_a)
     write_series(tmp_path / "two", [0.0, 5.0], series_uid=uid_b, seed=3)
@@ -246,7 +213,9 @@ def test_non_image_dicom_and_empty_folder(tmp_path: Path) -> None:
         load(tmp_path / "empty")
 
 
-def test_corrupt_slice_in_series_is_an_error_not_a_silent_drop(tmp_path: Path) -> None:
+def test_corrupt_slice_in_series_is_an_error_not_a_silent_drop(
+    tmp_path: Path, write_series: Callable[..., list[Path]]
+) -> None:
     write_series(tmp_path / "s", [0.0, 1.0, 2.0])
     (tmp_path / "s" / "broken.dcm").write_bytes(b"\x00" * 10)
     with pytest.raises(DicomError, match=r"broken\.dcm"):
@@ -295,7 +264,7 @@ def test_undecodable_compressed_file_says_which_syntax_and_what_to_do() -> None:
 
 
 def test_series_without_positions_falls_back_to_instance_number_with_warning(
-    tmp_path: Path,
+    tmp_path: Path, write_series: Callable[..., list[Path]]
 ) -> None:
     paths = write_series(tmp_path / "s", [0.0, 1.0, 2.0], instance_numbers=[2, 3, 1])
     for p in paths:
