@@ -10,7 +10,14 @@ Targets (issue 2): medgen.io.load at least as fast as MONAI LoadImage (ratio >= 
 Then times one epoch of ``Cohort.dataset`` over 100 volumes with no cache, the memory cache and
 the disk cache (``benchmarks/cohort_dataset.py``; target: cached epochs >= 10x faster).
 
-Run: ``python benchmarks/io.py [--repeats 7] [--cohort-volumes 100]``
+Then ``scan`` over generated DICOM archives of 2,000 and 20,000 files (100-file series, one folder
+each, real MR header fields from pydicom's ``MR_small.dcm``): files/s against a bare
+``pydicom.dcmread(stop_before_pixels=True)`` loop over the same files (the floor, same process)
+and peak Python memory (tracemalloc) per size. Targets (issue 11): at least 1,000 files/s, peak
+memory at 20,000 files within 1.2x of 2,000.
+
+Run: ``python benchmarks/io.py [--repeats 7] [--cohort-volumes 100] [--scan-sizes 2000,20000]
+[--only-scan]``
 """
 
 from __future__ import annotations
@@ -79,8 +86,17 @@ def main() -> None:
         default=100,
         help="volumes in the Cohort.dataset cache benchmark (0 skips it)",
     )
+    parser.add_argument(
+        "--scan-sizes",
+        default="2000,20000",
+        help="comma-separated archive sizes (files) for the scan benchmark ('' skips it)",
+    )
+    parser.add_argument("--only-scan", action="store_true", help="run only the scan benchmark")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.only_scan:
+        _scan_benchmark([int(v) for v in args.scan_sizes.split(",") if v])
+        return
     warnings.filterwarnings("ignore")
     from monai.transforms import LoadImage
     from nilearn.datasets import load_mni152_template
@@ -129,6 +145,94 @@ def main() -> None:
     if args.cohort_volumes > 0:  # issue 2: epoch time of Cohort.dataset by cache mode
         print()
         _cohort_benchmark().run(n=args.cohort_volumes)
+    if args.scan_sizes:
+        print()
+        _scan_benchmark([int(v) for v in args.scan_sizes.split(",") if v])
+
+
+def _write_archive(root: Path, n_files: int, per_series: int = 100) -> None:
+    """``n_files`` small single-frame MR files, ``per_series`` to a series folder."""
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    template = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    template.PixelData = np.zeros((8, 8), np.uint16).tobytes()
+    template.Rows = template.Columns = 8
+    for k in range(n_files):
+        s, i = divmod(k, per_series)
+        if i == 0:
+            folder = root / f"patient{s // 4:04d}" / f"series{s:04d}"
+            folder.mkdir(parents=True)
+            series_uid = generate_uid()
+            template.PatientID = f"P{s // 4:05d}"
+        template.SeriesInstanceUID = series_uid
+        template.SOPInstanceUID = generate_uid()
+        template.InstanceNumber = i + 1
+        template.ImagePositionPatient = [0.0, 0.0, float(i) * 2.0]
+        template.save_as(folder / f"{i:05d}.dcm", enforce_file_format=True)
+
+
+_PEAK_RSS = """
+import resource, sys
+from medgen.io import scan
+scan(sys.argv[1])
+try:  # this process's high-water mark (ru_maxrss would include the parent's: it survives exec)
+    with open("/proc/self/status") as fh:
+        print(next(int(l.split()[1]) for l in fh if l.startswith("VmHWM")) / 1024)
+except OSError:
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def _scan_benchmark(sizes: list[int]) -> None:
+    """scan files/s vs a bare header-read loop, and peak memory by archive size."""
+    import gc
+    import subprocess
+    import tracemalloc
+
+    from medgen.io import scan
+
+    print(
+        f"{'files':>7} {'scan files/s':>13} {'dcmread files/s':>16} {'scan/dcmread':>13} "
+        f"{'peak RSS MB':>12} {'RSS / first':>12} {'traced MB':>10}"
+    )
+    first_rss = None
+    for n in sizes:
+        root = Path(tempfile.mkdtemp(prefix=f"medgen-bench-scan-{n}-"))
+        _write_archive(root, n)
+        files = sorted(root.rglob("*.dcm"))
+        t0 = time.perf_counter()
+        for f in files:
+            pydicom.dcmread(f, stop_before_pixels=True)
+        floor = n / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        manifest, errors = scan(root)
+        rate = n / (time.perf_counter() - t0)
+        assert len(manifest) == -(-n // 100) and errors.empty, (len(manifest), errors.head())
+        gc.collect()
+        tracemalloc.start()
+        scan(root)
+        traced = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        # the whole process's peak, in a fresh interpreter (what a user's machine sees)
+        out = subprocess.run(
+            [sys.executable, "-c", _PEAK_RSS, str(root)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=_HERE.parent,
+        )
+        rss = float(out.stdout.split()[-1])
+        first_rss = first_rss or rss
+        print(
+            f"{n:7d} {rate:13.0f} {floor:16.0f} {rate / floor:13.2f} {rss:12.1f} "
+            f"{rss / first_rss:12.2f} {traced:10.2f}"
+        )
+    print(
+        "\nTargets: scan >= 1,000 files/s; peak RSS at the largest size within 1.2x of the first. "
+        "traced = Python allocations during one scan (tracemalloc; the manifest grows with the "
+        "number of series, nothing grows with the number of files)."
+    )
 
 
 def _cohort_benchmark() -> types.ModuleType:

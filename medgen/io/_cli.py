@@ -34,6 +34,15 @@ def scan_command(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
     ] = False,
+    retain: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--retain",
+            help="De-identification retain option (repeatable): institution_identity keeps "
+            "InstitutionName as site (default: a keyed pseudonym), descriptors keeps "
+            "series_description. See docs/privacy.md.",
+        ),
+    ] = None,
 ) -> None:
     """Scan DIRECTORY (headers only) into a manifest of images plus an errors table beside it.
 
@@ -47,7 +56,7 @@ def scan_command(
         typer.echo(f"Error: --output {output} must end .csv or .parquet.", err=True)
         raise typer.Exit(code=2)
     try:
-        manifest, errors = scan(directory, progress=progress)
+        manifest, errors = scan(directory, progress=progress, retain=retain or ())
     except MedgenError as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(code=2) from err

@@ -565,6 +565,11 @@ def load_dicom_dir(folder: Path, *, series: str | int | None) -> MetaTensor:
             for k, items in groups.items()
             if k == wanted or str(items[0][1].get("SeriesNumber", "")) == wanted
         ]
+        if not chosen and wanted.startswith("2.25."):  # a keyed replacement UID from scan()
+            from medgen._internal.deid import project_secret, remap_uid
+
+            secret = project_secret()
+            chosen = [k for k in groups if remap_uid(k, secret=secret) == wanted]
         if len(chosen) != 1:
             raise MultipleSeriesError(
                 f"{folder}: series={series!r} matches {len(chosen)} of the series in the folder; "

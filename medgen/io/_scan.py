@@ -8,11 +8,14 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medgen._internal.deid import allowed_keywords, keyed_id, project_secret, remap_uid
 from medgen.errors import DicomError, MedgenValueError
 from medgen.io._common import (
     DICOM_SUFFIXES,
@@ -102,8 +105,9 @@ def _hash(text: str, n: int = 12) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
 
 
-def _subject_from_path(rel: str) -> str:
-    """A BIDS ``sub-<label>`` folder names the subject; else a hash of the file stem."""
+def _subject_from_path(rel: str, secret: bytes) -> str:
+    """A BIDS ``sub-<label>`` folder names the subject; else a keyed hash of the file stem
+    (file names may carry patient names)."""
     for part in Path(rel).parts:
         if part.startswith("sub-") and len(part) > 4 and "." not in part:
             return part
@@ -111,7 +115,7 @@ def _subject_from_path(rel: str) -> str:
     for suf in NIFTI_SUFFIXES:
         if stem.lower().endswith(suf):
             stem = stem[: -len(suf)]
-    return f"sub-{_hash(stem)}"
+    return keyed_id("file:" + stem, secret=secret)
 
 
 def _is_candidate(path: Path) -> str | None:
@@ -126,7 +130,7 @@ def _is_candidate(path: Path) -> str | None:
     return None
 
 
-def _nifti_row(path: Path, rel: str) -> dict[str, Any]:
+def _nifti_row(path: Path, rel: str, secret: bytes) -> dict[str, Any]:
     import nibabel as nib
 
     if path.stat().st_size == 0:
@@ -145,7 +149,7 @@ def _nifti_row(path: Path, rel: str) -> dict[str, Any]:
     spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, : len(spatial)], axis=0))
     return {
         "image_path": rel,
-        "subject_id": _subject_from_path(rel),
+        "subject_id": _subject_from_path(rel, secret),
         "format": "nifti",
         "shape": "x".join(str(s) for s in spatial),
         "channels": channels,
@@ -155,86 +159,173 @@ def _nifti_row(path: Path, rel: str) -> dict[str, Any]:
     }
 
 
-def _dicom_rows(
-    items: list[tuple[Path, Any]], folder: Path, root: Path, single_series_dir: bool
-) -> dict[str, Any]:
-    """One manifest row for one series inside one directory."""
-    from medgen.io._dicom import frames_of, is_synthetic, stack_geometry
+#: header fields a series row is made from (all other header content is dropped at once)
+_ROW_KEYWORDS = (
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "PatientID",
+    "PatientAge",
+    "PatientBirthDate",
+    "StudyDate",
+    "PatientSex",
+    "Modality",
+    "Columns",
+    "Rows",
+    "SamplesPerPixel",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "InstitutionName",
+    "SeriesDescription",
+)
 
-    path0, ds = items[0]
-    frames = []
-    for p, d in items:
-        fs = frames_of(d, p)
-        if len(items) > 1 and len(fs) > 1:
-            raise DicomError(f"series mixes multi-frame files ({p.name}) with other files")
-        frames.extend(fs)
-    uid = str(ds.get("SeriesInstanceUID", "") or "")
+
+@dataclass
+class _Series:
+    """What ``scan`` keeps of one series while walking its folder: a few header values and the
+    geometry of its planes, never the datasets (so memory does not grow with the headers)."""
+
+    header: dict[str, Any]
+    synthetic: bool
+    first: Path
+    frames: list[Any] = field(default_factory=list)
+    n_files: int = 0
+    n_multiframe: int = 0
+    error: str | None = None
+
+
+def _summarise(ds: Any, path: Path, series: _Series | None) -> _Series:
+    """Add the file ``path`` (header ``ds``) to ``series`` (or start one)."""
+    import dataclasses
+
+    from pydicom import Dataset
+
+    from medgen.io._dicom import frames_of, is_synthetic
+
+    if series is None:
+        header = {kw: ds.get(kw) for kw in _ROW_KEYWORDS if kw in ds}
+        series = _Series(header=header, synthetic=is_synthetic(ds), first=path)
+    series.n_files += 1
+    if series.error is not None:
+        return series
+    try:
+        frames = frames_of(ds, path)
+    except Exception as err:
+        series.error = _reason(err, path)
+        return series
+    # the stacker orders plain files by InstanceNumber: keep that, drop the rest of the header
+    stub = Dataset()
+    if "InstanceNumber" in ds:
+        stub.InstanceNumber = ds.InstanceNumber
+    series.frames.extend(dataclasses.replace(f, ds=stub) for f in frames)
+    series.n_multiframe += len(frames) > 1
+    return series
+
+
+def _dicom_row(
+    series: _Series,
+    folder: Path,
+    root: Path,
+    *,
+    single_series_dir: bool,
+    secret: bytes,
+    retain: tuple[str, ...],
+) -> dict[str, Any]:
+    """One manifest row for one series inside one directory (de-identified)."""
+    from medgen.io._dicom import stack_geometry
+
+    if series.error is not None:
+        raise DicomError(series.error)
+    h = series.header
+    n = series.n_files
+    if n > 1 and series.n_multiframe:
+        raise DicomError("series mixes multi-frame files with other files")
+    uid = str(h.get("SeriesInstanceUID") or "")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        geom = stack_geometry(frames, where=str(folder if len(items) > 1 else path0))
-    image = path0 if len(items) == 1 else folder
+        geom = stack_geometry(series.frames, where=str(folder if n > 1 else series.first))
+    image = series.first if n == 1 else folder
     rel = image.relative_to(root).as_posix() if image != root else "."
-    pid = str(ds.get("PatientID", "") or "").strip()
+    pid = str(h.get("PatientID") or "").strip()
     if pid:
-        subject = f"sub-{_hash(pid)}"
+        subject = keyed_id(pid, secret=secret)
     else:
-        study = str(ds.get("StudyInstanceUID", "") or "")
-        subject = f"sub-{_hash('study:' + study if study else 'series:' + uid + '|' + rel)}"
-    age = parse_age(ds.get("PatientAge"))
+        study = str(h.get("StudyInstanceUID") or "")
+        subject = keyed_id(
+            "study:" + study if study else "series:" + uid + "|" + rel, secret=secret
+        )
+    age = parse_age(h.get("PatientAge"))
     if age is None:
-        age = _age_from_dates(ds)
-    sex = str(ds.get("PatientSex", "") or "").strip().upper() or None
+        age = _age_from_dates(h)
+    sex = str(h.get("PatientSex") or "").strip().upper() or None
 
     def text(kw: str) -> str | None:
-        v = str(ds.get(kw, "") or "").strip()
+        v = str(h.get(kw) or "").strip()
         return v or None
 
+    institution = text("InstitutionName")
+    if institution is not None and "institution_identity" not in retain:
+        institution = keyed_id("site:" + institution, secret=secret, prefix="site-", length=8)
     return {
         "image_path": rel,
         "subject_id": subject,
         "format": "dicom",
         "modality": text("Modality"),
-        "shape": f"{int(ds.Columns)}x{int(ds.Rows)}x{len(frames)}",
-        "channels": int(ds.get("SamplesPerPixel", 1) or 1),
+        "shape": f"{int(h['Columns'])}x{int(h['Rows'])}x{len(series.frames)}",
+        "channels": int(h.get("SamplesPerPixel") or 1),
         "spacing": geom.spacing,
-        "n_files": len(items),
+        "n_files": n,
         "sex": sex,
         "age": age,
         "manufacturer": text("Manufacturer"),
         "scanner": text("ManufacturerModelName"),
-        "site": text("InstitutionName"),
-        "series_description": text("SeriesDescription"),
-        "synthetic": is_synthetic(ds),
-        # a folder with several series needs load(path, series=uid); single-series rows need nothing
-        "series_uid": uid or None,
-        "needs_series": len(items) > 1 and not single_series_dir,
+        "site": institution,
+        "series_description": text("SeriesDescription") if "descriptors" in retain else None,
+        "synthetic": series.synthetic,
+        # a folder with several series needs load(path, series=uid); single-series rows need
+        # nothing. The UID is replaced by a keyed one that load() also accepts.
+        "series_uid": remap_uid(uid, secret=secret) if uid else None,
+        "needs_series": n > 1 and not single_series_dir,
         "geometry_warning": "; ".join(str(w.message) for w in caught) or None,
     }
 
 
 def scan(
-    root: str | os.PathLike[str], *, progress: bool = False
+    root: str | os.PathLike[str],
+    *,
+    progress: bool = False,
+    retain: Iterable[str] = (),
+    secret: bytes | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Walk ``root`` for NIfTI files and DICOM series, reading headers only.
+
+    The walk is streamed folder by folder: of each file it keeps only the few header values its
+    row needs and the geometry of its planes, so memory stays flat in the number of files.
 
     Args:
         root: folder to walk (recursively; hidden files and folders are skipped).
         progress: show a tqdm progress bar over files.
+        retain: de-identification retain options (:data:`medgen._internal.deid.RETAIN_OPTIONS`):
+            ``"institution_identity"`` keeps InstitutionName as ``site`` (default: a keyed
+            pseudonym ``site-...``), ``"descriptors"`` keeps ``series_description`` (default:
+            empty, free text may name people).
+        secret: the key of the pseudonyms (default: the project secret, see docs/privacy.md).
 
     Returns:
         ``(manifest, errors)``. ``manifest`` has one row per image (a NIfTI file, a single DICOM
         file, or a DICOM series = the files of one SeriesInstanceUID in one folder) with the
         columns :data:`MANIFEST_COLUMNS`: ``image_path`` relative to ``root`` (a series row points
         at its folder; when that folder holds several series, pass ``series=row.series_uid`` to
-        :func:`medgen.io.load`); ``subject_id`` is ``sub-`` + a SHA-256 prefix of PatientID (a BIDS
-        ``sub-*`` folder for NIfTI), never the raw identifier; ``image_id`` is a hash of path and
-        series; ``split`` is empty and ``source`` is ``"real"`` (``"synthetic"`` for
+        :func:`medgen.io.load`); ``subject_id`` is ``sub-`` + a keyed hash (HMAC-SHA-256 under
+        the project secret) of PatientID (a BIDS ``sub-*`` folder for NIfTI), never the raw
+        identifier nor a plain hash of it; ``series_uid`` is a keyed replacement of the
+        SeriesInstanceUID (the same for the same series within a project); ``image_id`` is a hash
+        of path and series; ``split`` is empty and ``source`` is ``"real"`` (``"synthetic"`` for
         images whose header carries medgen's synthetic mark), so the table starts a cohort
         manifest. ``shape`` is ``"XxYxZ"``; ``spacing_*`` in mm; ``age`` in years (float) from
         PatientAge (or birth and study dates); ``sex``, ``manufacturer``, ``scanner`` (model),
-        ``site`` (institution) from the headers. ``errors`` has columns ``path`` (relative to
-        ``root``) and ``reason``, one row per file or series that could not be read. One bad
-        file never stops a scan.
+        ``site`` (institution, pseudonymised) from the headers. ``errors`` has columns ``path``
+        (relative to ``root``) and ``reason``, one row per file or series that could not be read.
+        One bad file never stops a scan.
 
     Raises:
         MedgenFileNotFoundError: ``root`` does not exist.
@@ -245,50 +336,63 @@ def scan(
 
     from medgen.io._dicom import read_dataset
 
+    retain = tuple(retain)
+    allowed_keywords(retain)  # validates the option names
+    key = project_secret() if secret is None else secret
     root_p = check_exists(root).resolve()
     if not root_p.is_dir():
         raise MedgenValueError(f"scan: {root_p} is a file; pass the folder that holds the images.")
-    files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root_p):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
 
     rows: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
-    # directory -> series uid -> [(path, header)]
-    dicom: dict[Path, dict[str, list[tuple[Path, Any]]]] = {}
     skipped = 0
-    for path in tqdm(files, desc="scan", unit="file", disable=not progress):
-        rel = path.relative_to(root_p).as_posix()
-        kind = _is_candidate(path)
-        if kind is None:
-            skipped += 1
-            continue
-        try:
-            if kind == "nifti":
-                rows.append(_nifti_row(path, rel))
+    bar = tqdm(desc="scan", unit="file", disable=not progress)
+    for dirpath, dirnames, filenames in os.walk(root_p):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        folder = Path(dirpath)
+        by_series: dict[str, _Series] = {}
+        for name in sorted(f for f in filenames if not f.startswith(".")):
+            bar.update(1)
+            path = folder / name
+            rel = path.relative_to(root_p).as_posix()
+            kind = _is_candidate(path)
+            if kind is None:
+                skipped += 1
                 continue
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                ds = read_dataset(path, stop_before_pixels=True)
-            for w in caught:
-                logger.debug("%s: %s", rel, w.message)
-            if not has_pixel_data(ds, header_only=True):
-                raise DicomError("DICOM object without an image")
-            # files without a SeriesInstanceUID cannot be grouped safely: one image each
-            uid = str(ds.get("SeriesInstanceUID", "") or "") or f"<no uid: {path.name}>"
-            dicom.setdefault(path.parent, {}).setdefault(uid, []).append((path, ds))
-        except Exception as err:
-            errors.append({"path": rel, "reason": _reason(err, path)})
-    for folder, by_series in dicom.items():
-        for uid, items in by_series.items():
+            try:
+                if kind == "nifti":
+                    rows.append(_nifti_row(path, rel, key))
+                    continue
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    ds = read_dataset(path, stop_before_pixels=True)
+                for w in caught:
+                    logger.debug("%s: %s", rel, w.message)
+                if not has_pixel_data(ds, header_only=True):
+                    raise DicomError("DICOM object without an image")
+                # files without a SeriesInstanceUID cannot be grouped safely: one image each
+                uid = str(ds.get("SeriesInstanceUID", "") or "") or f"<no uid: {path.name}>"
+                by_series[uid] = _summarise(ds, path, by_series.get(uid))
+                del ds
+            except Exception as err:
+                errors.append({"path": rel, "reason": _reason(err, path)})
+        for uid, series in by_series.items():
             try:
                 rows.append(
-                    _dicom_rows(items, folder, root_p, single_series_dir=len(by_series) == 1)
+                    _dicom_row(
+                        series,
+                        folder,
+                        root_p,
+                        single_series_dir=len(by_series) == 1,
+                        secret=key,
+                        retain=retain,
+                    )
                 )
             except Exception as err:
                 where = folder.relative_to(root_p).as_posix() if folder != root_p else "."
-                errors.append({"path": where, "reason": f"series {uid}: {_reason(err, folder)}"})
+                shown = remap_uid(uid, secret=key) if not uid.startswith("<") else uid
+                errors.append({"path": where, "reason": f"series {shown}: {_reason(err, folder)}"})
+    bar.close()
     logger.info(
         "scan %s: %d images, %d errors, %d non-image files skipped",
         root_p,

@@ -78,7 +78,9 @@ def test_scan_manifest_rows_columns_and_errors(tree: Path) -> None:
     assert sorted(mixed["shape"]) == ["64x64x2", "64x64x3"] and mixed["needs_series"].all()
     ct = by_path.loc["ct.dcm"]
     ct_ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    assert ct["age"] == parse_age(ct_ds.PatientAge) and ct["site"] == ct_ds.InstitutionName
+    assert ct["age"] == parse_age(ct_ds.PatientAge)
+    # the institution is pseudonymised, stable, and only named with its retain option
+    assert ct["site"].startswith("site-") and ct_ds.InstitutionName not in ct["site"]
     t1 = by_path.loc["sub-07/anat/sub-07_T1w.nii"]
     assert (t1["format"], t1["shape"], t1["subject_id"]) == ("nifti", "33x41x25", "sub-07")
     bold = by_path.loc["john_smith_bold.nii.gz"]
@@ -199,3 +201,33 @@ def test_scan_marks_images_saved_as_synthetic(tmp_path: Path) -> None:
         "real_dcm/00001.dcm": "real",
     }
 
+
+def test_scan_output_carries_no_identity(tree: Path) -> None:
+    """Keyed pseudonyms replace PatientID, UIDs, institution; free text is dropped."""
+    import hashlib
+
+    manifest, _ = scan(tree)
+    src = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    text = manifest.to_csv(index=False)
+    for value in (src.SeriesInstanceUID, src.StudyInstanceUID, src.InstitutionName, src.PatientID):
+        assert str(value) not in text
+    # an unsalted hash of the record number (recoverable by enumeration) is not used
+    plain = "sub-" + hashlib.sha256(str(src.PatientID).encode()).hexdigest()[:12]
+    assert plain not in text
+    assert manifest["series_description"].isna().all()
+    again, _ = scan(tree)
+    assert again["subject_id"].tolist() == manifest["subject_id"].tolist()
+    assert again["series_uid"].tolist() == manifest["series_uid"].tolist()
+    other, _ = scan(tree, secret=b"another project")
+    assert set(other["subject_id"]).isdisjoint(set(manifest["subject_id"]) - {"sub-07"})
+
+
+def test_scan_retain_options_keep_institution_and_descriptions(tree: Path) -> None:
+    from medgen.errors import ConfigError
+
+    manifest, _ = scan(tree, retain=["institution_identity", "descriptors"])
+    ct = manifest.set_index("image_path").loc["ct.dcm"]
+    src = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    assert ct["site"] == src.InstitutionName
+    with pytest.raises(ConfigError, match="Did you mean 'descriptors'"):
+        scan(tree, retain=["descriptor"])

@@ -320,7 +320,11 @@ def test_dicom_output_carries_attributes_and_scan_recovers_them(tmp_path: pathli
     assert errors.empty and len(found) == len(m)
     by_sex = found.sort_values("image_path")["sex"].tolist()
     assert by_sex == m.sort_values("image_path")["sex"].tolist()
-    assert set(found["site"]) == set(m["site"])
+    # the institution is pseudonymised by default (one pseudonym per site), named on request
+    assert found["site"].nunique() == m["site"].nunique()
+    assert set(found["site"]).isdisjoint(set(m["site"]))
+    named, _ = medgen.io.scan(manifest.parent / "images", retain=["institution_identity"])
+    assert set(named["site"]) == set(m["site"])
 
 
 def test_cli_simulate_tiny_and_bad_config(tmp_path: pathlib.Path) -> None:
