@@ -1,14 +1,21 @@
-"""Generative restoration: learned denoising and super-resolution, and the classical baselines.
+"""Generative models: the engine, its objectives, restoration, baselines and evaluation.
 
+- :mod:`~medgen.generative.engine`: :func:`fit_objective` runs any :class:`Objective`
+  (determinism, checkpoints, identical resume, EMA, AMP, LR schedule, time budget) with an
+  :class:`EngineConfig`; see docs/engine.md.
+- :mod:`~medgen.generative.objectives`: ``paired`` (restoration, pix2pix), ``unpaired``
+  (CycleGAN), ``latent`` (KL autoencoder, optionally adversarial), ``diffusion`` (latent DDPM).
+- :class:`GenerativeModel`, :func:`load`, :func:`register_model_kind`: one persistence
+  (``config.json`` + ``model.safetensors``) and one registry of model kinds for every trained
+  model; ``load(run_dir)`` returns the right class.
 - :class:`Denoiser` and :class:`SuperResolver`: generator (+ optional PatchGAN) trained on pairs
   made by :func:`medgen.simulate.degrade`; ``fit``, ``apply``, ``save``, ``load``.
-- :func:`train` / :class:`TrainConfig`: the shared training loop (checkpoints, identical resume,
-  EMA, AMP on GPU) that synthesis and translation reuse.
+- :func:`train` / :class:`TrainConfig`: the paired restoration recipe (engine + paired options).
 - :mod:`~medgen.generative.baselines`: NL-means, TV, wavelet, BM3D (optional), bicubic/trilinear.
 - :func:`evaluate` / :func:`summarize`: PSNR/SSIM per image, method and subgroup.
 
 Names are imported lazily so ``import medgen.generative`` does not import torch. See
-docs/restoration.md.
+docs/restoration.md and docs/engine.md.
 """
 
 from __future__ import annotations
@@ -18,21 +25,48 @@ from typing import TYPE_CHECKING
 from medgen._internal.lazy import lazy_attributes
 
 if TYPE_CHECKING:
+    from medgen.generative._model import (
+        GenerativeModel,
+        get_model_kind,
+        load,
+        model_kinds,
+        register_model_kind,
+    )
+    from medgen.generative._nets import available_generators, register_generator
     from medgen.generative._restorer import RestorationOutput, RestorerConfig
     from medgen.generative._trainer import TrainConfig, TrainResult, train
     from medgen.generative.denoise import Denoiser
+    from medgen.generative.engine import (
+        EngineConfig,
+        EngineResult,
+        Objective,
+        StepContext,
+        fit_objective,
+    )
     from medgen.generative.quality import evaluate, image_metrics, summarize
     from medgen.generative.superres import SuperResolver
 
 __all__ = [
     "Denoiser",
+    "EngineConfig",
+    "EngineResult",
+    "GenerativeModel",
+    "Objective",
     "RestorationOutput",
     "RestorerConfig",
+    "StepContext",
     "SuperResolver",
     "TrainConfig",
     "TrainResult",
+    "available_generators",
     "evaluate",
+    "fit_objective",
+    "get_model_kind",
     "image_metrics",
+    "load",
+    "model_kinds",
+    "register_generator",
+    "register_model_kind",
     "summarize",
     "train",
 ]
@@ -45,6 +79,18 @@ _LAZY = {
     "TrainConfig": "medgen.generative._trainer",
     "TrainResult": "medgen.generative._trainer",
     "train": "medgen.generative._trainer",
+    "EngineConfig": "medgen.generative.engine",
+    "EngineResult": "medgen.generative.engine",
+    "Objective": "medgen.generative.engine",
+    "StepContext": "medgen.generative.engine",
+    "fit_objective": "medgen.generative.engine",
+    "GenerativeModel": "medgen.generative._model",
+    "get_model_kind": "medgen.generative._model",
+    "load": "medgen.generative._model",
+    "model_kinds": "medgen.generative._model",
+    "register_model_kind": "medgen.generative._model",
+    "available_generators": "medgen.generative._nets",
+    "register_generator": "medgen.generative._nets",
     "evaluate": "medgen.generative.quality",
     "image_metrics": "medgen.generative.quality",
     "summarize": "medgen.generative.quality",

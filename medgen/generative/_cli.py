@@ -193,7 +193,7 @@ def register(app: typer.Typer) -> None:
         seed: _Seed = 0,
         progress: _Progress = True,
     ) -> None:
-        """Train a denoiser; writes config.json, model.pt, checkpoint.pt, metrics.csv."""
+        """Train a denoiser; writes config.json, model.safetensors, checkpoint.pt, metrics.csv."""
         from medgen.generative import Denoiser
 
         den = Denoiser(
@@ -258,7 +258,7 @@ def register(app: typer.Typer) -> None:
         seed: _Seed = 0,
         progress: _Progress = True,
     ) -> None:
-        """Train a super-resolver; writes config.json, model.pt, checkpoint.pt, metrics.csv."""
+        """Train a super-resolver; writes config.json, model.safetensors, checkpoint.pt, metrics.csv."""
         from medgen.generative import SuperResolver
 
         sr = SuperResolver(

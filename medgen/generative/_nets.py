@@ -4,7 +4,7 @@ Generators map ``BxCx[SPATIAL DIMS]`` to the same shape (super-resolution genera
 interpolated low-resolution image, so shapes match). Every generator returns a
 :class:`GeneratorOutput`; VAE-type generators also return the posterior moments for the KL term.
 
-Registered names (``GENERATORS``):
+Registered names (``GENERATORS``, a registry: :func:`register_generator` adds one):
 
 - ``"unet"``: MONAI ``UNet`` with residual units, wrapped as ``x + g * UNet(x)`` (residual learning:
   the network predicts the correction, which trains much faster than predicting the image; the
@@ -17,18 +17,81 @@ Registered names (``GENERATORS``):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from medgen._internal.suggest import did_you_mean
 from medgen.errors import ConfigError
 
-__all__ = ["GENERATORS", "GeneratorOutput", "build_discriminator", "build_generator"]
+__all__ = [
+    "GENERATORS",
+    "GeneratorOutput",
+    "available_generators",
+    "build_discriminator",
+    "build_generator",
+    "check_generator_name",
+    "register_generator",
+]
 
-GENERATORS = ("unet", "vae")
+#: a generator factory: ``(spatial_dims=, in_channels=, channels=, **model_kwargs) -> nn.Module``
+GeneratorFactory = Callable[..., nn.Module]
+
+#: registered generators by name (:func:`register_generator`)
+GENERATORS: dict[str, GeneratorFactory] = {}
+
+
+def register_generator(name: str) -> Callable[[GeneratorFactory], GeneratorFactory]:
+    """Decorator registering a generator factory under ``name``.
+
+    The factory is called as ``factory(spatial_dims=, in_channels=, channels=, **model_kwargs)``
+    and returns a network mapping ``BxCx[SPATIAL]`` to a :class:`GeneratorOutput` of that shape.
+
+    Raises:
+        ConfigError: ``name`` is already registered to another factory.
+    """
+
+    def deco(factory: GeneratorFactory) -> GeneratorFactory:
+        old = GENERATORS.get(name)
+        if old is not None and old.__qualname__ != factory.__qualname__:
+            raise ConfigError(
+                f"register_generator: {name!r} is already registered ({old.__qualname__}); "
+                "choose another name."
+            )
+        GENERATORS[name] = factory
+        return factory
+
+    return deco
+
+
+def available_generators() -> list[str]:
+    """The registered generator names, sorted.
+
+    Example:
+        >>> available_generators()
+        ['unet', 'vae']
+    """
+    return sorted(GENERATORS)
+
+
+def check_generator_name(name: object, *, argument: str = "model") -> None:
+    """``ConfigError`` naming the registered generators (and the closest one) unless ``name``
+    is registered.
+
+    Example:
+        >>> check_generator_name("unett")
+        Traceback (most recent call last):
+        ...
+        medgen.errors.ConfigError: model='unett' is not a registered generator; choose one of ['unet', 'vae']. Did you mean 'unet'?
+    """
+    if not isinstance(name, str) or name not in GENERATORS:
+        raise ConfigError(
+            f"{argument}={name!r} is not a registered generator; choose one of "
+            f"{available_generators()}.{did_you_mean(name, GENERATORS)}"
+        )
 
 
 @dataclass
@@ -105,6 +168,32 @@ class ResidualVAE(nn.Module):
         return GeneratorOutput(image=x + self.gain * self.net.decode(z), z_mu=z_mu, z_sigma=z_sigma)
 
 
+@register_generator("unet")
+def _unet(
+    *, spatial_dims: int, in_channels: int, channels: Sequence[int], **kwargs: Any
+) -> nn.Module:
+    return ResidualUNet(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        channels=channels,
+        num_res_units=int(kwargs.get("num_res_units", 1)),
+        gain_init=float(kwargs.get("gain_init", 0.0)),
+        norm=kwargs.get("norm"),
+    )
+
+
+@register_generator("vae")
+def _vae(
+    *, spatial_dims: int, in_channels: int, channels: Sequence[int], **kwargs: Any
+) -> nn.Module:
+    return ResidualVAE(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        channels=channels,
+        latent_channels=int(kwargs.get("latent_channels", 8)),
+    )
+
+
 def build_generator(
     name: str,
     *,
@@ -113,30 +202,22 @@ def build_generator(
     channels: Sequence[int] = (16, 32, 64),
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered generator by name (see ``GENERATORS``)."""
+    """Build a registered generator by name (see ``GENERATORS``).
+
+    Raises:
+        ConfigError: ``name`` is not registered (the message lists the names and the closest
+            one), ``spatial_dims`` is not 2 or 3, or ``channels`` has fewer than two widths.
+    """
+    check_generator_name(name)
     if spatial_dims not in (2, 3):
         raise ConfigError(f"spatial_dims must be 2 or 3, not {spatial_dims!r}.")
     if len(channels) < 2 or any(int(c) < 1 for c in channels):
         raise ConfigError(
             f"channels must list at least two positive widths, e.g. (16, 32, 64), not {channels!r}."
         )
-    if name == "unet":
-        return ResidualUNet(
-            spatial_dims=spatial_dims,
-            in_channels=in_channels,
-            channels=channels,
-            num_res_units=int(kwargs.get("num_res_units", 1)),
-            gain_init=float(kwargs.get("gain_init", 0.0)),
-            norm=kwargs.get("norm"),
-        )
-    if name == "vae":
-        return ResidualVAE(
-            spatial_dims=spatial_dims,
-            in_channels=in_channels,
-            channels=channels,
-            latent_channels=int(kwargs.get("latent_channels", 8)),
-        )
-    raise ConfigError(f"model={name!r} is not a registered generator; choose one of {GENERATORS}.")
+    return GENERATORS[name](
+        spatial_dims=spatial_dims, in_channels=in_channels, channels=channels, **kwargs
+    )
 
 
 def build_discriminator(

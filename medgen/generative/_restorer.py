@@ -5,7 +5,11 @@ A restorer is three separate things (STYLE.md item 11):
 - the *network* (:mod:`medgen.generative._nets`),
 - the *process* that turns clean images into ``(input, target)`` training pairs and images into
   network inputs at inference (``_make_pair`` / ``_prepare``, defined by each task),
-- the *trainer* (:func:`medgen.generative._trainer.train`).
+- the *trainer*: the generative engine (:mod:`medgen.generative.engine`) running the
+  ``"paired"`` objective (:mod:`medgen.generative.objectives.paired`).
+
+Persistence is :class:`~medgen.generative.GenerativeModel`'s (``config.json`` +
+``model.safetensors``); folders of earlier versions (``model.pt``) still load.
 
 Intensities: the network works on images scaled by the *input's* robust range,
 ``(x - p_lo) / (p_hi - p_lo)`` with ``(p_lo, p_hi)`` the ``norm_percentiles`` of the degraded
@@ -25,9 +29,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from medgen.errors import ConfigError, MedgenFileNotFoundError, MedgenValueError
+from medgen.errors import ConfigError, MedgenValueError
+from medgen.generative._model import CONFIG, WEIGHTS, GenerativeModel
 
 if TYPE_CHECKING:
+    from typing import Self
+
     import torch
     from torch import nn
 
@@ -35,12 +42,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONFIG = "config.json"
 # 2D models run on whole slices up to this size (the U-Net is fully convolutional, without
 # normalisation layers: no tile seams, full context, faster; +0.05-0.1 dB mean PSNR over 64-px
 # sliding windows in docs/restoration.md); larger slices and 3D volumes use sliding windows.
 WHOLE_SLICE_MAX_PIXELS = 1024 * 1024
-WEIGHTS = "model.pt"
+#: the weights file of restoration folders saved by earlier versions (a state dict)
+LEGACY_WEIGHTS = "model.pt"
 
 
 @dataclass
@@ -85,10 +92,9 @@ class RestorerConfig:
     task_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from medgen.generative._nets import GENERATORS
+        from medgen.generative._nets import check_generator_name
 
-        if self.model not in GENERATORS:
-            raise ConfigError(f"model={self.model!r} is not one of {GENERATORS}.")
+        check_generator_name(self.model)
         if self.spatial_dims not in (2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, not {self.spatial_dims!r}.")
         self.channels = tuple(int(c) for c in self.channels)
@@ -268,11 +274,12 @@ def _is_single_image(data: Any) -> bool:
         return False
 
 
-class Restorer:
+class Restorer(GenerativeModel):
     """Base class: holds a config, a generator and the training history.
 
-    Subclasses set ``task`` and implement ``_make_pair`` (training) and ``_prepare`` /
-    ``_output_affine`` (inference).
+    Subclasses set ``task`` (= their model ``kind``), register with
+    :func:`~medgen.generative.register_model_kind` and implement ``_make_pair`` (training) and
+    ``_prepare`` / ``_output_affine`` (inference).
     """
 
     task: ClassVar[str] = ""
@@ -281,12 +288,9 @@ class Restorer:
     train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: RestorerConfig) -> None:
+        super().__init__()
         self.config = config
         self.train_config: TrainConfig | None = None
-        self.history: list[dict[str, float]] = []
-        self.seed: int | None = None
-        self.steps_trained = 0
-        self.data_hash: str | None = None
         self.network: nn.Module = self._build_generator()
         self.network.eval()
 
@@ -358,7 +362,9 @@ class Restorer:
         import torch
 
         from medgen.generative._nets import build_discriminator
-        from medgen.generative._trainer import TrainConfig, train
+        from medgen.generative._trainer import TrainConfig
+        from medgen.generative.engine import fit_objective
+        from medgen.generative.objectives.paired import PairedObjective
 
         if isinstance(config, TrainConfig):
             tc = config
@@ -415,21 +421,19 @@ class Restorer:
             "n_images": len(images),
             "data_sha256": self.data_hash,
         }
-        result = train(
-            self.network,
-            sample_batch,
-            config=tc,
-            discriminator=disc,
+        objective = PairedObjective(
+            self.network, sample_batch, config=tc.objective_config(), discriminator=disc
+        )
+        result = fit_objective(
+            objective,
+            config=tc.engine_config(),
             run_dir=run_dir,
             resume=resume,
             run_info=run_info,
             progress=progress,
         )
-        self.network = result.inference_model.eval()
-        self.train_config = tc
-        self.history = list(result.history)
-        self.seed = seed
-        self.steps_trained = result.step
+        self.network = result.inference_networks()["generator"].eval()
+        self.record_training(result, train_config=tc, data_hash=self.data_hash)
         if run_dir is not None:
             self.save(run_dir)
         return self
@@ -598,74 +602,50 @@ class Restorer:
         d["norm_percentiles"] = list(self.config.norm_percentiles)
         return json.loads(json.dumps(d, default=list))
 
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``config.json`` (task, restorer and training options, seed, versions) and
-        ``model.pt`` (the generator's state dict) into ``directory``, atomically."""
-        import torch
+    def networks(self) -> dict[str, nn.Module]:
+        """``{"generator": the (EMA) generator}``: what :meth:`save` writes."""
+        return {"generator": self.network}
 
-        from medgen._internal.files import atomic_path, write_text_atomic
-        from medgen._internal.provenance import package_versions
-
-        d = Path(directory).expanduser()
-        d.mkdir(parents=True, exist_ok=True)
-        sd = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
-        with atomic_path(d / WEIGHTS) as tmp:
-            torch.save(sd, tmp)
-        tc = None
-        if self.train_config is not None:
-            tc = asdict(self.train_config)
-            tc["betas"] = list(self.train_config.betas)
-        meta = {
-            "task": self.task,
-            "restorer": self._config_dict(),
-            "train": tc,
-            "seed": self.seed,
-            "data_sha256": self.data_hash,
-            "steps_trained": self.steps_trained,
-            "history": self.history,
-            "versions": package_versions(),
-        }
-        write_text_atomic(d / CONFIG, json.dumps(meta, indent=2, default=str))
-        return d
+    def model_config(self) -> dict[str, Any]:
+        """The :class:`RestorerConfig` as JSON-able values."""
+        return self._config_dict()
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], *, device: str = "cpu") -> Any:
-        """Load a restorer saved by :meth:`save` (or a finished training run folder).
-
-        Raises:
-            MedgenFileNotFoundError: the folder, its ``config.json`` or ``model.pt`` is missing.
-            ConfigError: the folder holds another kind of model (e.g. a super-resolver loaded as
-                a denoiser).
-        """
-        import torch
-
-        from medgen.generative._trainer import TrainConfig
-
-        d = Path(directory).expanduser()
-        if not (d / CONFIG).is_file() or not (d / WEIGHTS).is_file():
-            raise MedgenFileNotFoundError(
-                f"{d}: not a trained {cls.task} run (needs {CONFIG} and {WEIGHTS}); train one "
-                f"with `medgen {cls.task} train` or {cls.__name__}.fit(..., run_dir=...)."
-            )
-        meta = json.loads((d / CONFIG).read_text())
-        if meta.get("task") != cls.task:
-            raise ConfigError(
-                f"{d} holds a {meta.get('task')!r} model, not a {cls.task!r} model; load it with "
-                f"the matching class (Denoiser for 'denoise', SuperResolver for 'superres')."
-            )
-        rc = dict(meta["restorer"])
+    def from_model_config(cls, config: Mapping[str, Any]) -> Self:
+        """The untrained restorer of a saved :class:`RestorerConfig` dict."""
         known = {f.name for f in fields(RestorerConfig)}
-        rc = {k: v for k, v in rc.items() if k in known}
-        rc["channels"] = tuple(rc["channels"])
-        rc["norm_percentiles"] = tuple(rc["norm_percentiles"])
+        rc = {k: v for k, v in dict(config).items() if k in known}
+        rc["channels"] = tuple(rc.get("channels", RestorerConfig.channels))
+        if "norm_percentiles" in rc:
+            rc["norm_percentiles"] = tuple(rc["norm_percentiles"])
         obj = cls.__new__(cls)
         Restorer.__init__(obj, RestorerConfig(**rc))
-        state = torch.load(d / WEIGHTS, map_location=device, weights_only=True)
-        obj.network.load_state_dict(state)
-        obj.network.to(device).eval()
-        obj.train_config = TrainConfig.from_dict(meta["train"]) if meta.get("train") else None
-        obj.history = list(meta.get("history") or [])
-        obj.seed = meta.get("seed")
-        obj.steps_trained = int(meta.get("steps_trained") or 0)
-        obj.data_hash = meta.get("data_sha256")
         return obj
+
+    @classmethod
+    def train_config_from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        from medgen.generative._trainer import TrainConfig
+
+        return TrainConfig.from_dict(d)
+
+    def _extra_meta(self) -> dict[str, Any]:
+        return {"task": self.task}  # the key of earlier versions
+
+    @classmethod
+    def _upgrade_meta(cls, meta: dict[str, Any]) -> dict[str, Any]:
+        if "kind" not in meta and "task" in meta:  # config.json + model.pt of earlier versions
+            meta = {
+                **meta,
+                "kind": meta["task"],
+                "model": meta.get("restorer") or {},
+                "weights": {"file": LEGACY_WEIGHTS, "format": "torch", "network": "generator"},
+            }
+        return meta
+
+    @classmethod
+    def _missing_message(cls, directory: Path) -> str:
+        return (
+            f"{directory}: not a trained {cls.task} run (needs {CONFIG} and {WEIGHTS}, or "
+            f"{LEGACY_WEIGHTS} of earlier versions); train one with `medgen {cls.task} train` "
+            f"or {cls.__name__}.fit(..., run_dir=...)."
+        )

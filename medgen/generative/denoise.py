@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from medgen.errors import ConfigError
+from medgen.generative._model import register_model_kind
 from medgen.generative._restorer import (
     Restorer,
     RestorerConfig,
@@ -36,6 +37,7 @@ __all__ = ["Denoiser"]
 _NOISES = ("gaussian", "rician", "poisson_gaussian")
 
 
+@register_model_kind("denoise")
 class Denoiser(Restorer):
     """Learned denoising (2D slices or 3D patches) with sliding-window inference.
 
@@ -59,6 +61,7 @@ class Denoiser(Restorer):
         model_kwargs: extra generator options.
     """
 
+    kind: ClassVar[str] = "denoise"
     task: ClassVar[str] = "denoise"
     # MSE only (PSNR is an MSE metric) and lr 3e-3: the benchmark's recipe (docs/restoration.md)
     train_defaults: ClassVar[dict[str, Any]] = {

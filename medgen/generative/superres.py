@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from medgen.errors import ConfigError, MedgenValueError
+from medgen.generative._model import register_model_kind
 from medgen.generative._restorer import (
     Restorer,
     RestorerConfig,
@@ -54,6 +55,7 @@ def output_affine(affine: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     return a @ s
 
 
+@register_model_kind("superres")
 class SuperResolver(Restorer):
     """Learned super-resolution by ``scale`` (2 or 4), in plane or through plane.
 
@@ -67,6 +69,7 @@ class SuperResolver(Restorer):
             be divisible by ``scale``.
     """
 
+    kind: ClassVar[str] = "superres"
     task: ClassVar[str] = "superres"
     # L1 + 0.1 (1 - SSIM) (TrainConfig's defaults) at lr 3e-3: the benchmark's recipe
     train_defaults: ClassVar[dict[str, Any]] = {"lr_g": 3e-3}

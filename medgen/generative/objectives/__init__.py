@@ -1,0 +1,51 @@
+"""Objectives of the generative engine, one module each (:mod:`medgen.generative.engine`).
+
+- :mod:`~medgen.generative.objectives.paired`: paired restoration / pix2pix (``"paired"``):
+  L1 / MSE / SSIM / KL content terms + an optional conditional PatchGAN; what
+  :class:`~medgen.generative.Denoiser` and :class:`~medgen.generative.SuperResolver` train with.
+- :mod:`~medgen.generative.objectives.unpaired`: CycleGAN (``"cyclegan"``) between two pools of
+  images (e.g. site A and site B of a cohort), with an image pool.
+- :mod:`~medgen.generative.objectives.latent`: a KL autoencoder, optionally adversarial
+  (``"autoencoder"``; the first stage of latent diffusion).
+- :mod:`~medgen.generative.objectives.diffusion`: DDPM noise prediction (``"diffusion"``) in the
+  latent space of a frozen autoencoder, or in image space.
+
+Adding an objective needs no change to the engine: subclass
+:class:`~medgen.generative.engine.Objective` (docs/engine.md).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from medgen._internal.lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from medgen.generative.objectives.diffusion import DiffusionConfig, DiffusionObjective
+    from medgen.generative.objectives.latent import AutoencoderConfig, AutoencoderObjective
+    from medgen.generative.objectives.paired import PairedConfig, PairedObjective
+    from medgen.generative.objectives.unpaired import CycleGANConfig, CycleGANObjective
+
+__all__ = [
+    "AutoencoderConfig",
+    "AutoencoderObjective",
+    "CycleGANConfig",
+    "CycleGANObjective",
+    "DiffusionConfig",
+    "DiffusionObjective",
+    "PairedConfig",
+    "PairedObjective",
+]
+
+_LAZY = {
+    "AutoencoderConfig": "medgen.generative.objectives.latent",
+    "AutoencoderObjective": "medgen.generative.objectives.latent",
+    "CycleGANConfig": "medgen.generative.objectives.unpaired",
+    "CycleGANObjective": "medgen.generative.objectives.unpaired",
+    "DiffusionConfig": "medgen.generative.objectives.diffusion",
+    "DiffusionObjective": "medgen.generative.objectives.diffusion",
+    "PairedConfig": "medgen.generative.objectives.paired",
+    "PairedObjective": "medgen.generative.objectives.paired",
+}
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

@@ -1,0 +1,95 @@
+"""Pieces the objectives share: the KL term, patch sampling from pools of images, checks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from medgen.errors import ConfigError, MedgenValueError
+
+__all__ = ["as_pool", "check_positive", "kl_divergence", "random_patches"]
+
+
+def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma) || N(0, 1)), summed over latent dims, averaged over the batch.
+
+    ``mu``, ``sigma``: ``BxCx[SPATIAL]`` posterior moments (Kingma & Welling 2014).
+    """
+    dims = list(range(1, mu.ndim))
+    kl = 0.5 * torch.sum(mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-12) - 1, dim=dims)
+    return kl.mean()
+
+
+def check_positive(obj: Any, owner: str, names: Sequence[str]) -> None:
+    """``ConfigError`` unless every attribute in ``names`` is a positive finite number."""
+    for name in names:
+        v = getattr(obj, name)
+        if isinstance(v, bool) or not (isinstance(v, int | float) and v > 0 and math.isfinite(v)):
+            raise ConfigError(f"{owner}.{name} must be a positive number, not {v!r}.")
+
+
+def check_non_negative(obj: Any, owner: str, names: Sequence[str]) -> None:
+    """``ConfigError`` unless every attribute in ``names`` is a number >= 0."""
+    for name in names:
+        v = getattr(obj, name)
+        if isinstance(v, bool) or not (isinstance(v, int | float) and v >= 0):
+            raise ConfigError(f"{owner}.{name} must be >= 0, not {v!r}.")
+
+
+def as_pool(
+    images: Sequence[Any], *, name: str, spatial_dims: int, patch_size: int
+) -> list[np.ndarray]:
+    """Images ``[SPATIAL]`` (arrays or tensors, one channel, no channel axis) as float32 arrays.
+
+    Raises:
+        MedgenValueError: the pool is empty, or an image has the wrong rank or is smaller than a
+            patch.
+    """
+    pool = [
+        np.asarray(im.detach().cpu().numpy() if isinstance(im, torch.Tensor) else im, np.float32)
+        for im in images
+    ]
+    if not pool:
+        raise MedgenValueError(f"{name}: no images given; pass a list of {spatial_dims}D arrays.")
+    for i, a in enumerate(pool):
+        if a.ndim != spatial_dims or min(a.shape) < patch_size:
+            raise MedgenValueError(
+                f"{name}[{i}]: expected a {spatial_dims}D image of at least {patch_size} pixels "
+                f"per axis (patch_size), got shape {a.shape}; crop/resample the images or lower "
+                "patch_size."
+            )
+    return pool
+
+
+def random_patches(
+    pool: Sequence[np.ndarray], n: int, patch_size: int, rng: np.random.Generator
+) -> torch.Tensor:
+    """``n`` random patches (uniform image, uniform corner) as a ``Bx1x[patch_size]*D`` tensor."""
+    out = []
+    for _ in range(n):
+        img = pool[int(rng.integers(len(pool)))]
+        starts = [int(rng.integers(s - patch_size + 1)) for s in img.shape]
+        out.append(img[tuple(slice(a, a + patch_size) for a in starts)])
+    return torch.from_numpy(np.stack(out)[:, None].astype(np.float32))
+
+
+def foreground_slices(arr: np.ndarray) -> list[np.ndarray]:
+    """A 2D image as ``[arr]``; a volume ``(X, Y, Z)`` as its slices along the last axis that hold
+    some foreground (more than 5% of pixels above 20% of the 90th percentile)."""
+    if arr.ndim == 2:
+        return [arr]
+    thr = np.percentile(arr, 90) * 0.2
+    out = [arr[..., k] for k in range(arr.shape[-1]) if np.mean(arr[..., k] > thr) > 0.05]
+    return out or [arr[..., arr.shape[-1] // 2]]
+
+
+def unit_range(arr: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
+    """``arr`` scaled so its ``percentiles`` map to 0 and 1 (float32)."""
+    lo, hi = (float(v) for v in np.percentile(arr, percentiles))
+    if not hi > lo:
+        hi = lo + 1.0
+    return ((arr - lo) / (hi - lo)).astype(np.float32)

@@ -1,0 +1,219 @@
+"""The ``"paired"`` objective: restoration / image-to-image translation from aligned pairs.
+
+Batches are ``{"input": BxCx[SPATIAL], "target": BxCx[SPATIAL]}`` made by a ``sample_batch(step)``
+function (the *process*: how pairs are made, e.g. :func:`medgen.simulate.degrade`). One step
+optimises the generator on
+
+``l1_weight * L1 + mse_weight * MSE + ssim_weight * (1 - SSIM) + kl_weight * KL
++ adv_weight * LSGAN``
+
+(the KL term for generators that return posterior moments, see
+:class:`~medgen.generative._nets.GeneratorOutput`), then, once ``adv_warmup_steps`` have passed,
+the conditional PatchGAN on ``cat([input, target])`` (real) vs ``cat([input, prediction])``
+(fake): pix2pix (Isola et al. 2017) with MONAI's least-squares ``PatchAdversarialLoss``. The
+generator has an EMA copy (the inference model); generator and discriminator have their own Adam
+optimisers and learning rates.
+
+:class:`~medgen.generative.Denoiser` and :class:`~medgen.generative.SuperResolver` train with
+it; :func:`medgen.generative.train` with a :class:`~medgen.generative.TrainConfig` is the
+shorthand (engine options + these options in one recipe).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from medgen.errors import ConfigError
+from medgen.generative.engine import Objective, StepContext
+from medgen.generative.objectives._common import (
+    check_non_negative,
+    check_positive,
+    kl_divergence,
+)
+
+if TYPE_CHECKING:
+    from monai.losses import SSIMLoss
+
+    from medgen.generative._nets import GeneratorOutput
+
+__all__ = ["PAIRED_LOG_KEYS", "PairedConfig", "PairedObjective", "check_paired_options"]
+
+#: the columns of ``metrics.csv`` a paired run always has
+PAIRED_LOG_KEYS = ("loss_g", "l1", "mse", "ssim", "kl", "adv", "loss_d")
+
+
+def check_paired_options(obj: Any, owner: str) -> None:
+    """Validate the paired-objective options held by ``obj``; ``owner`` names it."""
+    check_positive(obj, owner, ("lr_g", "lr_d"))
+    check_non_negative(
+        obj, owner, ("l1_weight", "mse_weight", "ssim_weight", "kl_weight", "adv_weight")
+    )
+    w = obj.adv_warmup_steps
+    if isinstance(w, bool) or not isinstance(w, int):  # <= 0: adversarial from the start
+        raise ConfigError(f"{owner}.adv_warmup_steps must be an integer, not {w!r}.")
+    obj.betas = (float(obj.betas[0]), float(obj.betas[1]))
+
+
+@dataclass
+class PairedConfig:
+    """Options of the paired objective.
+
+    Attributes:
+        lr_g, lr_d: Adam learning rates of the generator and the discriminator (the engine's LR
+            schedule scales both).
+        betas: Adam betas (both optimisers).
+        l1_weight, mse_weight, ssim_weight, kl_weight, adv_weight: loss weights (0 switches a
+            term off). MSE (L2) targets the mean, which is what PSNR rewards; L1 the median.
+        adv_warmup_steps: steps of content-only training before the discriminator and the
+            adversarial term start.
+    """
+
+    lr_g: float = 1e-3
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    l1_weight: float = 1.0
+    mse_weight: float = 0.0
+    ssim_weight: float = 0.1
+    kl_weight: float = 1e-6
+    adv_weight: float = 0.0
+    adv_warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        check_paired_options(self, "PairedConfig")
+
+
+class PairedObjective(Objective):
+    """Paired restoration / pix2pix (see the module docstring).
+
+    Args:
+        generator: maps ``BxCx[SPATIAL]`` to a ``GeneratorOutput`` of the same shape.
+        sample_batch: ``step -> {"input", "target"}`` tensors ``BxCx[SPATIAL]``, a pure function
+            of the step (it closes over the run's seed and batch size).
+        config: loss weights and learning rates.
+        discriminator: conditional PatchGAN taking ``cat([input, image], dim=1)``; required when
+            ``config.adv_weight > 0``.
+
+    Networks ``"generator"`` (EMA, inference) and ``"discriminator"``; optimisers of the same
+    names.
+    """
+
+    kind: ClassVar[str] = "paired"
+    ema_networks = ("generator",)
+    inference_networks = ("generator",)
+    log_keys = PAIRED_LOG_KEYS
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        sample_batch: Callable[[int], Mapping[str, torch.Tensor]],
+        *,
+        config: PairedConfig | None = None,
+        discriminator: nn.Module | None = None,
+    ) -> None:
+        self.config = config if config is not None else PairedConfig()
+        if self.config.adv_weight > 0 and discriminator is None:
+            raise ConfigError("train: adv_weight > 0 needs a discriminator; pass discriminator=.")
+        self.generator, self.discriminator = generator, discriminator
+        self._sample = sample_batch
+        self._ssim: SSIMLoss | None = None
+
+    def build_networks(self) -> dict[str, nn.Module]:
+        nets = {"generator": self.generator}
+        if self.discriminator is not None:
+            nets["discriminator"] = self.discriminator
+        return nets
+
+    def build_optimizers(
+        self, networks: Mapping[str, nn.Module]
+    ) -> dict[str, torch.optim.Optimizer]:
+        c = self.config
+        opts: dict[str, torch.optim.Optimizer] = {
+            "generator": torch.optim.Adam(
+                networks["generator"].parameters(), lr=c.lr_g, betas=c.betas
+            )
+        }
+        if "discriminator" in networks:
+            opts["discriminator"] = torch.optim.Adam(
+                networks["discriminator"].parameters(), lr=c.lr_d, betas=c.betas
+            )
+        return opts
+
+    def sample_batch(self, step: int) -> Mapping[str, torch.Tensor]:
+        return self._sample(step)
+
+    def upgrade_checkpoint(self, ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Checkpoints of the restoration trainer before the engine (flat ``generator``,
+        ``opt_g``, ``ema``, ``discriminator``, ``opt_d``, ``scaler`` entries) resume too."""
+        if "generator" not in ckpt or "opt_g" not in ckpt:
+            return None
+        out: dict[str, Any] = {
+            "networks": {"generator": ckpt["generator"]},
+            "optimizers": {"generator": ckpt["opt_g"]},
+            "ema": {"generator": ckpt["ema"]} if "ema" in ckpt else {},
+            "scaler": ckpt["scaler"],
+            "objective": {},
+        }
+        if "discriminator" in ckpt and "opt_d" in ckpt:
+            out["networks"]["discriminator"] = ckpt["discriminator"]
+            out["optimizers"]["discriminator"] = ckpt["opt_d"]
+        return out
+
+    def train_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, Any]:
+        from monai.losses import PatchAdversarialLoss, SSIMLoss
+
+        c = self.config
+        x, y = batch["input"], batch["target"]
+        if self._ssim is None and c.ssim_weight > 0:
+            win = min(7, *x.shape[2:])
+            win -= 1 - win % 2
+            self._ssim = SSIMLoss(spatial_dims=x.ndim - 2, data_range=1.0, win_size=win)
+        generator = ctx.networks["generator"]
+        discriminator = ctx.networks.get("discriminator")
+        adv_loss = PatchAdversarialLoss(criterion="least_squares")
+        adv_on = discriminator is not None and c.adv_weight > 0 and ctx.step >= c.adv_warmup_steps
+        generator.train()
+        with ctx.autocast():
+            out: GeneratorOutput = generator(x)
+            pred = out.image
+            terms: dict[str, torch.Tensor] = {}
+            terms["l1"] = torch.mean(torch.abs(pred.float() - y.float()))
+            if c.mse_weight > 0:
+                terms["mse"] = torch.mean((pred.float() - y.float()) ** 2)
+            if self._ssim is not None:
+                terms["ssim"] = self._ssim(pred.float(), y.float())
+            if out.z_mu is not None and out.z_sigma is not None and c.kl_weight > 0:
+                terms["kl"] = kl_divergence(out.z_mu.float(), out.z_sigma.float())
+            if adv_on and discriminator is not None:
+                logits = discriminator(torch.cat([x, pred], dim=1))[-1]
+                terms["adv"] = adv_loss(logits, target_is_real=True, for_discriminator=False)
+            weights = {
+                "l1": c.l1_weight,
+                "mse": c.mse_weight,
+                "ssim": c.ssim_weight,
+                "kl": c.kl_weight,
+                "adv": c.adv_weight,
+            }
+            loss_g = sum(
+                (weights[k] * v for k, v in terms.items()), torch.zeros((), device=ctx.device)
+            )
+        ctx.backward(loss_g, "generator")
+        logs: dict[str, Any] = {
+            "loss_g": loss_g.detach(),
+            **{k: v.detach() for k, v in terms.items()},
+        }
+        if adv_on and discriminator is not None:
+            with ctx.autocast():
+                real = discriminator(torch.cat([x, y], dim=1))[-1]
+                fake = discriminator(torch.cat([x, pred.detach()], dim=1))[-1]
+                loss_d = 0.5 * (
+                    adv_loss(real, target_is_real=True, for_discriminator=True)
+                    + adv_loss(fake, target_is_real=False, for_discriminator=True)
+                )
+            ctx.backward(loss_d, "discriminator")
+            logs["loss_d"] = loss_d.detach()
+        return logs
