@@ -18,12 +18,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medgen.errors import MedgenValueError
+from medgen.errors import MedgenFileNotFoundError, MedgenValueError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["atomic_dir", "atomic_path", "write_bytes_atomic", "write_table", "write_text_atomic"]
+__all__ = [
+    "atomic_dir",
+    "atomic_path",
+    "read_table",
+    "write_bytes_atomic",
+    "write_table",
+    "write_text_atomic",
+]
 
 
 @functools.cache
@@ -137,3 +144,61 @@ def only_suffixes(suffixes: Iterable[str]) -> Callable[[Path], bool]:
     """A ``replaceable`` test for :func:`atomic_dir`: plain files with one of ``suffixes``."""
     allowed = tuple(s.lower() for s in suffixes)
     return lambda p: p.is_file() and p.name.lower().endswith(allowed)
+
+
+#: table formats :func:`read_table` reads, by suffix
+READ_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
+
+
+def read_table(
+    path: str | os.PathLike[str],
+    *,
+    what: str = "table",
+    dtype: dict[str, str] | None = None,
+    error: type[MedgenValueError] = MedgenValueError,
+) -> pd.DataFrame:
+    """Read a CSV/TSV/Parquet table; every failure is a medgen error naming the file.
+
+    Args:
+        path: the table (``.csv`` / ``.txt`` comma-separated, ``.tsv`` tab-separated,
+            ``.parquet``).
+        what: what the table is, for messages (``"prediction table"``).
+        dtype: column dtypes for the text formats (e.g. ``{"subject_id": "string"}``).
+        error: the medgen error class for unreadable content.
+
+    Raises:
+        MedgenFileNotFoundError: the file does not exist.
+        ``error``: unknown suffix, an empty file, bytes that are not UTF-8 text, a malformed
+            table.
+    """
+    import pandas as pd
+
+    p = Path(path).expanduser()
+    suffix = p.suffix.lower()
+    if suffix not in READ_SUFFIXES:
+        raise error(
+            f"{what} {str(path)!r}: unknown table format {p.suffix or '(none)'!r}; use one of "
+            f"{', '.join(READ_SUFFIXES)}."
+        )
+    if not p.is_file():
+        raise MedgenFileNotFoundError(
+            f"{what} {str(path)!r} does not exist{' (it is a folder)' if p.is_dir() else ''}; "
+            f"check the path (relative paths start at {os.getcwd()!r})."
+        )
+    if p.stat().st_size == 0:
+        raise error(f"{what} {str(path)!r} is empty (0 bytes); write the table first.")
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(p)
+        return pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",", dtype=dtype)  # type: ignore[arg-type]
+    except UnicodeDecodeError as err:
+        raise error(
+            f"{what} {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason}); is it a "
+            "binary file? Save it as UTF-8 CSV."
+        ) from err
+    except (ValueError, OSError, pd.errors.ParserError) as err:
+        raise error(
+            f"{what} {str(path)!r} cannot be read as {suffix[1:].upper()} "
+            f"({type(err).__name__}: {' '.join(str(err).split())}). Check that it is a complete, "
+            "well-formed table."
+        ) from err

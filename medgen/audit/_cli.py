@@ -71,48 +71,35 @@ def audit_command(
 
     import pandas as pd
 
+    from medgen._internal.files import read_table
     from medgen.audit import audit
     from medgen.audit._report import atomic_write_text
-    from medgen.errors import MedgenError, MedgenFileNotFoundError, MedgenValueError, MetricWarning
+    from medgen.errors import MetricWarning
 
-    try:
-        if not predictions.is_file():
-            raise MedgenFileNotFoundError(f"prediction table {str(predictions)!r} does not exist")
-        suffix = predictions.suffix.lower()
-        if suffix == ".parquet":
-            data = pd.read_parquet(predictions)
-        elif suffix in {".csv", ".tsv", ".txt"}:
-            data = pd.read_csv(predictions, sep="\t" if suffix == ".tsv" else ",")
-        else:
-            raise MedgenValueError(
-                f"{str(predictions)!r}: unknown table format {suffix!r}; use .csv, .tsv or .parquet"
-            )
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", MetricWarning)
-            report = audit(
-                data,
-                y_true=y_true,
-                y_score=y_score,
-                sensitive=sensitive,
-                threshold=_threshold(threshold),
-                threshold_by=threshold_by,
-                n_boot=n_boot,
-                ci=ci,
-                intersections=intersections,
-                min_group_size=min_group_size,
-                p_adjust=p_adjust,
-                cluster=cluster,
-                seed=seed,
-                progress=progress,
-            )
-        report.to_html(output)
-        if csv_dir is not None:
-            report.to_csv(csv_dir)
-        if markdown is not None:
-            atomic_write_text(markdown, report.to_markdown())
-    except MedgenError as err:
-        typer.echo(f"Error: {err}", err=True)
-        raise typer.Exit(code=2) from err
+    data = read_table(predictions, what="prediction table")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MetricWarning)
+        report = audit(
+            data,
+            y_true=y_true,
+            y_score=y_score,
+            sensitive=sensitive,
+            threshold=_threshold(threshold),
+            threshold_by=threshold_by,
+            n_boot=n_boot,
+            ci=ci,
+            intersections=intersections,
+            min_group_size=min_group_size,
+            p_adjust=p_adjust,
+            cluster=cluster,
+            seed=seed,
+            progress=progress,
+        )
+    report.to_html(output)
+    if csv_dir is not None:
+        report.to_csv(csv_dir)
+    if markdown is not None:
+        atomic_write_text(markdown, report.to_markdown())
 
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)

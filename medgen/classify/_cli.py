@@ -94,12 +94,20 @@ def register(app: typer.Typer) -> None:
         output: Annotated[Path, typer.Option("-o", "--output", help="predictions .csv/.parquet")],
         split: Annotated[str | None, typer.Option(help="only this split (e.g. test)")] = None,
         progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+        labels: Annotated[
+            bool,
+            typer.Option(
+                "--labels/--no-labels",
+                help="read the target column into y_true (its values must be the model's "
+                "classes); --no-labels ignores it",
+            ),
+        ] = True,
     ) -> None:
         """Predict a cohort: one row per image with the manifest columns, y_true, y_score, y_pred."""
         from medgen._internal.files import write_table
         from medgen.classify import Classifier
 
         clf = Classifier.load(run)
-        preds = clf.predict(manifest, split=split, progress=progress)
+        preds = clf.predict(manifest, split=split, progress=progress, labels=labels)
         write_table(preds, output)
         typer.echo(f"wrote {len(preds)} predictions to {output}")

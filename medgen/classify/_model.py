@@ -23,6 +23,14 @@ _CONFIG = "config.json"
 _WEIGHTS = "model.safetensors"
 
 
+def _label_key(value: Any) -> str:
+    """A label value as text, so 1, 1.0, numpy 1 and "1" name the same class."""
+    v = value.item() if hasattr(value, "item") else value
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v)
+
+
 def _json_default(o: Any) -> Any:
     if hasattr(o, "item"):
         return o.item()
@@ -142,6 +150,7 @@ class Classifier:
         split: str | Sequence[str] | None = None,
         batch_size: int = 64,
         progress: bool = True,
+        labels: bool = True,
     ) -> pd.DataFrame:
         """Predict every image of a cohort.
 
@@ -150,6 +159,12 @@ class Classifier:
             split: keep only rows of this split (or splits); ``None`` predicts all rows.
             batch_size: images per forward pass.
             progress: show a tqdm bar while loading.
+            labels: read the target column into ``y_true``; its values must be classes the
+                model knows (missing values stay missing). ``False`` ignores the column (a cohort
+                labelled with another scheme, or unlabelled).
+
+        Raises:
+            MedgenValueError: the target column holds values that are not the model's classes.
 
         Returns:
             One row per image: every manifest column, then ``y_true`` (class index of the target,
@@ -158,11 +173,14 @@ class Classifier:
             ``y_pred`` (class index of the most probable class). Ready for ``medgen.audit.audit``.
         """
         import numpy as np
+        import pandas as pd
 
         from medgen.classify._data import as_cohort, load_images, manifest_of
 
         co = as_cohort(cohort)
         df = manifest_of(co)
+        if labels and self.target in df.columns:
+            self._check_labels(df[self.target])
         if split is not None:
             splits = [split] if isinstance(split, str) else list(split)
             df = df[df["split"].astype(str).isin(splits)]
@@ -182,10 +200,10 @@ class Classifier:
         probs = self.predict_proba(x, batch_size=batch_size).numpy()
         out = df.copy()
         classes = self.classes
-        if self.target in out.columns:
-            lookup = {c: i for i, c in enumerate(classes)}
+        if labels and self.target in out.columns:
+            lookup = {_label_key(c): i for i, c in enumerate(classes)}
             mapped = out[self.target].map(
-                lambda v: lookup.get(v.item() if hasattr(v, "item") else v, np.nan)
+                lambda v: np.nan if pd.isna(v) else lookup.get(_label_key(v), np.nan)
             )
             out["y_true"] = mapped.astype("float").astype("Int64")
         if len(classes) == 2:
@@ -195,6 +213,19 @@ class Classifier:
                 out[f"y_score_{c}"] = probs[:, k]
         out["y_pred"] = probs.argmax(axis=1)
         return out
+
+    def _check_labels(self, values: pd.Series) -> None:
+        """Refuse target values the model was not trained on (they would become NaN ``y_true``)."""
+        known = {_label_key(c) for c in self.classes}
+        seen = sorted({_label_key(v) for v in values.dropna().unique()})
+        unknown = [v for v in seen if v not in known]
+        if unknown:
+            raise MedgenValueError(
+                f"column {self.target!r} holds {len(unknown)} value(s) the model does not know "
+                f"({', '.join(map(repr, unknown[:10]))}); the model's classes are "
+                f"{[str(c) for c in self.classes]}. Map the labels to those classes, or predict "
+                "without labels (labels=False; CLI --no-labels)."
+            )
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

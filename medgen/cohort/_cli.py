@@ -38,11 +38,10 @@ def info(
         cohort = Cohort.from_manifest(manifest, root=root, check_files=check_files)
         table = cohort.subgroups(by or [], label=label)
     except MedgenError as err:
-        hint = ""
         if isinstance(err, FileNotFoundError) and "check_files=False" in str(err):
             hint = " (On the command line: --root DIR or --no-check-files.)"
-        typer.echo(f"Error: {err}{hint}", err=True)
-        raise typer.Exit(code=2) from err
+            raise type(err)(f"{err}{hint}") from err
+        raise
 
     df = cohort.df
     typer.echo(f"{manifest}: {len(cohort)} images, {df['subject_id'].nunique()} subjects")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medgen._internal import files
 from medgen._internal.suggest import close_matches, did_you_mean
 from medgen.errors import ManifestError, MedgenFileNotFoundError, MedgenValueError
 
@@ -96,15 +97,7 @@ def read_table(path: Path) -> pd.DataFrame:
             f"the current directory, {os.getcwd()!r}), or create one with `medgen scan DIR -o FILE`."
         )
     string_cols = {c: "string" for c in manifest_spec()["string_columns"]}
-    try:
-        if suffix == ".csv":
-            return pd.read_csv(path, dtype=string_cols, keep_default_na=True)
-        return pd.read_parquet(path)
-    except (ValueError, OSError, UnicodeDecodeError) as err:
-        raise ManifestError(
-            f"Manifest {str(path)!r} cannot be read as {suffix[1:].upper()}: {err}. "
-            "Check that the file is a complete, well-formed table."
-        ) from err
+    return files.read_table(path, what="Manifest", dtype=string_cols, error=ManifestError)
 
 
 def path_columns(columns: Iterable[str]) -> list[str]:

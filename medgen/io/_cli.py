@@ -49,17 +49,12 @@ def scan_command(
     Image paths in the manifest are written relative to the manifest's folder, so
     ``medgen info`` and ``Cohort.from_manifest`` find the files.
     """
-    from medgen.errors import MedgenError
     from medgen.io import scan
 
     if not output.name.lower().endswith((".csv", ".parquet")):
         typer.echo(f"Error: --output {output} must end .csv or .parquet.", err=True)
         raise typer.Exit(code=2)
-    try:
-        manifest, errors = scan(directory, progress=progress, retain=retain or ())
-    except MedgenError as err:
-        typer.echo(f"Error: {err}", err=True)
-        raise typer.Exit(code=2) from err
+    manifest, errors = scan(directory, progress=progress, retain=retain or ())
     root = directory.expanduser().resolve()
     out_dir = output.expanduser().resolve().parent
     shown_errors = errors.copy()

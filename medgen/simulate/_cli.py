@@ -40,20 +40,15 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Simulate a cohort with known disease, site and bias effects on MNI152 anatomy."""
-        from medgen.errors import MedgenError
         from medgen.simulate import SimulationConfig, preset, simulate
 
-        try:
-            if config is not None:
-                cfg = SimulationConfig.from_yaml(config)
-            else:
-                cfg = preset(preset_name or "tiny")
-            if n_subjects is not None:
-                cfg.population.n_subjects = n_subjects
-            manifest = simulate(
-                cfg, out_dir, seed=seed, progress=progress, format=fmt, overwrite=overwrite
-            )
-        except MedgenError as err:
-            typer.echo(f"Error: {err}", err=True)
-            raise typer.Exit(code=2) from err
+        if config is not None:
+            cfg = SimulationConfig.from_yaml(config)
+        else:
+            cfg = preset(preset_name or "tiny")
+        if n_subjects is not None:
+            cfg.population.n_subjects = n_subjects
+        manifest = simulate(
+            cfg, out_dir, seed=seed, progress=progress, format=fmt, overwrite=overwrite
+        )
         typer.echo(f"wrote {manifest}")

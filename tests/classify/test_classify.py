@@ -352,6 +352,35 @@ def test_bad_arguments_raise_medgen_errors(tiny_manifest: Path, kwargs: dict, ma
         train(tiny_manifest, **args)
 
 
+def test_predict_refuses_labels_the_model_does_not_know(
+    trained: tuple[Classifier, Path], tiny_manifest: Path, tmp_path: Path
+) -> None:
+    clf, _ = trained
+    def absolute(df: pd.DataFrame) -> pd.DataFrame:
+        for col in ("image_path", "mask_path"):
+            df[col] = [str(tiny_manifest.parent / p) for p in df[col]]
+        return df
+
+    df = absolute(pd.read_csv(tiny_manifest))
+    df["label"] = df["label"].map({0: "healthy", 1: "disease"})
+    relabelled = tmp_path / "relabelled.csv"
+    df.to_csv(relabelled, index=False)
+    with pytest.raises(MedgenValueError) as err:
+        clf.predict(relabelled, split="test", progress=False)
+    msg = str(err.value)
+    assert "'disease', 'healthy'" in msg and "['0', '1']" in msg and "labels=False" in msg
+    preds = clf.predict(relabelled, split="test", progress=False, labels=False)
+    assert "y_true" not in preds.columns and len(preds) == (df["split"] == "test").sum()
+    # 1.0 / "1" / 1 name the same class: a float column (with a missing label) still maps
+    df = absolute(pd.read_csv(tiny_manifest))
+    df["label"] = df["label"].astype(float)
+    df.loc[df.index[df["split"] == "test"][0], "label"] = float("nan")
+    floats = tmp_path / "floats.csv"
+    df.to_csv(floats, index=False)
+    got = clf.predict(floats, split="test", progress=False)
+    assert got["y_true"].isna().sum() == 1 and got["y_true"].notna().sum() == len(got) - 1
+
+
 def test_load_rejects_a_folder_without_a_model(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="is not a saved classifier"):
         Classifier.load(tmp_path)
@@ -404,8 +433,8 @@ def test_cli_train_and_predict(tiny_manifest: Path, tmp_path: Path) -> None:
     assert {"image_id", "subject_id", "y_true", "y_score", "y_pred"} <= set(table.columns)
     assert (table["split"] == "test").all()
     r = runner.invoke(app, ["train", str(tiny_manifest), "-o", str(run), "--model", "densnet121"])
-    assert r.exit_code != 0
-    assert "Did you mean 'densenet121'" in str(r.exception)
+    assert r.exit_code == 2
+    assert "Did you mean 'densenet121'" in r.output and "Traceback" not in r.output
 
 
 def test_multiclass_target_gives_one_score_column_per_class(tiny_manifest: Path) -> None:
