@@ -356,6 +356,7 @@ def test_predict_refuses_labels_the_model_does_not_know(
     trained: tuple[Classifier, Path], tiny_manifest: Path, tmp_path: Path
 ) -> None:
     clf, _ = trained
+
     def absolute(df: pd.DataFrame) -> pd.DataFrame:
         for col in ("image_path", "mask_path"):
             df[col] = [str(tiny_manifest.parent / p) for p in df[col]]
