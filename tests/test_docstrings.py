@@ -49,3 +49,14 @@ def test_every_room_has_examples(room: str) -> None:
     assert any(m == f"medgen.{room}" or m.startswith(f"medgen.{room}.") for m in MODULES), (
         f"medgen.{room} has no docstring example; add one to its public API"
     )
+
+
+def test_architecture_example_runs() -> None:
+    """docs/architecture.md's smallest objective is real code."""
+    import re
+
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, "docs/architecture.md lost its example"
+    for block in blocks:
+        exec(compile(block, "docs/architecture.md", "exec"), {"__name__": "architecture_example"})

@@ -545,15 +545,6 @@ def test_bad_options(preds: pd.DataFrame) -> None:
         audit(preds, sensitive=[])
 
 
-def test_docstring_examples_run() -> None:
-    import doctest
-
-    import medgen.audit._audit as mod
-
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 3 and result.failed == 0
-
-
 def test_markdown_escapes_missing_group(report: AuditReport) -> None:
     md = report.to_markdown()
     assert "\\<missing>" in md and "| <missing>" not in md

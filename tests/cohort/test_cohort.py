@@ -808,15 +808,6 @@ def test_split_many_subjects_many_strata() -> None:
     assert out.df.groupby("subject_id")["split"].nunique().max() == 1
 
 
-def test_docstring_examples_run() -> None:
-    import doctest
-
-    import medgen.cohort
-
-    result = doctest.testmod(medgen.cohort, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 3 and result.failed == 0
-
-
 def test_cli_info_reads_parquet_without_labels(cohort_dir: Path) -> None:
     from typer.testing import CliRunner
 

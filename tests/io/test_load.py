@@ -172,17 +172,6 @@ def test_corrupt_gzip_nifti_names_file(tmp_path: Path) -> None:
         load(bad)
 
 
-def test_docstring_examples_run() -> None:
-    import doctest
-
-    import medgen.io._api
-    import medgen.io._scan
-
-    for mod in (medgen.io._api, medgen.io._scan):
-        result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-        assert result.attempted > 0 and result.failed == 0, mod.__name__
-
-
 def test_metatensor_works_with_monai_transforms() -> None:
     from monai.transforms import Orientation, Spacing
 

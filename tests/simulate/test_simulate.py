@@ -423,16 +423,6 @@ def test_conditional_attribute_distribution() -> None:
         )
 
 
-@pytest.mark.parametrize("module", ["_config", "_simulate", "_degrade"])
-def test_docstring_examples_run(module: str) -> None:
-    import doctest
-    import importlib
-
-    mod = importlib.import_module(f"medgen.simulate.{module}")
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 1 and result.failed == 0
-
-
 def test_rerun_needs_overwrite_and_leaves_no_stale_images(tmp_path: pathlib.Path) -> None:
     """A smaller rerun into a used folder must not leave the larger run's images behind."""
     out = tmp_path / "sim"
