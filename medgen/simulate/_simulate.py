@@ -19,6 +19,7 @@ import pandas as pd
 
 from medgen._internal.files import write_text_atomic
 from medgen._internal.provenance import package_versions
+from medgen._internal.runs import mark_complete, run_lock
 from medgen.errors import ConfigError, MedgenValueError
 from medgen.simulate import _anatomy, _disease, _site
 from medgen.simulate._bias import draw_cohort
@@ -192,34 +193,81 @@ def iter_subjects(
 _OUTPUTS = ("images", "masks", "manifest.csv", "simulation.json")
 
 
-def _clear_previous_run(out: pathlib.Path, *, overwrite: bool) -> None:
-    """Refuse a non-empty ``out`` unless ``overwrite`` and it holds a previous simulation.
+#: written before the first image: the settings of the run in progress (an interrupted run with
+#: the same settings is restarted cleanly by a rerun; other settings need ``overwrite``)
+_STARTED = "simulation.started.json"
 
-    Stale images from a larger earlier run would otherwise sit beside the new manifest, and
-    a researcher's own files must never be deleted by a simulation.
+
+def _is_temporary(name: str) -> bool:
+    """Leftovers of medgen's atomic writers killed mid-write (``.name.XXXX.tmp...``)."""
+    return name.startswith(".") and (".tmp" in name or name.endswith(".old"))
+
+
+def _holds_simulation(out: pathlib.Path) -> bool:
+    from medgen._internal.runs import COMPLETE, LOCK
+
+    return any((out / name).exists() for name in (COMPLETE, LOCK, _STARTED, "simulation.json"))
+
+
+def _prepare_out_dir(out: pathlib.Path, *, overwrite: bool, fingerprint: dict[str, Any]) -> str:
+    """Make ``out`` ready for a simulation; return what was there (``"empty"``, ``"complete"``,
+    ``"interrupted"``).
+
+    - a finished simulation is replaced only with ``overwrite``;
+    - an interrupted one (killed before it finished) with the same settings is restarted cleanly
+      (the simulation is deterministic, so the result equals an uninterrupted run); with other
+      settings it needs ``overwrite``;
+    - a folder whose files are not a simulation is never touched, ``overwrite`` or not;
+    - only the simulation's own outputs are deleted; other files in the folder survive.
     """
     import shutil
 
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    from medgen._internal.runs import COMPLETE, LOCK
+
+    entries = sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
     if not entries:
-        return
+        return "empty"
     shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
-    if not (out / "simulation.json").is_file():
+    started = out / _STARTED
+    finished = (out / COMPLETE).is_file() or (
+        (out / "simulation.json").is_file() and not started.is_file()  # written by medgen < 0.2
+    )
+    if finished:
+        state = "complete"
+        if not overwrite:
+            raise MedgenValueError(
+                f"simulate: out_dir {str(out)!r} already holds a simulation ({shown}). Choose a "
+                "new folder, or pass overwrite=True (CLI: --overwrite) to replace it."
+            )
+    elif started.is_file():
+        state = "interrupted"
+        try:
+            before = json.loads(started.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            before = None
+        if before != json.loads(json.dumps(fingerprint, default=_json_default)) and not overwrite:
+            raise MedgenValueError(
+                f"simulate: out_dir {str(out)!r} holds an interrupted simulation with other "
+                "settings (config, seed or format differ). Rerun with those settings to finish "
+                "it, or pass overwrite=True (CLI: --overwrite) to replace it."
+            )
+        logger.info("simulate: restarting the interrupted simulation in %s", out)
+    else:
         raise MedgenValueError(
             f"simulate: out_dir {str(out)!r} is not empty ({shown}) and holds no previous "
             "simulation (no simulation.json). Choose a new or empty folder."
         )
-    if not overwrite:
-        raise MedgenValueError(
-            f"simulate: out_dir {str(out)!r} already holds a simulation ({shown}). Choose a new "
-            "folder, or pass overwrite=True (CLI: --overwrite) to replace it."
-        )
-    for name in _OUTPUTS:
+    for name in (*_OUTPUTS, _STARTED, COMPLETE):
         target = out / name
         if target.is_dir():
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
+    for name in entries:
+        if _is_temporary(name):
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    return state
 
 
 def simulate(
@@ -244,7 +292,10 @@ def simulate(
         out_dir: output folder, created if needed; it must be empty unless ``overwrite``.
         overwrite: replace a previous simulation in ``out_dir`` (its ``images/``, ``masks/``,
             ``manifest.csv`` and ``simulation.json``; other files are left alone). A non-empty
-            folder that holds no ``simulation.json`` is never cleared.
+            folder that holds no ``simulation.json`` is never cleared. Without it, a rerun into
+            the folder of an *interrupted* simulation with the same settings restarts it cleanly
+            (same result as an uninterrupted run); one writer at a time (a second fails at
+            once, naming the first).
         seed: overrides ``config.seed`` (recorded in the sidecar).
         progress: show a tqdm progress bar.
         format: ``"nifti"`` or ``"dicom"``.
@@ -265,9 +316,6 @@ def simulate(
         >>> path.name
         'manifest.csv'
     """
-    from tqdm.auto import tqdm
-
-    import medgen.io
 
     if isinstance(config, SimulationConfig):
         cfg = config
@@ -289,7 +337,24 @@ def simulate(
     out = pathlib.Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise MedgenValueError(f"simulate: out_dir {str(out)!r} exists and is not a directory.")
-    _clear_previous_run(out, overwrite=overwrite)
+    fingerprint = {"config": cfg.to_dict(), "seed": seed, "format": format}
+    if out.is_dir() and any(out.iterdir()) and not _holds_simulation(out):
+        # refused before the lock file is made: a folder that is not ours stays untouched
+        _prepare_out_dir(out, overwrite=overwrite, fingerprint=fingerprint)
+    with run_lock(out, what="simulation"):
+        _prepare_out_dir(out, overwrite=overwrite, fingerprint=fingerprint)
+        write_text_atomic(out / _STARTED, json.dumps(fingerprint, indent=1, default=_json_default))
+        return _write_simulation(cfg, out, seed=seed, format=format, progress=progress)
+
+
+def _write_simulation(
+    cfg: SimulationConfig, out: pathlib.Path, *, seed: int, format: str, progress: bool
+) -> pathlib.Path:
+    """The body of :func:`simulate`, in a prepared and locked ``out``."""
+    from tqdm.auto import tqdm
+
+    import medgen.io
+
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
 
@@ -382,6 +447,8 @@ def simulate(
         "wall_time_s": round(elapsed, 3),
     }
     write_text_atomic(out / "simulation.json", json.dumps(sidecar, indent=2, default=_json_default))
+    mark_complete(out, ["manifest.csv", "simulation.json"], kind="simulation")
+    (out / _STARTED).unlink(missing_ok=True)
     logger.info("simulated %d subjects into %s in %.1f s", len(manifest), out, elapsed)
     return manifest_path
 

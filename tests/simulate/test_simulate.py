@@ -451,3 +451,93 @@ def test_never_clears_a_folder_that_is_not_a_simulation(tmp_path: pathlib.Path) 
             simulate(preset("tiny"), data, progress=False, overwrite=overwrite)
     assert (data / "scan.nii.gz").read_bytes() == b"precious"
     assert sorted(p.name for p in data.iterdir()) == ["scan.nii.gz"]
+
+
+# ------------------------------------------------------------------ interrupted runs
+_KILLABLE = """
+import sys
+from medgen.simulate import preset, simulate
+cfg = preset("tiny")
+cfg.population.n_subjects = int(sys.argv[2])
+simulate(cfg, sys.argv[1], progress=False)
+"""
+
+
+def _start_and_kill(out: pathlib.Path, n: int, after_images: int) -> None:
+    """Run a simulation in a subprocess and SIGKILL it once ``after_images`` images exist."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, str(out), str(n)])
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            images = out / "images"
+            if (
+                images.is_dir()
+                and len([p for p in images.iterdir() if not p.name.startswith(".")]) >= after_images
+            ):
+                break
+            if proc.poll() is not None:
+                pytest.fail("the simulation finished before it could be interrupted")
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+
+
+def test_a_killed_simulation_reruns_into_its_folder(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "sim"
+    _start_and_kill(out, n=40, after_images=3)
+    assert not (out / "manifest.csv").exists()  # killed: no manifest, no completion marker
+    from medgen._internal.runs import check_complete
+
+    with pytest.raises(MedgenValueError, match="holds no finished run"):
+        check_complete(out, what="simulation")
+    cfg = preset("tiny")
+    cfg.population.n_subjects = 40
+    manifest = simulate(cfg, out, progress=False)  # the same command again: restarts cleanly
+    clean = simulate(cfg, tmp_path / "uninterrupted", progress=False)
+    assert _hashes(out) == _hashes(clean.parent)
+    assert manifest.read_bytes() == clean.read_bytes()
+    leftovers = [p.name for p in out.rglob("*") if ".tmp" in p.name]
+    assert leftovers == [] and not (out / "simulation.started.json").exists()
+    check_complete(out, what="simulation")
+
+
+def test_an_interrupted_simulation_with_other_settings_needs_overwrite(
+    tmp_path: pathlib.Path,
+) -> None:
+    out = tmp_path / "sim"
+    _start_and_kill(out, n=40, after_images=2)
+    other = preset("tiny")
+    other.population.n_subjects = 5
+    with pytest.raises(MedgenValueError, match="interrupted simulation with other settings"):
+        simulate(other, out, progress=False)
+    manifest = simulate(other, out, progress=False, overwrite=True)
+    assert len(pd.read_csv(manifest)) == 5 and len(list((out / "images").iterdir())) == 5
+
+
+def test_two_simulations_into_one_folder_the_second_fails_fast(tmp_path: pathlib.Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from medgen.errors import RunLockedError
+
+    out = tmp_path / "sim"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, str(out), "60"])
+    try:
+        while not (out / "simulation.started.json").exists():
+            assert proc.poll() is None
+            time.sleep(0.01)
+        t0 = time.perf_counter()
+        with pytest.raises(RunLockedError, match=f"pid {proc.pid}"):
+            simulate(preset("tiny"), out, progress=False)
+        assert time.perf_counter() - t0 < 5
+    finally:
+        proc.kill()
+        proc.wait()
