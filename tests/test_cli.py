@@ -137,3 +137,34 @@ def test_the_installed_command_prints_one_line_on_stderr(tmp_path: Path) -> None
         check=False,
     )
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_outputs_never_land_in_or_on_their_inputs(tmp_path: Path) -> None:
+    """scan into the scanned folder, audit over its own prediction table: refused, untouched."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.csv").write_text("my own notes, the only copy\n")
+    preds = tmp_path / "preds.csv"
+    preds.write_text("y_true,y_score,sex\n1,0.9,F\n0,0.2,M\n")
+    before = {p: p.read_bytes() for p in (data / "manifest.csv", preds)}
+    cases = [
+        ["scan", str(data), "-o", str(data / "manifest.csv")],
+        ["scan", str(data), "-o", str(data / "sub" / "m.csv")],
+        ["audit", str(preds), "-s", "sex", "-o", str(preds)],
+        [
+            "audit",
+            str(preds),
+            "-s",
+            "sex",
+            "-o",
+            str(tmp_path / "r.html"),
+            "--markdown",
+            str(preds),
+        ],
+    ]
+    for args in cases:
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "never writes over its inputs" in result.output
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in data.iterdir()) == ["manifest.csv"]

@@ -72,10 +72,14 @@ def audit_command(
     import pandas as pd
 
     from medgen._internal.files import read_table
+    from medgen._internal.paths import check_output_not_input
     from medgen.audit import audit
     from medgen.audit._report import atomic_write_text
     from medgen.errors import MetricWarning
 
+    for out, option in ((output, "--output"), (csv_dir, "--csv-dir"), (markdown, "--markdown")):
+        if out is not None:
+            check_output_not_input(out, [predictions], what=option)
     data = read_table(predictions, what="prediction table")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetricWarning)

@@ -49,11 +49,15 @@ def scan_command(
     Image paths in the manifest are written relative to the manifest's folder, so
     ``medgen info`` and ``Cohort.from_manifest`` find the files.
     """
+    from medgen._internal.paths import check_output_not_input
+    from medgen.errors import MedgenValueError
     from medgen.io import scan
 
     if not output.name.lower().endswith((".csv", ".parquet")):
-        typer.echo(f"Error: --output {output} must end .csv or .parquet.", err=True)
-        raise typer.Exit(code=2)
+        raise MedgenValueError(f"--output {output} must end .csv or .parquet.")
+    err_path = _errors_path(output)
+    for out in (output, err_path):  # never inside the scanned folder: it may be the only copy
+        check_output_not_input(out, [directory], what="--output")
     manifest, errors = scan(directory, progress=progress, retain=retain or ())
     root = directory.expanduser().resolve()
     out_dir = output.expanduser().resolve().parent
@@ -69,7 +73,6 @@ def scan_command(
             manifest["image_path"] = [move(p) for p in manifest["image_path"]]
         if not errors.empty:
             errors["path"] = [move(p) for p in errors["path"]]
-    err_path = _errors_path(output)
     _write(manifest, output)
     _write(errors, err_path)
     n_dicom = int((manifest["format"] == "dicom").sum()) if not manifest.empty else 0
