@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,22 +43,67 @@ def _parse_ints(text: str, name: str) -> tuple[int, ...]:
     return vals
 
 
-def _fit(
-    model: Any,
-    manifest: Path,
-    output: Path,
-    *,
-    resume: bool,
-    progress: bool,
-    time_budget: float | None,
-    workers: int,
-    **train: Any,
+#: the training options both train commands take: CLI parameter -> TrainConfig option
+_TRAIN_OPTIONS = {
+    "epochs": "epochs",
+    "steps_per_epoch": "steps_per_epoch",
+    "batch_size": "batch_size",
+    "adv_weight": "adv_weight",
+    "lr_schedule": "lr_schedule",
+    "device": "device",
+    "seed": "seed",
+    "time_budget": "time_budget_s",
+    "workers": "num_workers",
+}
+
+
+def _train_options(
+    epochs: _Epochs = 10,
+    steps_per_epoch: _Steps = 50,
+    batch_size: _Batch = 16,
+    adv_weight: _AdvWeight = 0.0,
+    time_budget: _TimeBudget = None,
+    lr_schedule: _LrSchedule = "constant",
+    workers: _Workers = 0,
+    resume: _Resume = False,
+    device: _Device = "auto",
+    seed: _Seed = 0,
+    progress: _Progress = True,
 ) -> None:
-    """Train ``model`` with the training options both train commands take; CLI option names
-    map to :class:`~medgen.generative.TrainConfig` names here."""
-    cfg = {**train, "time_budget_s": time_budget, "num_workers": workers}
-    cfg = {k: v for k, v in cfg.items() if v is not None}
-    model.fit(manifest, run_dir=output, config=cfg, resume=resume, progress=progress)
+    """The options both train commands take after their own (read by :func:`_train_command`)."""
+
+
+def _train_command(build: Callable[..., Any]) -> Callable[..., None]:
+    """A train command from ``build``, which takes the task's own options (the manifest and
+    ``--output`` first) and returns the untrained model: the command takes them plus the
+    options of :func:`_train_options`, builds the model and trains it (:func:`_fit`)."""
+    own = inspect.signature(build, eval_str=True).parameters
+    shared = inspect.signature(_train_options, eval_str=True).parameters
+
+    def command(**params: Any) -> None:
+        _fit(build(**{k: params[k] for k in own}), params)
+
+    command.__name__ = command.__qualname__ = build.__name__
+    command.__doc__ = build.__doc__
+    sig = inspect.Signature([*own.values(), *shared.values()], return_annotation=None)
+    command.__signature__ = sig  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in sig.parameters.values()}
+    return command
+
+
+def _fit(model: Any, params: Mapping[str, Any]) -> None:
+    """Train ``model`` on ``params["manifest"]`` into ``params["output"]`` with the training
+    options both train commands take (``params``: a train command's arguments); CLI option
+    names map to :class:`~medgen.generative.TrainConfig` names in :data:`_TRAIN_OPTIONS`."""
+    cfg = {name: params[k] for k, name in _TRAIN_OPTIONS.items() if params[k] is not None}
+    output = params["output"]
+    model.fit(
+        params["manifest"],
+        run_dir=output,
+        config=cfg,
+        resume=params["resume"],
+        progress=params["progress"],
+    )
     typer.echo(f"model -> {output}")
 
 
@@ -148,6 +195,24 @@ def _apply(
         typer.echo(f"manifest -> {output / 'manifest.csv'}")
 
 
+def _apply_command(kind: str, doc: str) -> Callable[..., None]:
+    """The ``apply`` command of ``kind`` (``"denoise"`` or ``"superres"``), helped by ``doc``."""
+
+    def command(
+        run: _Run,
+        inputs: _Inputs,
+        output: _ApplyOutput,
+        format: _Format = None,
+        self_ensemble: _SelfEnsemble = False,
+        progress: _Progress = True,
+    ) -> None:
+        _apply(kind, run, inputs, output, format, progress, self_ensemble)
+
+    command.__name__ = command.__qualname__ = f"{kind}_apply"
+    command.__doc__ = doc
+    return command
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``denoise`` and ``superres`` command groups to the ``medgen`` app."""
     denoise = typer.Typer(
@@ -160,6 +225,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(superres, name="superres")
 
     @denoise.command("train")
+    @_train_command
     def denoise_train(
         manifest: Annotated[
             Path,
@@ -181,22 +247,11 @@ def register(app: typer.Typer) -> None:
         sigma_max: Annotated[
             float, typer.Option(help="highest noise s.d. (fraction of range)")
         ] = 0.15,
-        epochs: _Epochs = 10,
-        steps_per_epoch: _Steps = 50,
-        batch_size: _Batch = 16,
-        adv_weight: _AdvWeight = 0.0,
-        time_budget: _TimeBudget = None,
-        lr_schedule: _LrSchedule = "constant",
-        workers: _Workers = 0,
-        resume: _Resume = False,
-        device: _Device = "auto",
-        seed: _Seed = 0,
-        progress: _Progress = True,
-    ) -> None:
+    ) -> Any:
         """Train a denoiser; writes config.json, model.safetensors, checkpoint.pt, metrics.csv."""
         from medgen.generative import Denoiser
 
-        den = Denoiser(
+        return Denoiser(
             model=model,
             spatial_dims=spatial_dims,
             channels=_parse_ints(channels, "--channels"),
@@ -204,36 +259,13 @@ def register(app: typer.Typer) -> None:
             noise=noise or ["gaussian", "rician"],
             sigma=(sigma_min, sigma_max),
         )
-        _fit(
-            den,
-            manifest,
-            output,
-            resume=resume,
-            progress=progress,
-            time_budget=time_budget,
-            workers=workers,
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            batch_size=batch_size,
-            adv_weight=adv_weight,
-            lr_schedule=lr_schedule,
-            device=device,
-            seed=seed,
-        )
 
-    @denoise.command("apply")
-    def denoise_apply(
-        run: _Run,
-        inputs: _Inputs,
-        output: _ApplyOutput,
-        format: _Format = None,
-        self_ensemble: _SelfEnsemble = False,
-        progress: _Progress = True,
-    ) -> None:
-        """Denoise images; outputs are marked DERIVED and name the model."""
-        _apply("denoise", run, inputs, output, format, progress, self_ensemble)
+    denoise.command("apply")(
+        _apply_command("denoise", "Denoise images; outputs are marked DERIVED and name the model.")
+    )
 
     @superres.command("train")
+    @_train_command
     def superres_train(
         manifest: Annotated[Path, typer.Argument(help="cohort manifest of clean images")],
         output: Annotated[Path, typer.Option("-o", "--output", help="run folder to write")],
@@ -246,22 +278,11 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(help="training patch / window edge, fine grid [default: 64; 3D: 32]"),
         ] = None,
-        epochs: _Epochs = 10,
-        steps_per_epoch: _Steps = 50,
-        batch_size: _Batch = 16,
-        adv_weight: _AdvWeight = 0.0,
-        time_budget: _TimeBudget = None,
-        lr_schedule: _LrSchedule = "constant",
-        workers: _Workers = 0,
-        resume: _Resume = False,
-        device: _Device = "auto",
-        seed: _Seed = 0,
-        progress: _Progress = True,
-    ) -> None:
+    ) -> Any:
         """Train a super-resolver; writes config.json, model.safetensors, checkpoint.pt, metrics.csv."""
         from medgen.generative import SuperResolver
 
-        sr = SuperResolver(
+        return SuperResolver(
             scale=scale,
             axes=axes,
             model=model,
@@ -269,31 +290,10 @@ def register(app: typer.Typer) -> None:
             channels=_parse_ints(channels, "--channels"),
             patch_size=patch_size,
         )
-        _fit(
-            sr,
-            manifest,
-            output,
-            resume=resume,
-            progress=progress,
-            time_budget=time_budget,
-            workers=workers,
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            batch_size=batch_size,
-            adv_weight=adv_weight,
-            lr_schedule=lr_schedule,
-            device=device,
-            seed=seed,
-        )
 
-    @superres.command("apply")
-    def superres_apply(
-        run: _Run,
-        inputs: _Inputs,
-        output: _ApplyOutput,
-        format: _Format = None,
-        self_ensemble: _SelfEnsemble = False,
-        progress: _Progress = True,
-    ) -> None:
-        """Super-resolve images; the output affine has the finer spacing; marked DERIVED."""
-        _apply("superres", run, inputs, output, format, progress, self_ensemble)
+    superres.command("apply")(
+        _apply_command(
+            "superres",
+            "Super-resolve images; the output affine has the finer spacing; marked DERIVED.",
+        )
+    )

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from medgen.errors import ConfigError, MedgenValueError
+from medgen.generative._checks import check_network, check_patch_size
 from medgen.generative._model import CONFIG, WEIGHTS, GenerativeModel
 
 if TYPE_CHECKING:
@@ -95,20 +96,8 @@ class RestorerConfig:
         from medgen.generative._nets import check_generator_name
 
         check_generator_name(self.model)
-        if self.spatial_dims not in (2, 3):
-            raise ConfigError(f"spatial_dims must be 2 or 3, not {self.spatial_dims!r}.")
-        self.channels = tuple(int(c) for c in self.channels)
-        levels = len(self.channels) - 1
-        if (
-            isinstance(self.patch_size, bool)
-            or not isinstance(self.patch_size, int)
-            or self.patch_size < 8
-            or self.patch_size % (2**levels)
-        ):
-            raise ConfigError(
-                f"patch_size must be an integer >= 8 divisible by 2**(len(channels)-1) = "
-                f"{2**levels}, not {self.patch_size!r}."
-            )
+        check_network(self, "")
+        check_patch_size(self, "", minimum=8)
         lo, hi = (float(v) for v in self.norm_percentiles)
         if not 0.0 <= lo < hi <= 100.0:
             raise ConfigError(
@@ -117,6 +106,35 @@ class RestorerConfig:
         self.norm_percentiles = (lo, hi)
         if not 0.0 <= self.overlap < 1.0:
             raise ConfigError(f"overlap must be in [0, 1), not {self.overlap!r}.")
+
+
+#: the constructor arguments of every restorer that its :class:`RestorerConfig` holds
+NETWORK_ARGUMENTS = (
+    "model",
+    "spatial_dims",
+    "channels",
+    "patch_size",
+    "discriminator_channels",
+    "self_ensemble",
+    "model_kwargs",
+)
+
+
+def task_config(arguments: Mapping[str, Any], task_options: dict[str, Any]) -> RestorerConfig:
+    """The :class:`RestorerConfig` of a restorer's constructor: ``arguments`` holds (at least)
+    the :data:`NETWORK_ARGUMENTS` by name (the constructor's ``locals()``), ``task_options`` the
+    task's own options."""
+    a = {k: arguments[k] for k in NETWORK_ARGUMENTS}
+    return RestorerConfig(
+        model=a["model"],
+        spatial_dims=a["spatial_dims"],
+        channels=tuple(a["channels"]),
+        patch_size=a["patch_size"],
+        discriminator_channels=a["discriminator_channels"],
+        self_ensemble=bool(a["self_ensemble"]),
+        model_kwargs=dict(a["model_kwargs"] or {}),
+        task_options=task_options,
+    )
 
 
 def default_patch_size(spatial_dims: int) -> int:
@@ -362,9 +380,7 @@ class Restorer(GenerativeModel):
         import torch
 
         from medgen.generative._nets import build_discriminator
-        from medgen.generative._trainer import TrainConfig
-        from medgen.generative.engine import fit_objective
-        from medgen.generative.objectives.paired import PairedObjective
+        from medgen.generative._trainer import TrainConfig, fit_paired
 
         if isinstance(config, TrainConfig):
             tc = config
@@ -421,12 +437,11 @@ class Restorer(GenerativeModel):
             "n_images": len(images),
             "data_sha256": self.data_hash,
         }
-        objective = PairedObjective(
-            self.network, sample_batch, config=tc.objective_config(), discriminator=disc
-        )
-        result = fit_objective(
-            objective,
-            config=tc.engine_config(),
+        result = fit_paired(
+            self.network,
+            sample_batch,
+            config=tc,
+            discriminator=disc,
             run_dir=run_dir,
             resume=resume,
             run_info=run_info,

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from medgen._internal.device import resolve_device
-from medgen.errors import ConfigError
 from medgen.generative.engine import (
     EngineConfig,
+    EngineResult,
     check_engine_options,
     fit_objective,
     lr_factor,
@@ -41,7 +41,7 @@ _step_seed = step_seed  # the name of earlier versions
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(PairedConfig, EngineConfig):
     """Options of restoration training (saved in ``config.json`` and ``train_state.json``).
 
     Engine options (:class:`~medgen.generative.engine.EngineConfig`): ``epochs``,
@@ -49,7 +49,7 @@ class TrainConfig:
     ``time_budget_s``, ``num_workers``, ``seed``, ``device``. Paired-objective options
     (:class:`~medgen.generative.objectives.paired.PairedConfig`): ``lr_g``, ``lr_d``, ``betas``,
     ``l1_weight``, ``mse_weight``, ``ssim_weight``, ``kl_weight``, ``adv_weight``,
-    ``adv_warmup_steps``.
+    ``adv_warmup_steps``. It has the fields of both (engine options first) and their defaults.
 
     Attributes:
         epochs: number of epochs; one epoch is ``steps_per_epoch`` optimiser steps.
@@ -81,40 +81,9 @@ class TrainConfig:
         (2, 0.003)
     """
 
-    epochs: int = 10
-    steps_per_epoch: int = 50
-    batch_size: int = 16
-    lr_g: float = 1e-3
-    lr_d: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    lr_schedule: str = "constant"
-    l1_weight: float = 1.0
-    mse_weight: float = 0.0
-    ssim_weight: float = 0.1
-    kl_weight: float = 1e-6
-    adv_weight: float = 0.0
-    adv_warmup_steps: int = 0
-    ema_decay: float | None = 0.99
-    amp: bool = True
-    time_budget_s: float | None = None
-    num_workers: int = 0
-    seed: int = 0
-    device: str = "auto"
-
     def __post_init__(self) -> None:
         check_engine_options(self, "TrainConfig")
         check_paired_options(self, "TrainConfig")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """Build from a dict (e.g. the ``"train"`` entry of a saved ``config.json``), naming
-        unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"TrainConfig: unknown option(s) {unknown}; known: {sorted(known)}.")
-        kw: dict[str, Any] = {k: (tuple(v) if k == "betas" else v) for k, v in d.items()}
-        return cls(**kw)
 
     def engine_config(self) -> EngineConfig:
         """The engine's share of the options."""
@@ -174,12 +143,11 @@ def train(
         MedgenFileNotFoundError: ``resume=True`` but there is no checkpoint in ``run_dir``.
         ConfigError: the checkpoint was written by a different configuration or model.
     """
-    objective = PairedObjective(
-        generator, sample_batch, config=config.objective_config(), discriminator=discriminator
-    )
-    res = fit_objective(
-        objective,
-        config=config.engine_config(),
+    res = fit_paired(
+        generator,
+        sample_batch,
+        config=config,
+        discriminator=discriminator,
         run_dir=run_dir,
         resume=resume,
         run_info=run_info,
@@ -191,4 +159,30 @@ def train(
         history=res.history,
         step=res.step,
         stopped_early=res.stopped_early,
+    )
+
+
+def fit_paired(
+    generator: nn.Module,
+    sample_batch: Callable[[int], Mapping[str, torch.Tensor]],
+    *,
+    config: TrainConfig,
+    discriminator: nn.Module | None,
+    run_dir: str | os.PathLike[str] | None,
+    resume: bool,
+    run_info: Mapping[str, Any] | None,
+    progress: bool,
+) -> EngineResult:
+    """The ``"paired"`` objective of ``config`` run on the engine; the engine's result (what
+    :func:`train` and :meth:`Restorer.fit <medgen.generative.Denoiser.fit>` build on)."""
+    objective = PairedObjective(
+        generator, sample_batch, config=config.objective_config(), discriminator=discriminator
+    )
+    return fit_objective(
+        objective,
+        config=config.engine_config(),
+        run_dir=run_dir,
+        resume=resume,
+        run_info=run_info,
+        progress=progress,
     )

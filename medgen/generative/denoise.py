@@ -27,9 +27,9 @@ from medgen.errors import ConfigError
 from medgen.generative._model import register_model_kind
 from medgen.generative._restorer import (
     Restorer,
-    RestorerConfig,
     default_patch_size,
     robust_range,
+    task_config,
 )
 
 __all__ = ["Denoiser"]
@@ -98,23 +98,13 @@ class Denoiser(Restorer):
                 f"sigma must be a number in [0, 1) or a (low, high) range of such, not {sigma!r}."
             )
         phot = list(photons) if isinstance(photons, Sequence) else [float(photons)]
-        super().__init__(
-            RestorerConfig(
-                model=model,
-                spatial_dims=spatial_dims,
-                channels=tuple(channels),
-                patch_size=patch_size,
-                discriminator_channels=discriminator_channels,
-                self_ensemble=bool(self_ensemble),
-                model_kwargs=dict(model_kwargs or {}),
-                task_options={
-                    "noise": noises,
-                    "sigma": [float(s) for s in sig],
-                    "photons": [float(p) for p in phot],
-                    "augment": bool(augment),
-                },
-            )
-        )
+        task_options = {
+            "noise": noises,
+            "sigma": [float(s) for s in sig],
+            "photons": [float(p) for p in phot],
+            "augment": bool(augment),
+        }
+        super().__init__(task_config(locals(), task_options))
 
     @property
     def noise(self) -> list[str]:

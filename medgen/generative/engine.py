@@ -61,7 +61,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import nn
@@ -69,6 +69,7 @@ from torch import nn
 from medgen._internal.device import resolve_device
 from medgen._internal.files import atomic_path, write_text_atomic
 from medgen.errors import ConfigError, MedgenFileNotFoundError, MedgenValueError
+from medgen.generative._checks import check_int
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +98,8 @@ RESUME_FREE = ("time_budget_s", "device", "amp", "num_workers")
 def check_engine_options(obj: Any, owner: str) -> None:
     """Validate the engine options held by ``obj`` (an :class:`EngineConfig` or a recipe that
     includes them, such as :class:`~medgen.generative.TrainConfig`); ``owner`` names it."""
-    for name in ("epochs", "steps_per_epoch", "batch_size"):
-        v = getattr(obj, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{owner}.{name} must be a positive integer, not {v!r}.")
-    nw = obj.num_workers
-    if isinstance(nw, bool) or not isinstance(nw, int) or nw < 0:
-        raise ConfigError(f"{owner}.num_workers must be an integer >= 0, not {nw!r}.")
+    check_int(obj, owner, ("epochs", "steps_per_epoch", "batch_size"), minimum=1)
+    check_int(obj, owner, ("num_workers",), minimum=0)
     if obj.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(
             f"{owner}.lr_schedule must be one of {LR_SCHEDULES}, not {obj.lr_schedule!r}."
@@ -156,12 +152,14 @@ class EngineConfig:
         return self.epochs * self.steps_per_epoch
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EngineConfig:
-        """Build from a dict, naming unknown keys."""
+    def from_dict(cls, d: Mapping[str, Any]) -> Self:
+        """Build from a dict (e.g. a saved ``config.json`` entry), naming unknown keys."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"EngineConfig: unknown option(s) {unknown}; known: {sorted(known)}.")
+            raise ConfigError(
+                f"{cls.__name__}: unknown option(s) {unknown}; known: {sorted(known)}."
+            )
         return cls(**dict(d))
 
 

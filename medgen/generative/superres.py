@@ -30,9 +30,9 @@ from medgen.errors import ConfigError, MedgenValueError
 from medgen.generative._model import register_model_kind
 from medgen.generative._restorer import (
     Restorer,
-    RestorerConfig,
     default_patch_size,
     robust_range,
+    task_config,
 )
 
 __all__ = ["SCALES", "SuperResolver", "output_affine"]
@@ -103,18 +103,7 @@ class SuperResolver(Restorer):
                 f"patch_size={patch_size} must be divisible by scale={scale}; try "
                 f"{patch_size - patch_size % scale + scale}."
             )
-        super().__init__(
-            RestorerConfig(
-                model=model,
-                spatial_dims=spatial_dims,
-                channels=tuple(channels),
-                patch_size=patch_size,
-                discriminator_channels=discriminator_channels,
-                self_ensemble=bool(self_ensemble),
-                model_kwargs=dict(model_kwargs or {}),
-                task_options={"scale": int(scale), "axes": axes},
-            )
-        )
+        super().__init__(task_config(locals(), {"scale": int(scale), "axes": axes}))
 
     @property
     def scale(self) -> int:

@@ -100,15 +100,6 @@ def _cfg(**kw: Any) -> EngineConfig:
     return EngineConfig(**{**base, **kw})
 
 
-def _states(res: Any) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for n, net in res.networks.items():
-        out.update({f"{n}.{k}": v for k, v in net.state_dict().items()})
-    for n, net in res.ema.items():
-        out.update({f"ema.{n}.{k}": v for k, v in net.state_dict().items()})
-    return out
-
-
 def test_docs_engine_example_runs() -> None:
     """The python blocks of docs/engine.md (the smallest complete objective) run as written."""
     blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S)
@@ -120,7 +111,7 @@ def test_docs_engine_example_runs() -> None:
 
 
 def test_resume_is_bitwise_for_every_network_optimiser_ema_and_extra_state(
-    tmp_path: Path,
+    tmp_path: Path, run_tensors: Any
 ) -> None:
     """Ctrl-C after epoch 1 and resume (with a batch worker) == uninterrupted, bitwise: both
     networks, the EMA copy, the objective's own state and the step randomness."""
@@ -143,7 +134,7 @@ def test_resume_is_bitwise_for_every_network_optimiser_ema_and_extra_state(
         resumed_obj, config=_cfg(num_workers=1), run_dir=tmp_path / "b", resume=True, progress=False
     )
     assert resumed.step == full.step == 4
-    sa, sb = _states(full), _states(resumed)
+    sa, sb = run_tensors(full), run_tensors(resumed)
     assert sa.keys() == sb.keys() and "ema.a.0.weight" in sa
     for k in sa:
         assert torch.equal(sa[k], sb[k]), f"{k} differs after resume"

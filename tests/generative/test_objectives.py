@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -57,37 +56,10 @@ def _engine(**kw: Any) -> EngineConfig:
 
 
 @pytest.fixture(scope="module")
-def nifti_cohort(tmp_path_factory: pytest.TempPathFactory, mni_slices: np.ndarray) -> Path:
+def nifti_cohort(tmp_path_factory: pytest.TempPathFactory, write_cohort: Any) -> Path:
     """Three small 3D NIfTI volumes (64x80x4), two of site A, one of site B."""
-    from medgen.io import save
-
     d = tmp_path_factory.mktemp("cohort")
-    affine = np.diag([2.0, 2.0, 3.0, 1.0])
-    rows = []
-    for i in range(3):
-        vol = np.roll(np.moveaxis(mni_slices, 0, -1), 3 * i, axis=0) * (1.0 + i)
-        save(vol[None], d / f"s{i}.nii.gz", affine=affine)
-        rows.append(
-            {
-                "image_id": f"img{i}",
-                "image_path": f"s{i}.nii.gz",
-                "subject_id": f"sub{i}",
-                "split": "train",
-                "source": "real",
-                "site": "A" if i < 2 else "B",
-            }
-        )
-    pd.DataFrame(rows).to_csv(d / "manifest.csv", index=False)
-    return d / "manifest.csv"
-
-
-def _all_tensors(res: Any) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for n, net in res.networks.items():
-        out.update({f"{n}.{k}": v for k, v in net.state_dict().items()})
-    for n, net in res.ema.items():
-        out.update({f"ema.{n}.{k}": v for k, v in net.state_dict().items()})
-    return out
+    return write_cohort(d, affine=np.diag([2.0, 2.0, 3.0, 1.0]), gains=(1.0, 2.0, 3.0))
 
 
 # ---------------------------------------------------------------------------------- CycleGAN
@@ -127,7 +99,7 @@ def test_cyclegan_batches_are_unpaired_draws_from_the_two_pools(mni_slices: np.n
 
 
 def test_cyclegan_trains_all_four_networks_and_resumes_bitwise(
-    tmp_path: Path, mni_slices: np.ndarray
+    tmp_path: Path, mni_slices: np.ndarray, run_tensors: Any
 ) -> None:
     """Two generators + two discriminators + the image pool (extra state): interrupted after
     epoch 1 and resumed == uninterrupted, bitwise, pool included."""
@@ -159,7 +131,7 @@ def test_cyclegan_trains_all_four_networks_and_resumes_bitwise(
         resumed_obj, config=_engine(), run_dir=tmp_path / "b", resume=True, progress=False
     )
     assert resumed.step == 4
-    sa, sb = _all_tensors(full), _all_tensors(resumed)
+    sa, sb = run_tensors(full), run_tensors(resumed)
     assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.equal(sa[k], sb[k]), f"{k} differs after resume"

@@ -7,6 +7,7 @@ template, pydicom's MR_small and nibabel's anatomical.nii.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,28 +27,11 @@ TINY = {"channels": (4, 8), "patch_size": 16}
 
 
 @pytest.fixture(scope="module")
-def nifti_cohort(tmp_path_factory: pytest.TempPathFactory, mni_slices: np.ndarray) -> Path:
+def nifti_cohort(tmp_path_factory: pytest.TempPathFactory, write_cohort: Any) -> Path:
     """A manifest of three small 3D NIfTI volumes (64x80x4, spacing 2x2x3 mm, shifted origin)."""
-    from medgen.io import save
-
     d = tmp_path_factory.mktemp("cohort")
     affine = np.array([[2.0, 0, 0, -60], [0, 2.0, 0, -80], [0, 0, 3.0, 10], [0, 0, 0, 1]])
-    rows = []
-    for i in range(3):
-        vol = np.roll(np.moveaxis(mni_slices, 0, -1), 3 * i, axis=0)
-        save(vol[None], d / f"s{i}.nii.gz", affine=affine)
-        rows.append(
-            {
-                "image_id": f"img{i}",
-                "image_path": f"s{i}.nii.gz",
-                "subject_id": f"sub{i}",
-                "split": "train",
-                "source": "real",
-                "site": "A" if i < 2 else "B",
-            }
-        )
-    pd.DataFrame(rows).to_csv(d / "manifest.csv", index=False)
-    return d / "manifest.csv"
+    return write_cohort(d, affine=affine)
 
 
 # ---------------------------------------------------------------------------------- models
@@ -497,4 +481,6 @@ def test_cli_train_and_apply(tmp_path: Path, nifti_cohort: Path) -> None:
         (1.0, 1.0, 3.0)
     )
     res = runner.invoke(app, ["superres", "apply", str(tmp_path / "nope"), mr, "-o", str(out)])
-    assert res.exit_code != 0 and "not a trained superres run" in str(res.exception)
+    # the app's error handler: one "Error: ..." line, exit code 2
+    assert res.exit_code == 2, (res.output, res.exception)
+    assert "Error: " in res.output and "not a trained superres run" in res.output

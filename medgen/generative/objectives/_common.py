@@ -1,17 +1,26 @@
-"""Pieces the objectives share: the KL term, patch sampling from pools of images, checks."""
+"""Pieces the objectives share: the KL term, patch sampling from pools of images, the Adam
+optimisers of a generator and its discriminator (the option checks are in
+:mod:`medgen.generative._checks`)."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from medgen.errors import ConfigError, MedgenValueError
+from medgen.errors import MedgenValueError
 
-__all__ = ["as_pool", "check_positive", "kl_divergence", "random_patches"]
+__all__ = [
+    "as_pool",
+    "foreground_slices",
+    "generator_optimizers",
+    "kl_divergence",
+    "random_patches",
+    "unit_range",
+]
 
 
 def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -24,20 +33,24 @@ def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return kl.mean()
 
 
-def check_positive(obj: Any, owner: str, names: Sequence[str]) -> None:
-    """``ConfigError`` unless every attribute in ``names`` is a positive finite number."""
-    for name in names:
-        v = getattr(obj, name)
-        if isinstance(v, bool) or not (isinstance(v, int | float) and v > 0 and math.isfinite(v)):
-            raise ConfigError(f"{owner}.{name} must be a positive number, not {v!r}.")
-
-
-def check_non_negative(obj: Any, owner: str, names: Sequence[str]) -> None:
-    """``ConfigError`` unless every attribute in ``names`` is a number >= 0."""
-    for name in names:
-        v = getattr(obj, name)
-        if isinstance(v, bool) or not (isinstance(v, int | float) and v >= 0):
-            raise ConfigError(f"{owner}.{name} must be >= 0, not {v!r}.")
+def generator_optimizers(
+    networks: Mapping[str, nn.Module],
+    generator: str,
+    *,
+    lr_g: float,
+    lr_d: float,
+    betas: tuple[float, float],
+) -> dict[str, torch.optim.Optimizer]:
+    """Adam for ``networks[generator]`` (``lr_g``) and, when there is one, for
+    ``networks["discriminator"]`` (``lr_d``), both with ``betas``; keyed by the network names."""
+    opts: dict[str, torch.optim.Optimizer] = {
+        generator: torch.optim.Adam(networks[generator].parameters(), lr=lr_g, betas=betas)
+    }
+    if "discriminator" in networks:
+        opts["discriminator"] = torch.optim.Adam(
+            networks["discriminator"].parameters(), lr=lr_d, betas=betas
+        )
+    return opts
 
 
 def as_pool(

@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from medgen.errors import ConfigError
+from medgen.generative import _checks
 from medgen.generative.engine import Objective, StepContext
-from medgen.generative.objectives._common import as_pool, check_positive, random_patches
+from medgen.generative.objectives._common import as_pool, random_patches
 
 __all__ = [
     "SCHEDULES",
@@ -74,15 +75,7 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         owner = "DiffusionConfig"
-        if self.spatial_dims not in (2, 3):
-            raise ConfigError(f"{owner}.spatial_dims must be 2 or 3, not {self.spatial_dims!r}.")
-        self.channels = tuple(int(c) for c in self.channels)
-        groups = self.norm_num_groups or min(self.channels)
-        if any(c % groups for c in self.channels):
-            raise ConfigError(
-                f"{owner}.norm_num_groups={groups} must divide every width in channels="
-                f"{self.channels}; choose widths that share a divisor or set norm_num_groups."
-            )
+        _checks.check_network(self, owner, norm_groups=True)
         if self.schedule not in SCHEDULES:
             from medgen._internal.suggest import did_you_mean
 
@@ -90,11 +83,9 @@ class DiffusionConfig:
                 f"{owner}.schedule must be one of {SCHEDULES}, not {self.schedule!r}."
                 f"{did_you_mean(self.schedule, SCHEDULES)}"
             )
-        t = self.num_train_timesteps
-        if isinstance(t, bool) or not isinstance(t, int) or t < 2:
-            raise ConfigError(f"{owner}.num_train_timesteps must be an integer >= 2, not {t!r}.")
-        check_positive(self, owner, ("lr", "scale_factor"))
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        _checks.check_int(self, owner, ("num_train_timesteps",), minimum=2)
+        _checks.check_positive(self, owner, ("lr", "scale_factor"))
+        _checks.normalise_betas(self)
 
 
 def build_unet(config: DiffusionConfig, in_channels: int) -> nn.Module:

@@ -21,12 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from medgen.errors import ConfigError
+from medgen.generative import _checks
 from medgen.generative.engine import Objective, StepContext
 from medgen.generative.objectives._common import (
     as_pool,
-    check_non_negative,
-    check_positive,
+    generator_optimizers,
     kl_divergence,
     random_patches,
 )
@@ -71,25 +70,11 @@ class AutoencoderConfig:
 
     def __post_init__(self) -> None:
         owner = "AutoencoderConfig"
-        if self.spatial_dims not in (2, 3):
-            raise ConfigError(f"{owner}.spatial_dims must be 2 or 3, not {self.spatial_dims!r}.")
-        self.channels = tuple(int(c) for c in self.channels)
-        groups = self.norm_num_groups or min(self.channels)
-        if any(c % groups for c in self.channels):
-            raise ConfigError(
-                f"{owner}.norm_num_groups={groups} must divide every width in channels="
-                f"{self.channels}; choose widths that share a divisor or set norm_num_groups."
-            )
-        k = 2 ** (len(self.channels) - 1)
-        ps = self.patch_size
-        if isinstance(ps, bool) or not isinstance(ps, int) or ps % k:
-            raise ConfigError(
-                f"{owner}.patch_size must be an integer divisible by 2**(len(channels)-1) = {k}, "
-                f"not {ps!r}."
-            )
-        check_positive(self, owner, ("lr_g", "lr_d"))
-        check_non_negative(self, owner, ("l1_weight", "kl_weight", "adv_weight"))
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        _checks.check_network(self, owner, norm_groups=True)
+        _checks.check_patch_size(self, owner)
+        _checks.check_positive(self, owner, ("lr_g", "lr_d"))
+        _checks.check_non_negative(self, owner, ("l1_weight", "kl_weight", "adv_weight"))
+        _checks.normalise_betas(self)
 
 
 def build_autoencoder(config: AutoencoderConfig, in_channels: int = 1) -> nn.Module:
@@ -152,16 +137,9 @@ class AutoencoderObjective(Objective):
         self, networks: Mapping[str, nn.Module]
     ) -> dict[str, torch.optim.Optimizer]:
         c = self.config
-        opts: dict[str, torch.optim.Optimizer] = {
-            "autoencoder": torch.optim.Adam(
-                networks["autoencoder"].parameters(), lr=c.lr_g, betas=c.betas
-            )
-        }
-        if "discriminator" in networks:
-            opts["discriminator"] = torch.optim.Adam(
-                networks["discriminator"].parameters(), lr=c.lr_d, betas=c.betas
-            )
-        return opts
+        return generator_optimizers(
+            networks, "autoencoder", lr_g=c.lr_g, lr_d=c.lr_d, betas=c.betas
+        )
 
     def sample_batch(self, step: int) -> Mapping[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, step])

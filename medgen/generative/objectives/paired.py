@@ -29,12 +29,9 @@ import torch
 from torch import nn
 
 from medgen.errors import ConfigError
+from medgen.generative import _checks
 from medgen.generative.engine import Objective, StepContext
-from medgen.generative.objectives._common import (
-    check_non_negative,
-    check_positive,
-    kl_divergence,
-)
+from medgen.generative.objectives._common import generator_optimizers, kl_divergence
 
 if TYPE_CHECKING:
     from monai.losses import SSIMLoss
@@ -49,14 +46,12 @@ PAIRED_LOG_KEYS = ("loss_g", "l1", "mse", "ssim", "kl", "adv", "loss_d")
 
 def check_paired_options(obj: Any, owner: str) -> None:
     """Validate the paired-objective options held by ``obj``; ``owner`` names it."""
-    check_positive(obj, owner, ("lr_g", "lr_d"))
-    check_non_negative(
+    _checks.check_positive(obj, owner, ("lr_g", "lr_d"))
+    _checks.check_non_negative(
         obj, owner, ("l1_weight", "mse_weight", "ssim_weight", "kl_weight", "adv_weight")
     )
-    w = obj.adv_warmup_steps
-    if isinstance(w, bool) or not isinstance(w, int):  # <= 0: adversarial from the start
-        raise ConfigError(f"{owner}.adv_warmup_steps must be an integer, not {w!r}.")
-    obj.betas = (float(obj.betas[0]), float(obj.betas[1]))
+    _checks.check_int(obj, owner, ("adv_warmup_steps",))  # <= 0: adversarial from the start
+    _checks.normalise_betas(obj)
 
 
 @dataclass
@@ -132,16 +127,7 @@ class PairedObjective(Objective):
         self, networks: Mapping[str, nn.Module]
     ) -> dict[str, torch.optim.Optimizer]:
         c = self.config
-        opts: dict[str, torch.optim.Optimizer] = {
-            "generator": torch.optim.Adam(
-                networks["generator"].parameters(), lr=c.lr_g, betas=c.betas
-            )
-        }
-        if "discriminator" in networks:
-            opts["discriminator"] = torch.optim.Adam(
-                networks["discriminator"].parameters(), lr=c.lr_d, betas=c.betas
-            )
-        return opts
+        return generator_optimizers(networks, "generator", lr_g=c.lr_g, lr_d=c.lr_d, betas=c.betas)
 
     def sample_batch(self, step: int) -> Mapping[str, torch.Tensor]:
         return self._sample(step)

@@ -25,12 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from medgen.errors import ConfigError, MedgenValueError
+from medgen.errors import MedgenValueError
+from medgen.generative import _checks
 from medgen.generative.engine import Objective, StepContext
 from medgen.generative.objectives._common import (
     as_pool,
-    check_non_negative,
-    check_positive,
     foreground_slices,
     random_patches,
     unit_range,
@@ -71,32 +70,13 @@ class CycleGANConfig:
     pool_size: int = 50
 
     def __post_init__(self) -> None:
-        if self.spatial_dims not in (2, 3):
-            raise ConfigError(
-                f"CycleGANConfig.spatial_dims must be 2 or 3, not {self.spatial_dims!r}."
-            )
-        self.channels = tuple(int(c) for c in self.channels)
-        k = 2 ** (len(self.channels) - 1)
-        if (
-            isinstance(self.patch_size, bool)
-            or not isinstance(self.patch_size, int)
-            or self.patch_size % k
-        ):
-            raise ConfigError(
-                f"CycleGANConfig.patch_size must be an integer divisible by "
-                f"2**(len(channels)-1) = {k}, not {self.patch_size!r}."
-            )
-        check_positive(self, "CycleGANConfig", ("lr_g", "lr_d"))
-        check_non_negative(self, "CycleGANConfig", ("cycle_weight", "identity_weight"))
-        if (
-            isinstance(self.pool_size, bool)
-            or not isinstance(self.pool_size, int)
-            or self.pool_size < 0
-        ):
-            raise ConfigError(
-                f"CycleGANConfig.pool_size must be an integer >= 0, not {self.pool_size!r}."
-            )
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        owner = "CycleGANConfig"
+        _checks.check_network(self, owner)
+        _checks.check_patch_size(self, owner)
+        _checks.check_positive(self, owner, ("lr_g", "lr_d"))
+        _checks.check_non_negative(self, owner, ("cycle_weight", "identity_weight"))
+        _checks.check_int(self, owner, ("pool_size",), minimum=0)
+        _checks.normalise_betas(self)
 
 
 class ImagePool:
