@@ -1,7 +1,9 @@
 """Atomic file and directory writes, shared by every module that writes outputs.
 
 A write goes to a temporary name beside its target and is renamed over it only when complete, so
-a crash never leaves half a file and a failed overwrite keeps the old data. Temporary names from
+a crash never leaves half a file and a failed overwrite keeps the old data. Temporary names carry
+the writer's process id; the next write to the same place removes the leftovers of writers that
+were killed (and puts back a previous folder that a killed replacement had moved aside). Temporary names from
 :func:`tempfile.mkstemp` / :func:`tempfile.mkdtemp` are private (0600 / 0700); the final file or
 folder gets the permissions an ordinary ``open()``/``mkdir()`` would give under the process umask,
 so colleagues can read shared cohorts and reports.
@@ -41,6 +43,53 @@ def _umask() -> int:
     return mask
 
 
+def _prefix(target: Path) -> str:
+    """Temporary names carry the writer's process id: ``.<name>.<pid>.<random>.tmp``."""
+    return f".{target.name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: str | os.PathLike[str]) -> list[str]:
+    """Clean up after writes to ``target`` that were killed: return the names removed.
+
+    A temporary file or folder of a writer whose process no longer exists (on this host) is
+    deleted. A folder moved aside by :func:`atomic_dir` (``.<name>.<pid>.<random>.old``) holds the
+    *previous* content of ``target``: when ``target`` is missing (the writer died between the two
+    renames) it is moved back, so the old data is never lost; otherwise it is deleted.
+    """
+    target = Path(target)
+    parent = target.parent
+    if not parent.is_dir():
+        return []
+    head = f".{target.name}."
+    removed = []
+    for entry in parent.iterdir():
+        name = entry.name
+        if not name.startswith(head):
+            continue
+        pid_text = name[len(head) :].split(".", 1)[0]
+        kind = ".old" if name.endswith(".old") else ".tmp" if ".tmp" in name else None
+        if kind is None or not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        if kind == ".old" and (entry / "old").exists() and not target.exists():
+            os.rename(entry / "old", target)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(name)
+    return removed
+
+
 @contextmanager
 def atomic_path(target: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary file path beside ``target``; on success rename it onto ``target``.
@@ -51,9 +100,8 @@ def atomic_path(target: str | os.PathLike[str], *, suffix: str = "") -> Iterator
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent
-    )
+    remove_stale_temporaries(target)
+    fd, name = tempfile.mkstemp(prefix=_prefix(target), suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -78,6 +126,7 @@ def atomic_dir(
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     if target.exists():
         if not target.is_dir():
             raise MedgenValueError(f"{target} exists and is a file; a folder is needed there.")
@@ -88,14 +137,12 @@ def atomic_dir(
                 f"{target} already holds files this write would delete ({shown}). "
                 "Choose a new or empty folder, or move those files away."
             )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
         if target.exists():
-            aside = Path(
-                tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
-            )
+            aside = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".old", dir=target.parent))
             os.rename(target, aside / "old")
             os.rename(tmp, target)
             shutil.rmtree(aside, ignore_errors=True)

@@ -92,3 +92,75 @@ def test_write_table_rejects_unknown_suffix(tmp_path: Path) -> None:
     ):
         write_table(pd.DataFrame({"a": [1]}), tmp_path / "t.xlsx")
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ killed writes
+_KILLED_SAVE = """
+import os, signal, sys
+import numpy as np
+import pydicom.dataset
+from medgen.io import save
+
+calls = 0
+original = pydicom.dataset.Dataset.save_as
+
+def save_then_die(self, *args, **kwargs):
+    global calls
+    calls += 1
+    original(self, *args, **kwargs)
+    if calls == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+pydicom.dataset.Dataset.save_as = save_then_die
+vol = np.arange(8 * 8 * 6, dtype=np.float32).reshape(1, 8, 8, 6)
+save(vol, sys.argv[1], affine=np.eye(4))
+"""
+
+
+def _run_killed_save(target: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(target)], check=False)
+    assert proc.returncode == -9
+
+
+def test_a_killed_dicom_save_leaves_nothing_the_next_save_keeps(tmp_path: Path) -> None:
+    target = tmp_path / "series"
+    _run_killed_save(target)
+    leftovers = [p.name for p in tmp_path.iterdir()]
+    assert not target.exists() and len(leftovers) == 1 and leftovers[0].endswith(".tmp")
+    vol = np.ones((1, 8, 8, 4), np.float32)
+    save(vol, target, affine=np.eye(4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["series"]
+    assert load(target).shape == (1, 8, 8, 4)
+
+
+def test_a_killed_replacement_keeps_the_old_series(tmp_path: Path) -> None:
+    """Killed between moving the old folder aside and renaming the new one in: nothing lost."""
+    from medgen._internal.files import remove_stale_temporaries
+
+    target = tmp_path / "series"
+    save(np.full((1, 8, 8, 2), 5.0, np.float32), target, affine=np.eye(4))
+    dead_pid = 2**22 + 12345  # above the default pid_max: no such process
+    aside = tmp_path / f".series.{dead_pid}.abcd.old"
+    aside.mkdir()
+    os.rename(target, aside / "old")
+    (tmp_path / f".series.{dead_pid}.efgh.tmp").mkdir()
+    removed = remove_stale_temporaries(target)
+    assert len(removed) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["series"]
+    assert float(load(target).max()) == 5.0
+
+
+def test_temporaries_of_live_writers_are_left_alone(tmp_path: Path) -> None:
+    from medgen._internal.files import remove_stale_temporaries
+
+    target = tmp_path / "table.csv"
+    live = tmp_path / f".table.csv.{os.getpid()}.xyz.tmp.csv"
+    live.write_text("being written")
+    other = tmp_path / ".other.csv.1.xyz.tmp"
+    other.write_text("not ours")
+    assert remove_stale_temporaries(target) == []
+    with atomic_path(target) as tmp:
+        tmp.write_text("a,b\n")
+    assert live.exists() and other.exists() and target.read_text() == "a,b\n"
