@@ -10,6 +10,12 @@ with ``torch.save`` as ``<key>.pt`` instead and read back with ``weights_only=Tr
 allow-listed). ``<key>`` covers the item, its files' sizes and mtimes and the deterministic
 transforms (see :func:`cache_key`, :func:`transform_hash`). A corrupt entry is logged, deleted and
 recomputed (:func:`load_or_compute`).
+
+No entry holds patient identity or other source header values: images reach the cache through
+:class:`medgen.io.LoadImaged`, whose metadata is already cut to the de-identification allow-list
+(docs/privacy.md), and before an item is written :func:`strip_never_cached` removes, as a second
+line, any PS3.15 Annex E profile attribute that no retain option allows (names, IDs, UIDs, dates,
+comments) that a custom transform may have put into a MetaTensor's ``meta``.
 """
 
 from __future__ import annotations
@@ -28,12 +34,14 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Randomizable, Transform
 
+from medgen._internal.deid import ANNEX_E_BASIC_PROFILE, RETAIN_OPTIONS
 from medgen._internal.files import atomic_path
 
 __all__ = [
     "cache_key",
     "load_or_compute",
     "read_entry",
+    "strip_never_cached",
     "tagged_key",
     "transform_hash",
     "write_entry",
@@ -41,8 +49,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: bumped when the cached item layout changes, so old cache entries are not reused.
-_CACHE_FORMAT = "medgen-cohort-cache-1"
+#: bumped when the cached item layout changes, so old cache entries are not reused
+#: (2: metadata cut to the de-identification allow-list; version-1 entries may hold header text)
+_CACHE_FORMAT = "medgen-cohort-cache-2"
+
+#: header fields never written to a cache entry, whatever the transforms did: the PS3.15 basic
+#: profile's attributes that no retain option puts back
+NEVER_CACHED = frozenset(ANNEX_E_BASIC_PROFILE) - frozenset(
+    kw for fields in RETAIN_OPTIONS.values() for kw in fields
+)
 
 
 def _deterministic_prefix(transform: Compose) -> list[Any]:
@@ -293,6 +308,35 @@ def read_entry(path: Path) -> Any:
     return _decode(doc["item"], arrays)
 
 
+def strip_never_cached(item: Any) -> Any:
+    """Remove :data:`NEVER_CACHED` keys from the ``meta`` of every MetaTensor in ``item`` (in
+    place, so the returned fresh item equals what a warm read gives); returns ``item``."""
+    removed: set[str] = set()
+
+    def walk(obj: Any, depth: int) -> None:
+        if depth > 16:
+            return
+        if isinstance(obj, MetaTensor):
+            for k in [k for k in obj.meta if k in NEVER_CACHED]:
+                del obj.meta[k]
+                removed.add(k)
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                walk(v, depth + 1)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v, depth + 1)
+
+    walk(item, 0)
+    if removed:
+        logger.warning(
+            "a transform put source header fields %s into image metadata; they are not cached "
+            "(docs/privacy.md) and are removed from the item",
+            sorted(removed),
+        )
+    return item
+
+
 def load_or_compute(cache_dir: Path, key: str, compute: Callable[[], Any]) -> Any:
     """The cached item under ``key`` in ``cache_dir``, or ``compute()`` written there first.
 
@@ -313,7 +357,7 @@ def load_or_compute(cache_dir: Path, key: str, compute: Callable[[], Any]) -> An
         except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as err:
             logger.warning("corrupt cache entry %s (%s); recomputing it", pt, err)
             pt.unlink(missing_ok=True)
-    out = compute()
+    out = strip_never_cached(compute())
     try:
         write_entry(npz, out)
     except _Unencodable as err:

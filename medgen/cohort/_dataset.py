@@ -2,7 +2,8 @@
 
 Private to :mod:`medgen.cohort` (imports torch and MONAI; :meth:`medgen.Cohort.dataset` imports
 this module only when called). The loader is :class:`medgen.io.LoadImaged`; the disk cache format
-is :mod:`medgen.cohort._cache`.
+is :mod:`medgen.cohort._cache`. Items hold only de-identified metadata (the allow-list of
+docs/privacy.md, applied by ``LoadImaged``), so neither cache stores source header values.
 """
 
 from __future__ import annotations
@@ -138,8 +139,13 @@ def build_dataset(
     spatial_dims: int | None,
     num_workers: int = 0,
     progress: bool = False,
+    retain: Sequence[str] = (),
 ) -> Dataset:
-    """Compose ``LoadImaged`` + ``transform`` and wrap ``records`` in the requested dataset."""
+    """Compose ``LoadImaged`` + ``transform`` and wrap ``records`` in the requested dataset.
+
+    ``retain``: PS3.15 retain options whose header fields stay in the items' metadata
+    (``LoadImaged(retain=...)``); by default only technical fields and geometry do.
+    """
     user: list[Callable[..., Any]]
     if transform is None:
         user = []
@@ -149,7 +155,9 @@ def build_dataset(
         user = list(transform)
     else:
         user = [transform]
-    pipeline = Compose([LoadImaged(keys, spatial_dims=spatial_dims), *user, RestoreKeys()])
+    pipeline = Compose(
+        [LoadImaged(keys, spatial_dims=spatial_dims, retain=retain), *user, RestoreKeys()]
+    )
     records = [_hide_colliding(r, keys) for r in records]
     if cache is None:
         if cache_dir is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,8 +101,17 @@ def save(
     synthetic: bool = False,
     derivation_description: str | None = None,
     copy_identity: bool = False,
+    retain: Iterable[str] = (),
 ) -> Path:
-    """Write an image as NIfTI or as a DICOM series, atomically.
+    """Write an image as NIfTI or as a DICOM series, atomically, de-identified.
+
+    Nothing of the source header in ``img.meta`` leaves unless it is on medgen's allow-list
+    (docs/privacy.md): technical fields (``Modality``, ``EchoTime``, ``BodyPartExamined``, ...)
+    plus the groups named in ``retain``. DICOM output says so (``PatientIdentityRemoved = YES``,
+    ``DeidentificationMethod`` and its code sequence), gets a Study and Frame of Reference UID that
+    are keyed replacements of the source's (all derived series of one study share one new study)
+    and new Series and SOP Instance UIDs; its dates are the day it was written. NIfTI output holds
+    no header text from the source at all.
 
     Args:
         img: a MetaTensor (its ``.affine`` and ``.meta`` are used) or an array/tensor shaped like
@@ -111,20 +120,44 @@ def save(
         format: ``"nifti"`` or ``"dicom"``; inferred from ``path`` when ``None``.
         affine: 4x4 voxel-to-RAS (mm) affine; overrides ``img.affine``. Identity when neither.
         dicom_tags: DICOM keywords to set in every written file (e.g. ``PatientSex``,
-            ``PatientAge``, ``InstitutionName``, ``Manufacturer``, ``Modality``).
+            ``PatientAge``, ``InstitutionName``, ``Manufacturer``, ``Modality``), written as given:
+            the caller's own choice, not filtered. They may not set PatientName, PatientID or
+            PatientBirthDate when ``img.meta`` holds a patient's identity, unless
+            ``copy_identity=True``; on images without one (arrays, simulated images) they may.
         synthetic: mark the output as synthetic (NIfTI ``descrip``; DICOM ImageComments and
             DerivationDescription); ``load`` reports it as ``meta["synthetic"]``.
         derivation_description: free text on how the image was made (DICOM DerivationDescription,
             NIfTI ``descrip``).
         copy_identity: copy PatientName/PatientID/PatientBirthDate from ``img.meta`` (the
-            reference header) into written DICOM. Off by default: written files carry no identity.
+            reference header) into written DICOM, with ``PatientIdentityRemoved = NO`` and no
+            de-identification method. Off by default: written files carry no identity.
+        retain: PS3.15 retain options putting groups of header fields back
+            (:data:`medgen._internal.deid.RETAIN_OPTIONS`): ``"patient_characteristics"`` (sex,
+            age, weight, size...), ``"device_identity"`` (manufacturer, model, station...),
+            ``"institution_identity"``, ``"descriptors"`` (study/series descriptions, protocol:
+            free text that may name people). DICOM only; NIfTI carries no header fields.
 
     Returns:
         The written path (the file, or the series directory).
 
     Raises:
-        MedgenValueError: bad shape, affine or format.
+        MedgenValueError: bad shape, affine or format; ``dicom_tags`` putting identity back.
+        ConfigError: an unknown ``retain`` option (the closest one is suggested).
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib, pydicom
+        >>> from medgen.io import save
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> img = np.zeros((1, 4, 4, 2), np.float32)
+        >>> out = save(img, d / "series", dicom_tags={"Modality": "MR", "PatientSex": "F"})
+        >>> ds = pydicom.dcmread(sorted(out.iterdir())[0])
+        >>> ds.PatientIdentityRemoved, ds.DeidentificationMethodCodeSequence[0].CodeValue
+        ('YES', '113100')
     """
+    from medgen._internal.deid import allowed_keywords
+
+    retain_t = (retain,) if isinstance(retain, str) else tuple(dict.fromkeys(retain))
+    allowed_keywords(retain_t)  # validates the option names before anything is written
     p = Path(path).expanduser()
     fmt = _infer_format(p, format)
     meta: dict[str, Any] = dict(getattr(img, "meta", {}) or {})
@@ -172,4 +205,5 @@ def save(
         synthetic=synthetic,
         derivation_description=derivation_description,
         copy_identity=copy_identity,
+        retain=retain_t,
     )

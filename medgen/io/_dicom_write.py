@@ -1,4 +1,11 @@
-"""DICOM series writing: one file per slice, derived/synthetic markers, no identity by default."""
+"""DICOM series writing: one file per slice, derived/synthetic markers, no identity by default.
+
+What leaves the source header (``img.meta``) is the allow-list of :mod:`medgen._internal.deid`
+(PS3.15 Annex E basic profile plus the caller's ``retain`` options); the written files say so
+(``PatientIdentityRemoved``, ``DeidentificationMethod`` and its code sequence). Study and Frame of
+Reference UIDs are keyed replacements of the source's (:func:`~medgen._internal.deid.remap_uid`),
+so every derived series of one study lands in one new study; Series and SOP Instance UIDs are new.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from medgen._internal.deid import (
+    DEIDENTIFICATION_CODES,
+    allowed_keywords,
+    deidentification_method,
+    project_secret,
+    remap_uid,
+)
 from medgen._internal.files import atomic_dir, only_suffixes
 from medgen._internal.suggest import did_you_mean
 from medgen.errors import MedgenValueError
@@ -21,23 +35,9 @@ _SOP_CLASSES = {
     "MR": "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
 }
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-#: non-identifying header fields carried over from the source image's meta
-_CARRIED = (
-    "Modality",
-    "PatientSex",
-    "PatientAge",
-    "PatientWeight",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "InstitutionName",
-    "BodyPartExamined",
-    "MagneticFieldStrength",
-    "SeriesDescription",
-    "StudyDescription",
-    "RepetitionTime",
-    "EchoTime",
-    "KVP",
-)
+#: fields ``save`` writes itself: never carried from ``img.meta`` even when allow-listed (the
+#: source's ImageType, SOP class or slice thickness would misdescribe the derived image)
+_WRITTEN_BY_SAVE = frozenset({"ImageType", "Modality", "SOPClassUID", "SliceThickness"})
 
 
 def choose_rescale(vol: np.ndarray) -> tuple[np.ndarray, float, float, bool]:
@@ -138,6 +138,80 @@ def _check_tags(tags: dict[str, Any]) -> None:
             ) from err
 
 
+def _carried(meta: dict[str, Any], retain: tuple[str, ...]) -> dict[str, Any]:
+    """The fields of ``meta`` that the allow-list lets into a derived file, minus those ``save``
+    writes itself; empty values skipped, values DICOM cannot hold dropped with a debug log."""
+    import warnings
+
+    from pydicom.dataset import Dataset
+
+    allowed = allowed_keywords(retain) - _PROTECTED - _WRITTEN_BY_SAVE
+    out: dict[str, Any] = {}
+    for kw in sorted(allowed & set(meta)):
+        value = meta[kw]
+        if value is None or value == "":
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                setattr(Dataset(), kw, value)
+        except Exception as err:  # a malformed optional field never blocks writing
+            logger.debug("save: not carrying %s=%r (%s)", kw, value, err)
+            continue
+        out[kw] = value
+    return out
+
+
+def _check_identity(
+    meta: dict[str, Any], dicom_tags: dict[str, Any], *, copy_identity: bool
+) -> None:
+    """Refuse ``dicom_tags`` that write a source patient's identity without ``copy_identity``.
+
+    When ``img.meta`` holds PatientName/PatientID/PatientBirthDate (the image comes from a
+    patient's header), setting any of them in ``dicom_tags`` would put identity back into an
+    output that says ``PatientIdentityRemoved = YES``; that takes ``copy_identity=True``. An image
+    without a source identity (an array, a simulated or generated image) may carry the caller's own
+    labels there, e.g. a simulated subject id.
+    """
+    if copy_identity:
+        return
+    asked = [k for k in IDENTITY_KEYWORDS if dicom_tags.get(k) not in (None, "")]
+    source = [k for k in IDENTITY_KEYWORDS if meta.get(k) not in (None, "")]
+    if asked and source:
+        raise MedgenValueError(
+            f"save: dicom_tags sets {', '.join(asked)} on an image whose .meta holds a patient's "
+            f"identity ({', '.join(source)}); written files would identify the patient while "
+            "saying PatientIdentityRemoved=YES. Pass copy_identity=True to write identity on "
+            "purpose, or leave these keys out of dicom_tags."
+        )
+
+
+def _new_uid(meta: dict[str, Any], keyword: str) -> str:
+    """The keyed replacement of the source's ``keyword`` UID (the same within a project), or a
+    fresh UID when ``meta`` has none."""
+    from pydicom.uid import generate_uid
+
+    source = meta.get(keyword)
+    if isinstance(source, str) and source.strip():
+        return remap_uid(source.strip(), secret=project_secret())
+    return str(generate_uid())
+
+
+def _code_sequence(codes: list[tuple[str, str]]) -> Any:
+    """DeidentificationMethodCodeSequence: one CID 7050 item (scheme DCM) per code."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    items = []
+    for value, meaning in codes:
+        item = Dataset()
+        item.CodeValue = value
+        item.CodingSchemeDesignator = "DCM"
+        item.CodeMeaning = meaning
+        items.append(item)
+    return Sequence(items)
+
+
 def _ds(value: Any) -> str:
     from pydicom.valuerep import DSfloat
 
@@ -154,8 +228,14 @@ def save_dicom(
     synthetic: bool,
     derivation_description: str | None,
     copy_identity: bool,
+    retain: tuple[str, ...] = (),
 ) -> Path:
-    """Write channel-first ``array`` ((1, X, Y) or (1, X, Y, Z)) as a DICOM series in directory ``path``."""
+    """Write channel-first ``array`` ((1, X, Y) or (1, X, Y, Z)) as a DICOM series in directory ``path``.
+
+    Of ``meta`` (the source header) only allow-listed fields are written (``retain`` options
+    included), plus patient identity when ``copy_identity``. ``dicom_tags`` are written as given,
+    except that they may not put a source patient's identity back (see :func:`_check_identity`).
+    """
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
@@ -173,6 +253,8 @@ def save_dicom(
             f"save: img has NaN or infinite values; DICOM cannot store them ({path})."
         )
     _check_tags(dicom_tags)
+    carried = _carried(meta, retain)
+    _check_identity(meta, dicom_tags, copy_identity=copy_identity)
     if (
         copy_identity
         and not any(k in meta for k in IDENTITY_KEYWORDS)
@@ -195,7 +277,9 @@ def save_dicom(
     stored, slope, intercept, signed = choose_rescale(vol)
     modality = str(dicom_tags.get("Modality", meta.get("Modality", "OT")) or "OT")
     sop_class = UID(_SOP_CLASSES.get(modality, _SECONDARY_CAPTURE))
-    study_uid, series_uid, for_uid = generate_uid(), generate_uid(), generate_uid()
+    study_uid, for_uid = _new_uid(meta, "StudyInstanceUID"), _new_uid(meta, "FrameOfReferenceUID")
+    series_uid = generate_uid()  # a derived series is a new series, whatever it came from
+    codes = [DEIDENTIFICATION_CODES["basic"], *(DEIDENTIFICATION_CODES[r] for r in retain)]
     now = _dt.datetime.now()
     normal = np.cross(row_dir, col_dir)
     comments = [SYNTHETIC_MARK] if synthetic else []
@@ -229,13 +313,17 @@ def save_dicom(
             ds.InstanceNumber = k + 1
             ds.AccessionNumber = ""
             ds.ReferringPhysicianName = ""
-            for kw in _CARRIED:
-                if kw in meta and meta[kw] not in (None, ""):
-                    setattr(ds, kw, meta[kw])
+            for kw, value in carried.items():
+                setattr(ds, kw, value)
             if copy_identity:
                 for kw in IDENTITY_KEYWORDS:
                     if kw in meta:
                         setattr(ds, kw, meta[kw])
+                ds.PatientIdentityRemoved = "NO"
+            else:
+                ds.PatientIdentityRemoved = "YES"
+                ds.DeidentificationMethod = deidentification_method(retain)
+                ds.DeidentificationMethodCodeSequence = _code_sequence(codes)
             if comments:
                 ds.ImageComments = " ".join(comments)[:10240]
                 ds.DerivationDescription = " ".join(comments)[:1024]

@@ -6,18 +6,61 @@ Imports torch and MONAI; :mod:`medgen.io` exports :class:`LoadImaged` lazily, so
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.transforms.utility.array import SqueezeDim
 
+from medgen._internal.deid import allowed_keywords
 from medgen.errors import ImageReadError, MedgenValueError
 from medgen.io._api import load
-from medgen.io._common import IDENTITY_KEYWORDS
 
-__all__ = ["LoadImaged"]
+__all__ = ["TECHNICAL_META_KEYS", "LoadImaged", "deidentify_meta"]
+
+#: metadata keys that are not header fields but geometry and provenance medgen and MONAI need
+#: (``medgen.io.load`` and ``monai.utils.MetaKeys``); kept beside the allow-listed header fields
+TECHNICAL_META_KEYS = frozenset(
+    {
+        # MONAI (MetaKeys, ImageMetaKey)
+        "affine",
+        "original_affine",
+        "spatial_shape",
+        "space",
+        "original_channel_dim",
+        "pixdim",
+        "original_pixdim",
+        "filename_or_obj",
+        "patch_index",
+        "saved_to",
+        # medgen.io.load
+        "spacing",
+        "format",
+        "synthetic",
+        "n_slices",
+        "filenames",
+        "geometry_assumed",
+        "qform_code",
+        "sform_code",
+        "original_shape",
+        "original_dtype",
+    }
+)
+
+
+def deidentify_meta(meta: Mapping[str, Any], retain: Iterable[str] = ()) -> dict[str, Any]:
+    """The entries of an image's ``meta`` that may be kept: allow-listed header fields (with the
+    ``retain`` options) and :data:`TECHNICAL_META_KEYS`; everything else (identity, UIDs, dates,
+    comments, NIfTI ``descrip``, unknown keys) dropped.
+
+    Example:
+        >>> deidentify_meta({"spacing": (1.0, 1.0, 2.0), "Modality": "MR", "PatientName": "A^B",
+        ...                  "ImageComments": "MRN 1CT1", "descrip": "John Smith"})
+        {'spacing': (1.0, 1.0, 2.0), 'Modality': 'MR'}
+    """
+    allowed = allowed_keywords(retain) | TECHNICAL_META_KEYS
+    return {k: v for k, v in meta.items() if k in allowed}
 
 
 class LoadImaged(MapTransform):
@@ -27,8 +70,11 @@ class LoadImaged(MapTransform):
     by position and geometry is RAS world millimetres. For ``"image"``, an item with a true
     ``needs_series`` and a ``series_uid`` (rows of ``medgen.io.scan`` whose folder holds several
     series) loads that series. Output: ``MetaTensor`` float32,
-    channel-first ``(C, X, Y, Z)`` (or ``(C, X, Y)`` for 2D NIfTI). Patient identity
-    (PatientName, PatientID, PatientBirthDate) is removed from the metadata, so no cache holds it.
+    channel-first ``(C, X, Y, Z)`` (or ``(C, X, Y)`` for 2D NIfTI). The metadata keeps only the
+    de-identification allow-list (docs/privacy.md; :func:`deidentify_meta`): technical header
+    fields, the fields of the ``retain`` options, and geometry/provenance keys
+    (:data:`TECHNICAL_META_KEYS`). Identity, UIDs, dates, comments and descriptions are dropped, so
+    no pipeline, memory cache or disk cache holds them.
 
     Args:
         keys: keys of the data dict holding paths, e.g. ``("image", "mask")``.
@@ -36,6 +82,8 @@ class LoadImaged(MapTransform):
             ``(C, X, Y, 1)``) to ``(C, X, Y)``; the affine becomes 3x3 and ``spacing`` 2 values.
             An image with more than one slice is then an error. ``None``/``3`` keep the shape.
         allow_missing_keys: skip keys that are absent from the dict.
+        retain: PS3.15 retain options (:data:`medgen._internal.deid.RETAIN_OPTIONS`) whose fields
+            stay in the metadata, e.g. ``["patient_characteristics"]`` for PatientSex/Age.
     """
 
     def __init__(
@@ -44,8 +92,11 @@ class LoadImaged(MapTransform):
         *,
         spatial_dims: int | None = None,
         allow_missing_keys: bool = False,
+        retain: Iterable[str] = (),
     ) -> None:
         super().__init__(keys, allow_missing_keys=allow_missing_keys)
+        self.retain = (retain,) if isinstance(retain, str) else tuple(dict.fromkeys(retain))
+        allowed_keywords(self.retain)  # validates the option names
         if spatial_dims not in (None, 2, 3):
             raise MedgenValueError(
                 f"LoadImaged(spatial_dims={spatial_dims!r}): use 2 (squeeze a singleton slice "
@@ -61,11 +112,20 @@ class LoadImaged(MapTransform):
             if key == "image" and d.get("needs_series") and d.get("series_uid"):
                 # a `medgen scan` row whose folder holds several DICOM series
                 series = str(d["series_uid"])
-            img = value if isinstance(value, MetaTensor) else load(value, series=series)
             # training data never needs who the patient is, and cached items land on disk:
-            # drop the identity fields medgen.io.load keeps for save(copy_identity=True)
-            for keyword in IDENTITY_KEYWORDS:
-                img.meta.pop(keyword, None)
+            # keep only the allow-list of what medgen.io.load read from the header
+            if isinstance(value, MetaTensor):  # the caller's tensor: a new one, same storage
+                meta = deidentify_meta(value.meta, self.retain)
+                meta.pop("affine", None)  # passed as affine=
+                img = MetaTensor(
+                    value.as_tensor(),
+                    affine=value.affine,
+                    meta=meta,
+                    applied_operations=list(value.applied_operations),
+                )
+            else:
+                img = load(value, series=series)
+                img.meta = deidentify_meta(img.meta, self.retain)
             if self.spatial_dims == 2:
                 img = _squeeze_to_2d(img, key=str(key))
             d[key] = img

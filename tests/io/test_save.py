@@ -74,16 +74,39 @@ def test_written_headers_uids_markers_and_no_identity(tmp_path: Path) -> None:
     ds = pydicom.dcmread(next(out.iterdir()))
     assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "SYNTHETIC"]
     assert "medgen:synthetic" in ds.ImageComments and "seed 3" in ds.DerivationDescription
-    for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+    for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
         assert ds[kw].value != src[kw].value
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.4"
     assert str(ds.PatientName) == "" and ds.PatientID == "" and ds.PatientBirthDate == ""
+    # the caller's dicom_tags are written as given
     assert ds.InstitutionName == "Site B" and ds.PatientAge == "061Y"
+    # of the source header only the technical allow-list is carried by default
+    assert ds.EchoTime == src.EchoTime and ds.Modality == "MR"
+    for kw in ("Manufacturer", "PatientSex", "PatientWeight", "StationName"):
+        assert kw not in ds, kw
+    assert ds.PatientIdentityRemoved == "YES"
     back = load(out)
     assert back.meta["synthetic"] is True and back.meta["InstitutionName"] == "Site B"
-    # copy_identity copies the reference header's identity
+    # retain options carry their groups over, and the files say which
+    kept = save(mr, tmp_path / "kept", retain=["patient_characteristics", "device_identity"])
+    ds_k = pydicom.dcmread(next(kept.iterdir()))
+    assert ds_k.PatientSex == "F" and float(ds_k.PatientWeight) == 80.0
+    assert ds_k.Manufacturer == src.Manufacturer and ds_k.StationName == src.StationName
+    assert "InstitutionName" not in ds_k
+    assert [c.CodeValue for c in ds_k.DeidentificationMethodCodeSequence] == [
+        "113100",
+        "113108",
+        "113109",
+    ]
+    inst = pydicom.dcmread(
+        next(save(mr, tmp_path / "inst", retain=["institution_identity"]).iterdir())
+    )
+    assert inst.InstitutionName == src.InstitutionName
+    # copy_identity copies the reference header's identity, and claims no de-identification
     ds2 = pydicom.dcmread(next(save(mr, tmp_path / "id", copy_identity=True).iterdir()))
     assert ds2.PatientID == src.PatientID and str(ds2.PatientName) == str(src.PatientName)
+    assert ds2.PatientIdentityRemoved == "NO" and "DeidentificationMethod" not in ds2
+    assert "DeidentificationMethodCodeSequence" not in ds2 and "Manufacturer" not in ds2
     with pytest.raises(MedgenValueError, match="copy_identity=True but img carries no PatientName"):
         save(np.zeros((1, 2, 2, 2)), tmp_path / "x", copy_identity=True)
 
