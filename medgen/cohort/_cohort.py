@@ -453,6 +453,7 @@ class Cohort:
         spatial_dims: int | None = None,
         num_workers: int = 0,
         progress: bool = False,
+        retain: Sequence[str] = (),
     ) -> Dataset:
         """A MONAI dataset over this cohort.
 
@@ -476,6 +477,9 @@ class Cohort:
             spatial_dims: ``2`` to squeeze a singleton slice axis, ``3``/``None`` to keep it.
             num_workers: threads that fill the memory cache.
             progress: show a progress bar while filling the memory cache.
+            retain: de-identification retain options whose header fields stay in the items'
+                ``image.meta`` (and caches); by default only technical fields and geometry do
+                (docs/privacy.md).
 
         Returns:
             ``monai.data.Dataset``, ``monai.data.CacheDataset`` or ``monai.data.PersistentDataset``.
@@ -492,6 +496,7 @@ class Cohort:
             spatial_dims=spatial_dims,
             num_workers=num_workers,
             progress=progress,
+            retain=tuple(retain),
         )
 
     # ------------------------------------------------------------------ combining

@@ -141,6 +141,8 @@ def save(
         The written path (the file, or the series directory).
 
     Raises:
+        OutputPathError: ``path`` is, contains or lies inside the file or DICOM series ``img`` was
+            loaded from (``img.meta["filename_or_obj"]``): save derived images elsewhere.
         MedgenValueError: bad shape, affine or format; ``dicom_tags`` putting identity back.
         ConfigError: an unknown ``retain`` option (the closest one is suggested).
 
@@ -155,12 +157,18 @@ def save(
         ('YES', '113100')
     """
     from medgen._internal.deid import allowed_keywords
+    from medgen._internal.paths import check_output_not_input
 
     retain_t = (retain,) if isinstance(retain, str) else tuple(dict.fromkeys(retain))
     allowed_keywords(retain_t)  # validates the option names before anything is written
     p = Path(path).expanduser()
     fmt = _infer_format(p, format)
     meta: dict[str, Any] = dict(getattr(img, "meta", {}) or {})
+    # never over the file or series the image was loaded from (it may be the only copy)
+    sources = [meta.get("filename_or_obj"), *list(meta.get("filenames") or [])]
+    check_output_not_input(
+        p, [s for s in sources if isinstance(s, str | os.PathLike) and str(s)], what="save: path"
+    )
     aff = affine if affine is not None else getattr(img, "affine", None)
     array = to_numpy(img)
     aff_np = np.eye(4) if aff is None else np.asarray(to_numpy(aff), dtype=np.float64)

@@ -187,3 +187,36 @@ def test_nifti_dtypes_other_tools_read(tmp_path: Path, array: object, stored: st
     back = load(save(array, tmp_path / "m.nii.gz"))
     assert back.meta["original_dtype"] == stored
     np.testing.assert_array_equal(back.numpy(), np.asarray(array, dtype=np.float32))
+
+
+def test_save_never_writes_over_the_image_it_was_loaded_from(tmp_path: Path) -> None:
+    """save(load(x), x) used to replace (DICOM: delete) the source."""
+    import hashlib
+
+    from medgen.errors import OutputPathError
+
+    series = tmp_path / "ct"
+    save(
+        np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)[:1], series, affine=np.eye(4)
+    )
+    nifti = tmp_path / "t1.nii.gz"
+    save(np.ones((1, 4, 4, 3), np.float32), nifti, affine=np.eye(4))
+
+    def digest() -> dict[str, str]:
+        return {
+            str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(tmp_path.rglob("*"))
+            if p.is_file()
+        }
+
+    before = digest()
+    for src, out in (
+        (series, series),
+        (series, tmp_path),
+        (series, series / "x.nii.gz"),
+        (nifti, nifti),
+    ):
+        with pytest.raises(OutputPathError, match="never writes over its inputs"):
+            save(load(src), out)
+    assert digest() == before
+    assert save(load(nifti), tmp_path / "t1_copy.nii.gz").is_file()  # beside it is fine
