@@ -41,6 +41,7 @@ __all__ = [
     "check_complete",
     "mark_complete",
     "prepare_run_folder",
+    "refuse_foreign_files",
     "run_lock",
     "run_state",
 ]
@@ -127,6 +128,27 @@ def _is_owned(name: str, owned: Iterable[str]) -> bool:
     return name.startswith(".") and (".tmp" in name or name.endswith(".old"))
 
 
+def refuse_foreign_files(
+    folder: str | os.PathLike[str], *, owned: Iterable[str], what: str = "run"
+) -> None:
+    """Raise :class:`RunFolderError` when ``folder`` holds entries a run does not write.
+
+    Call it before :func:`run_lock` too, so a folder of someone else's files is refused before
+    even the lock file is made in it (:func:`prepare_run_folder` calls it again under the lock).
+    """
+    d = Path(folder).expanduser()
+    owned = list(owned)
+    foreign = [n for n in _entries(d) if n != COMPLETE and not _is_owned(n, owned)]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (
+            f", ... ({len(foreign)} in all)" if len(foreign) > 5 else ""
+        )
+        raise RunFolderError(
+            f"{what} folder {str(d)!r} holds files that are not part of a medgen run ({shown}); "
+            "medgen never deletes or mixes files it did not write. Choose a new or empty folder."
+        )
+
+
 def prepare_run_folder(
     folder: str | os.PathLike[str],
     *,
@@ -165,15 +187,7 @@ def prepare_run_folder(
     owned = list(owned)
     state = run_state(d)
     entries = _entries(d)
-    foreign = [n for n in entries if n != COMPLETE and not _is_owned(n, owned)]
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (
-            f", ... ({len(foreign)} in all)" if len(foreign) > 5 else ""
-        )
-        raise RunFolderError(
-            f"{what} folder {str(d)!r} holds files that are not part of a medgen run ({shown}); "
-            "medgen never deletes or mixes files it did not write. Choose a new or empty folder."
-        )
+    refuse_foreign_files(d, owned=owned, what=what)
     if state == "empty":
         if resume:
             raise RunFolderError(

@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medgen.errors import ConfigError
+from medgen._internal.runs import (
+    mark_complete,
+    prepare_run_folder,
+    refuse_foreign_files,
+    run_lock,
+)
+from medgen.errors import ConfigError, MedgenValueError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -111,6 +117,19 @@ def _ground_truth(sim_dir: Path) -> tuple[list[str], set[str]]:
     return injected, set(truth.get("columns", {}))
 
 
+#: what the demo writes into its folder (and replaces on a rerun)
+DEMO_OUTPUTS = (
+    "cohort/",
+    "model/",
+    "predictions.csv",
+    "audit_by_group.csv",
+    "audit_disparities.csv",
+    "audit_summary.csv",
+    "report.html",
+    "demo.json",
+)
+
+
 def run_demo(
     out_dir: str | Path,
     *,
@@ -127,7 +146,9 @@ def run_demo(
     Args:
         out_dir: output folder (created): ``cohort/`` (simulated images + manifest), ``model/``
             (saved classifier), ``predictions.csv``, ``audit_by_group.csv``,
-            ``audit_disparities.csv``, ``audit_summary.csv``, ``report.html``, ``demo.json``.
+            ``audit_disparities.csv``, ``audit_summary.csv``, ``report.html``, ``demo.json``
+            (:data:`DEMO_OUTPUTS`). A rerun replaces them; a folder holding other files is
+            refused (nothing of a user's is overwritten); one demo per folder at a time.
         preset: simulator preset (``"demo"``: ~2,000 64x64 slices, ``"tiny"``: 80 32x32 slices).
         model: override the network (default per preset in :data:`DEMO_SETTINGS`).
         epochs: override the epoch cap.
@@ -140,14 +161,6 @@ def run_demo(
     Returns:
         A :class:`DemoResult`.
     """
-    from medgen._internal.files import write_table, write_text_atomic
-    from medgen._internal.provenance import package_versions
-    from medgen.audit import audit
-    from medgen.classify import train
-    from medgen.cohort import Cohort
-    from medgen.simulate import preset as sim_preset
-    from medgen.simulate import simulate
-
     settings = dict(DEMO_SETTINGS.get(preset, DEMO_SETTINGS["demo"]))
     if model is not None:
         settings["model"] = model
@@ -157,8 +170,30 @@ def run_demo(
         settings["time_budget_s"] = time_budget_s
     if int(settings["epochs"]) < 1:
         raise ConfigError(f"epochs must be >= 1, not {settings['epochs']}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise MedgenValueError(f"demo: -o {str(out)!r} is a file; give a folder for the outputs.")
+    # the demo owns its outputs: a rerun replaces them, and only them (never a user's files)
+    refuse_foreign_files(out, owned=DEMO_OUTPUTS, what="demo")
+    with run_lock(out, what="demo"):
+        prepare_run_folder(out, owned=DEMO_OUTPUTS, overwrite=True, what="demo")
+        result = _run(out, settings, preset=preset, device=device, seed=seed, progress=progress)
+        mark_complete(out, ["report.html", "demo.json"], kind="demo")
+    return result
+
+
+def _run(
+    out: Path, settings: dict[str, Any], *, preset: str, device: str, seed: int, progress: bool
+) -> DemoResult:
+    """The body of :func:`run_demo`, in a locked and prepared ``out``."""
+    from medgen._internal.files import write_table, write_text_atomic
+    from medgen._internal.provenance import package_versions
+    from medgen.audit import audit
+    from medgen.classify import train
+    from medgen.cohort import Cohort
+    from medgen.simulate import preset as sim_preset
+    from medgen.simulate import simulate
+
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -183,6 +218,7 @@ def run_demo(
         time_budget_s=settings["time_budget_s"],
         device=device,
         out_dir=out / "model",
+        overwrite=True,  # the demo owns OUT/model, as it owns OUT/cohort
         seed=seed,
         progress=progress,
     )

@@ -50,11 +50,25 @@ def register(app: typer.Typer) -> None:
         time_budget: Annotated[float | None, typer.Option(help="seconds of training")] = None,
         device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
         seed: Annotated[int, typer.Option(help="random seed")] = 0,
+        resume: Annotated[
+            bool,
+            typer.Option(
+                "--resume",
+                help="continue the interrupted run in OUTPUT from its last epoch (same options)",
+            ),
+        ] = False,
+        overwrite: Annotated[
+            bool,
+            typer.Option("--overwrite", help="replace the run in OUTPUT (its files only)"),
+        ] = False,
         progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
     ) -> None:
-        """Train a classifier on a cohort; writes config.json, model.safetensors, metrics.csv.
+        """Train a classifier on a cohort into the run folder OUTPUT.
 
-        Runs under `torchrun --nproc_per_node N` unchanged (DDP, gloo on CPU).
+        Writes checkpoint.pt, train_state.json and metrics.csv after every epoch, then
+        model.safetensors, config.json and run_complete.json. OUTPUT must be new or empty:
+        --overwrite replaces a previous run, --resume continues an interrupted one. Runs under
+        `torchrun --nproc_per_node N` unchanged (DDP, gloo on CPU).
         """
         import logging
 
@@ -78,6 +92,8 @@ def register(app: typer.Typer) -> None:
             time_budget_s=time_budget,
             device=device,
             out_dir=output,
+            resume=resume,
+            overwrite=overwrite,
             seed=seed,
             progress=progress,
         )

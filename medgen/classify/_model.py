@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medgen._internal.files import atomic_path, write_table, write_text_atomic
-from medgen.errors import ConfigError, MedgenFileNotFoundError, MedgenValueError
+from medgen.errors import ConfigError, MedgenFileNotFoundError, MedgenValueError, RunFolderError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -18,9 +18,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["Classifier"]
-
-_CONFIG = "config.json"
-_WEIGHTS = "model.safetensors"
 
 
 def _label_key(value: Any) -> str:
@@ -228,57 +225,159 @@ class Classifier:
             )
 
     # -- persistence --------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
-        """Write ``config.json`` (config, temperature, metrics, provenance), ``model.safetensors``
-        and ``metrics.csv`` into ``directory`` (created). Files are written atomically."""
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
+        """Write a complete classifier folder: ``model.safetensors``, ``config.json`` (config,
+        temperature, metrics, provenance), ``metrics.csv``, then ``run_complete.json``.
+
+        The folder follows the run-folder rules (docs/classify.md): the write holds the folder's
+        lock, every file is written atomically and the completion marker comes last.
+
+        Args:
+            directory: the folder (created); it must be new or empty unless ``overwrite``.
+            overwrite: replace a classifier (finished, interrupted or legacy) already there;
+                only its own files are deleted.
+
+        Returns:
+            ``directory`` as a :class:`~pathlib.Path`.
+
+        Raises:
+            RunFolderError: the folder holds a classifier or run (without ``overwrite``), or
+                files that are not a classifier's (never deleted).
+            RunLockedError: another process is writing the folder.
+        """
+        from medgen._internal.runs import mark_complete, refuse_foreign_files, run_lock
+        from medgen.classify import _run
+
+        d = Path(directory).expanduser()
+        refuse_foreign_files(d, owned=_run.OWNED, what="classifier")
+        with run_lock(d, what="classifier"):
+            _run.prepare(
+                d,
+                resume=False,
+                overwrite=overwrite,
+                what="classifier",
+                resume_hint="train(..., out_dir=..., resume=True)",
+                overwrite_hint="overwrite=True",
+            )
+            self._write(d)
+            mark_complete(d, _run.RESULT_FILES, kind=_run.KIND)
+        return d
+
+    def _write(self, d: Path) -> None:
+        """The files of a classifier, each written atomically; the caller holds the lock and
+        marks the folder complete afterwards."""
         from safetensors.torch import save_file
 
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
+        from medgen.classify import _run
+
         meta = {
-            "format": "medgen.classify/1",
+            "format": _run.FORMAT,
             "config": self.config,
             "temperature": self.temperature,
             "metrics": self.metrics,
             "provenance": self.provenance,
         }
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        with atomic_path(d / _WEIGHTS) as tmp:
+        with atomic_path(d / _run.WEIGHTS) as tmp:
             save_file(state, str(tmp))
-        write_text_atomic(d / _CONFIG, json.dumps(meta, indent=2, default=_json_default))
+        write_text_atomic(d / _run.CONFIG, json.dumps(meta, indent=2, default=_json_default))
         if not self.history.empty:
-            write_table(self.history, d / "metrics.csv")
-        return d
+            write_table(self.history, d / _run.METRICS)
 
     @classmethod
     def load(cls, directory: str | Path) -> Classifier:
-        """Rebuild a classifier saved by :meth:`save` (no pickled objects are read)."""
-        import pandas as pd
-        from safetensors.torch import load_file
+        """Rebuild a classifier from a finished run folder (no pickled objects are read).
 
-        from medgen.classify._registry import build_model
+        The folder must hold ``run_complete.json`` whose SHA-256 of ``model.safetensors`` and
+        ``config.json`` still match: an interrupted run (no marker) or a mixed folder (files
+        changed after completion) is refused. A *legacy* folder, saved by a medgen without
+        completion markers (``config.json`` of format ``medgen.classify/1`` beside
+        ``model.safetensors``), loads without the marker when it holds no ``checkpoint.pt`` or
+        ``train_state.json`` (which would mark it as an interrupted run of a newer medgen).
 
-        d = Path(directory)
-        if not (d / _CONFIG).is_file() or not (d / _WEIGHTS).is_file():
+        Raises:
+            MedgenFileNotFoundError: the folder holds no classifier.
+            RunFolderError: an interrupted or mixed folder (the message says how to resume or
+                clean it), or a run folder of another kind.
+            ConfigError: ``config.json`` is unreadable or not a classifier config, or the
+                weights do not fit the network it describes.
+            MedgenValueError: ``model.safetensors`` (or ``metrics.csv``) is unreadable.
+        """
+        from medgen._internal.runs import COMPLETE, check_complete
+        from medgen.classify import _run
+
+        d = Path(directory).expanduser()
+        present = [n for n in (*_run.OWNED, COMPLETE) if (d / n).exists()]
+        if (d / COMPLETE).is_file():
+            marker = check_complete(d, what="classifier", resume_hint=_run.RESUME_HINT)
+            if marker.get("kind") != _run.KIND:
+                raise RunFolderError(
+                    f"{str(d)!r} holds a {marker.get('kind')!r} run, not a classifier; load it "
+                    "with the matching medgen loader."
+                )
+        elif _run.is_legacy(d):
+            log.info("%s: a classifier saved by an older medgen (no %s); loading it", d, COMPLETE)
+        elif (d / _run.TRAIN_STATE).is_file():
+            check_complete(d, what="classifier", resume_hint=_run.RESUME_HINT)  # raises
+        elif present:
+            raise RunFolderError(
+                f"classifier folder {str(d)!r} is incomplete (it holds {', '.join(present)} but no "
+                f"{COMPLETE}): it was being written when it was interrupted. Save or train it "
+                f"again with {_run.OVERWRITE_HINT}, or into a new folder."
+            )
+        else:
             raise MedgenFileNotFoundError(
-                f"{d} is not a saved classifier: expected {_CONFIG} and {_WEIGHTS} in it "
+                f"{d} is not a saved classifier: expected {_run.CONFIG} and {_run.WEIGHTS} in it "
                 "(written by Classifier.save / `medgen train -o DIR`)"
             )
+        return cls._read(d)
+
+    @classmethod
+    def _read(cls, d: Path) -> Classifier:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from medgen._internal.files import read_table
+        from medgen.classify import _run
+        from medgen.classify._registry import build_model
+
+        cfg_path, w_path = d / _run.CONFIG, d / _run.WEIGHTS
         try:
-            meta = json.loads((d / _CONFIG).read_text())
+            meta = json.loads(cfg_path.read_text(encoding="utf-8"))
             cfg = meta["config"]
-        except (json.JSONDecodeError, KeyError) as err:
-            raise ConfigError(f"{d / _CONFIG} is not a medgen classifier config: {err}") from err
+            model = str(cfg["model"])
+            dims = {
+                "spatial_dims": int(cfg["spatial_dims"]),
+                "in_channels": int(cfg["in_channels"]),
+                "num_classes": len(cfg["classes"]),
+            }
+            size = [int(v) for v in cfg["image_size"]]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(
+                f"{cfg_path} is not a medgen classifier config ({type(err).__name__}: {err}); "
+                "the folder is damaged. Retrain into a new folder."
+            ) from err
         net = build_model(
-            cfg["model"],
-            spatial_dims=int(cfg["spatial_dims"]),
-            in_channels=int(cfg["in_channels"]),
-            num_classes=len(cfg["classes"]),
-            image_size=cfg["image_size"],
-            model_kwargs=cfg.get("model_kwargs") or {},
+            model, **dims, image_size=size, model_kwargs=cfg.get("model_kwargs") or {}
         )
-        net.load_state_dict(load_file(str(d / _WEIGHTS)))
-        hist = pd.read_csv(d / "metrics.csv") if (d / "metrics.csv").is_file() else None
+        try:
+            state = load_file(str(w_path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise MedgenValueError(
+                f"{w_path}: cannot read the weights ({type(err).__name__}: {err}); the file is "
+                "corrupt or truncated. Retrain into a new folder."
+            ) from err
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as err:
+            first = " ".join(str(err).split())[:300]
+            raise ConfigError(
+                f"{w_path} does not hold the weights of the network {cfg_path.name} describes "
+                f"({first}); the folder mixes two runs. Retrain into a new folder."
+            ) from err
+        hist = None
+        if (d / _run.METRICS).is_file():
+            hist = read_table(d / _run.METRICS, what="training history")
         return cls(
             net,
             config=cfg,

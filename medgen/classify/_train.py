@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from medgen._internal.device import resolve_device
 from medgen._internal.files import atomic_path
-from medgen.errors import ConfigError, ManifestError, MedgenValueError
+from medgen.errors import ConfigError, ManifestError, MedgenValueError, RunFolderError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "train"]
+
+_WHAT = "classifier run"
 
 
 @dataclass
@@ -237,6 +239,12 @@ class FitResult:
     wall_s: float
 
 
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of epoch ``epoch`` on rank ``rank``: augmentation and torch randomness (dropout)
+    of an epoch are a pure function of it, so a resumed run repeats an uninterrupted one."""
+    return (int(seed) * 1_000_003 + int(epoch) * 7919 + int(rank) * 104_729 + 17) % (2**31 - 1)
+
+
 def fit_tensors(
     x_train: torch.Tensor,
     y_train: torch.Tensor,
@@ -248,67 +256,123 @@ def fit_tensors(
     metrics_csv: Path | None = None,
     distributed: bool | str = "auto",
     progress: bool = True,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    run_info: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train ``cfg.model`` on tensors: ``x_*`` are ``NxCx[SPATIAL DIMS]``, ``y_*`` class indices.
 
     Returns the best network by validation AUC (ties and NaN AUC fall back to validation loss),
     the per-epoch history and, when ``cfg.calibrate``, the fitted temperature with ECE before/after.
+
+    Epoch ``k`` is a pure function of ``(cfg.seed, k)``: its rows (:func:`_epoch_indices`), its
+    augmentation and all torch randomness inside it (seeded by :func:`epoch_seed`). With
+    ``run_dir``, rank 0 writes ``checkpoint.pt``, ``train_state.json`` and ``metrics.csv`` there
+    after every epoch (see :mod:`medgen.classify._run`; the caller holds the folder's lock);
+    ``resume=True`` continues from the checkpoint, bitwise like an uninterrupted run on the same
+    device, after checking that the options (except ``epochs``, ``time_budget_s``, ``device``)
+    and ``run_info`` equal the stored ones.
     """
     import numpy as np
     import pandas as pd
     import torch
     from tqdm.auto import tqdm
 
+    from medgen.classify import _run
     from medgen.classify._calibrate import expected_calibration_error, fit_temperature
     from medgen.classify._registry import build_model, get_model_spec
     from medgen.transforms import augmentation
 
     t0 = time.perf_counter()
     device = torch.device(cfg.device)
+    fork_devices = [device] if device.type == "cuda" else []
     rank, world, init_here = _dist_setup(distributed, cfg.device)
     cfg.world_size = world
-    torch.manual_seed(cfg.seed)
+    # the folder rank 0 writes (other ranks only read a checkpoint to resume from)
+    wdir = run_dir if rank == 0 else None
+    if run_dir is not None and metrics_csv is None:
+        metrics_csv = run_dir / _run.METRICS
+    info = dict(run_info or {})
+    if resume:
+        stored = _run.read_train_state(run_dir) if run_dir is not None else None
+        if run_dir is None or stored is None:
+            raise RunFolderError(
+                f"fit_tensors(resume=True): no {_run.TRAIN_STATE} in {str(run_dir)!r}; nothing "
+                "to resume. Train without resume."
+            )
+        _run.check_resumable(stored, config=asdict(cfg), run_info=info, folder=run_dir)
     spec = get_model_spec(cfg.model)
-    net = build_model(
-        cfg.model,
-        spatial_dims=cfg.spatial_dims,
-        in_channels=cfg.in_channels,
-        num_classes=len(cfg.classes),
-        image_size=cfg.image_size or list(x_train.shape[2:]),
-        model_kwargs=cfg.model_kwargs,
-    ).to(device)
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(cfg.seed)
+        net = build_model(
+            cfg.model,
+            spatial_dims=cfg.spatial_dims,
+            in_channels=cfg.in_channels,
+            num_classes=len(cfg.classes),
+            image_size=cfg.image_size or list(x_train.shape[2:]),
+            model_kwargs=cfg.model_kwargs,
+        ).to(device)
     channels_last = bool(cfg.channels_last and spec.channels_last and cfg.spatial_dims == 2)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    train_net: torch.nn.Module = net
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_net = DistributedDataParallel(net)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    class_w = None
-    if cfg.class_weights:
-        counts = torch.bincount(y_train, minlength=len(cfg.classes)).float().clamp_min(1)
-        class_w = (counts.sum() / (len(counts) * counts)).to(device)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=class_w)
-    aug = augmentation(cfg.augment, spatial_dims=cfg.spatial_dims, seed=cfg.seed + 7919 * rank)
 
     rows: list[dict[str, Any]] = []
     seen: list[list[int]] = []
     best_state: dict[str, Any] | None = None
     best_key = (-np.inf, -np.inf)
     best_epoch, best_auc, stale = -1, float("nan"), 0
+    start, stopped, prior_s = 0, None, 0.0
+    ckpt = _run.load_checkpoint(run_dir) if resume and run_dir is not None else None
+    if ckpt is not None:
+        done = int(ckpt["epoch"])
+        if done > cfg.epochs:
+            raise ConfigError(
+                f"cannot resume with epochs={cfg.epochs}: the run in {str(run_dir)!r} already "
+                f"trained {done} epochs; pass epochs >= {done}."
+            )
+        net.load_state_dict(ckpt["net"])
+        opt.load_state_dict(ckpt["optimizer"])
+        rows = [dict(r) for r in ckpt["history"]]
+        seen = [[int(i) for i in ep.tolist()] for ep in ckpt["seen"]]
+        best_state = ckpt["best_state"] or None
+        best_key = (float(ckpt["best_key"][0]), float(ckpt["best_key"][1]))
+        best_epoch, best_auc, stale = (
+            int(ckpt["best_epoch"]),
+            float(ckpt["best_auc"]),
+            int(ckpt["stale"]),
+        )
+        stopped, prior_s = ckpt.get("stopped"), float(ckpt.get("train_seconds", 0.0))
+        # early stopping ended the run: resuming finishes it; a time budget: it trains on
+        start = cfg.epochs if stopped == "patience" else done
+        log.info("resuming %s after epoch %d", run_dir, done)
+    if wdir is not None:
+        _run.write_train_state(
+            wdir, config=asdict(cfg), run_info=info, epoch=len(rows), history=rows
+        )
+    train_net: torch.nn.Module = net
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_net = DistributedDataParallel(net)
+    class_w = None
+    if cfg.class_weights:
+        counts = torch.bincount(y_train, minlength=len(cfg.classes)).float().clamp_min(1)
+        class_w = (counts.sum() / (len(counts) * counts)).to(device)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=class_w)
+
     y_val_np = y_val.numpy()
-    out_of_time = False
-    for epoch in range(cfg.epochs):
+    for epoch in range(start, cfg.epochs):
         te = time.perf_counter()
+        out_of_time = False
         idx = _epoch_indices(
             len(x_train), weights=weights, epoch=epoch, seed=cfg.seed, rank=rank, world_size=world
         )
         if cfg.steps_per_epoch is not None:
             idx = idx[: cfg.steps_per_epoch * cfg.batch_size]
         seen.append(list(idx))
-        train_net.train()
+        es = epoch_seed(cfg.seed, epoch, rank)
+        aug = augmentation(cfg.augment, spatial_dims=cfg.spatial_dims, seed=es)
         losses: list[float] = []
         batches = [idx[i : i + cfg.batch_size] for i in range(0, len(idx), cfg.batch_size)]
         bar = tqdm(
@@ -317,31 +381,34 @@ def fit_tensors(
             disable=not progress or rank != 0,
             leave=False,
         )
-        for b in bar:
-            bt = torch.as_tensor(b)
-            xb = x_train[bt]
-            if cfg.augment != "none":
-                xb = torch.stack([_plain(aug(im)) for im in xb])
-            xb = xb.to(device)
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            yb = y_train[bt].to(device)
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(train_net(xb), yb)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
-                out_of_time = True
-                break
-        logits = _logits(
-            net,
-            x_val,
-            batch_size=max(cfg.batch_size, 32),
-            device=device,
-            channels_last=channels_last,
-        )
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(es)
+            train_net.train()
+            for b in bar:
+                bt = torch.as_tensor(b)
+                xb = x_train[bt]
+                if cfg.augment != "none":
+                    xb = torch.stack([_plain(aug(im)) for im in xb])
+                xb = xb.to(device)
+                if channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                yb = y_train[bt].to(device)
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(train_net(xb), yb)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
+                    out_of_time = True
+                    break
+            logits = _logits(
+                net,
+                x_val,
+                batch_size=max(cfg.batch_size, 32),
+                device=device,
+                channels_last=channels_last,
+            )
         probs = torch.softmax(logits, dim=1).numpy()
         val_loss = float(torch.nn.functional.cross_entropy(logits, y_val))
         auc = _auc(y_val_np, probs)
@@ -357,20 +424,47 @@ def fit_tensors(
                 "seconds": time.perf_counter() - te,
             }
         )
-        if rank == 0:
-            log.info("epoch %d: %s", epoch + 1, rows[-1])
-            if metrics_csv is not None:
-                _write_csv(metrics_csv, rows)
         key = (auc if not np.isnan(auc) else -np.inf, -val_loss)
         if key > best_key:
             best_key, best_epoch, best_auc, stale = key, epoch + 1, auc, 0
             best_state = copy.deepcopy(net.state_dict())
         else:
             stale += 1
+        stopped = None
         if cfg.patience is not None and stale >= cfg.patience:
+            stopped = "patience"
+        elif out_of_time:
+            stopped = "time"
+        if rank == 0:
+            log.info("epoch %d: %s", epoch + 1, rows[-1])
+        if wdir is not None:
+            _run.save_checkpoint(
+                wdir,
+                {
+                    "format": _run.CHECKPOINT_FORMAT,
+                    "epoch": epoch + 1,
+                    "net": net.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "best_state": best_state or {},
+                    "best_key": [float(best_key[0]), float(best_key[1])],
+                    "best_epoch": best_epoch,
+                    "best_auc": float(best_auc),
+                    "stale": stale,
+                    "stopped": stopped,
+                    "history": rows,
+                    "seen": [torch.as_tensor(ep, dtype=torch.int64) for ep in seen],
+                    "train_seconds": prior_s + time.perf_counter() - t0,
+                },
+            )
+            _run.write_train_state(
+                wdir, config=asdict(cfg), run_info=info, epoch=epoch + 1, history=rows
+            )
+        if rank == 0 and metrics_csv is not None:
+            _write_csv(metrics_csv, rows)
+        if stopped == "patience":
             log.info("early stopping after epoch %d (best epoch %d)", epoch + 1, best_epoch)
             break
-        if out_of_time:
+        if stopped == "time":
             log.info("time budget of %.0f s reached after epoch %d", cfg.time_budget_s, epoch + 1)
             break
     if best_state is not None:
@@ -396,7 +490,7 @@ def fit_tensors(
         ece_before=ece_b,
         ece_after=ece_a,
         seen=seen,
-        wall_s=time.perf_counter() - t0,
+        wall_s=prior_s + time.perf_counter() - t0,
     )
 
 
@@ -513,6 +607,8 @@ def train(
     device: str = "auto",
     distributed: bool | str = "auto",
     out_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
     seed: int | None = None,
     progress: bool = True,
 ) -> Classifier:
@@ -539,130 +635,176 @@ def train(
         calibrate: fit a temperature on the validation split; ECE before/after goes in ``metrics``.
         val_fraction: share of training subjects held out when the manifest has no ``val`` rows.
         steps_per_epoch: cap on optimiser steps per epoch (``None``: one pass over the training rows).
-        time_budget_s: stop after the epoch in which this wall time (seconds) is exceeded.
+        time_budget_s: stop once this process has trained this many seconds (the epoch is cut
+            there, then validated and checkpointed; the run counts as finished).
         model_kwargs: extra arguments for the MONAI network constructor.
         channels_last: use the channels-last memory format for 2D CNNs (faster on CPU).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         distributed: ``"auto"`` uses DDP when launched by ``torchrun`` (``WORLD_SIZE > 1``).
-        out_dir: if given, the run is saved there (config, weights, ``metrics.csv``) as it trains.
+        out_dir: the run folder (see :mod:`medgen.classify._run` and docs/classify.md). The whole
+            run holds its lock (a second writer fails at once with :class:`RunLockedError`
+            naming the holder); after every epoch ``checkpoint.pt``, ``train_state.json`` and
+            ``metrics.csv`` are written; ``model.safetensors``, ``config.json`` and last
+            ``run_complete.json`` when training ends. It must be new or empty unless ``resume``
+            or ``overwrite``; files that are not a run's are never deleted.
+        resume: continue the interrupted (or finished) run in ``out_dir`` from its last
+            completed epoch, with the same options and data (``epochs``, ``time_budget_s`` and
+            ``device`` may change; ``seed=None`` takes the run's seed). On the same device the
+            result is bitwise that of an uninterrupted run. A run ended by early stopping is
+            only finished; one ended by ``time_budget_s`` trains on.
+        overwrite: replace the run in ``out_dir`` (its files only).
         seed: seeds weights, sampling and augmentation; ``None`` draws one and records it.
         progress: show tqdm bars.
 
     Returns:
         The trained :class:`Classifier` (best validation epoch, with its temperature).
+
+    Raises:
+        RunFolderError: ``out_dir`` holds a finished run (without ``overwrite``/``resume``), an
+            interrupted one (without either), files that are not a run's, or nothing to resume.
+        RunLockedError: another process is writing ``out_dir``.
+        ConfigError: ``resume`` with options or data other than the run's (the message names
+            each difference), or an invalid option.
     """
+    import contextlib
+
     import numpy as np
 
     from medgen._internal.provenance import package_versions
+    from medgen._internal.runs import mark_complete, refuse_foreign_files, run_lock
+    from medgen.classify import _run
     from medgen.classify._data import as_cohort, load_images, manifest_hash, manifest_of
     from medgen.classify._model import Classifier
     from medgen.classify._registry import get_model_spec
 
     get_model_spec(model)
-    if seed is None:
-        seed = int(np.random.default_rng().integers(0, 2**31 - 1))
     for name, val in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(val, int) or val < 1:
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
             raise ConfigError(f"{name} must be a positive integer, not {val!r}")
-    if isinstance(balance, str):
-        balance = [balance]
-    co = as_cohort(cohort)
-    df = manifest_of(co)
-    if target not in df.columns:
-        _encode_target(df, target)  # raises the missing-column error
-    tr_df, va_df = _split_train_val(df, val_fraction=val_fraction, seed=seed)
-    y_tr, classes = _encode_target(tr_df, target)
-    y_va, _ = _encode_target(va_df, target, classes)
-    weights = sample_weights(
-        tr_df.reset_index(drop=True),
-        target=target,
-        balance=balance,
-        synthetic_fraction=synthetic_fraction,
-    )
-    size = list(image_size) if image_size is not None else None
-    x_tr = load_images(
-        co,
-        tr_df["image_id"].astype(str).tolist(),
-        image_size=size,
-        spatial_dims=spatial_dims,
-        progress=progress,
-    )
-    x_va = load_images(
-        co,
-        va_df["image_id"].astype(str).tolist(),
-        image_size=size,
-        spatial_dims=spatial_dims,
-        progress=progress,
-    )
-    if x_tr.shape[1:] != x_va.shape[1:]:
-        raise MedgenValueError(
-            f"training images are {tuple(x_tr.shape[1:])} but validation images are "
-            f"{tuple(x_va.shape[1:])}; pass image_size=(...) to resize both"
+    if out_dir is None and (resume or overwrite):
+        raise ConfigError(
+            "resume=True and overwrite=True apply to a run folder; pass out_dir=<folder>."
         )
-    cfg = TrainConfig(
-        target=target,
-        model=get_model_spec(model).name,
-        model_kwargs=dict(model_kwargs or {}),
-        spatial_dims=spatial_dims,
-        image_size=[int(s) for s in x_tr.shape[2:]],
-        in_channels=int(x_tr.shape[1]),
-        classes=classes,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        augment=augment,
-        balance=list(balance) if balance else None,
-        class_weights=class_weights,
-        synthetic_fraction=synthetic_fraction,
-        patience=patience,
-        calibrate=calibrate,
-        val_fraction=val_fraction,
-        steps_per_epoch=steps_per_epoch,
-        time_budget_s=time_budget_s,
-        channels_last=channels_last,
-        seed=seed,
-        device=str(resolve_device(device)),
-    )
-    out = Path(out_dir) if out_dir is not None else None
-    res = fit_tensors(
-        x_tr,
-        y_tr,
-        x_va,
-        y_va,
-        cfg=cfg,
-        weights=weights,
-        metrics_csv=out / "metrics.csv" if out else None,
-        distributed=distributed,
-        progress=progress,
-    )
-    metrics = {
-        "best_epoch": res.best_epoch,
-        "best_val_auc": res.best_val_auc,
-        "epochs_run": len(res.history),
-        "temperature": res.temperature,
-        "ece_before": res.ece_before,
-        "ece_after": res.ece_after,
-        "n_train": len(tr_df),
-        "n_val": len(va_df),
-        "train_seconds": res.wall_s,
-    }
-    tr_ids = tr_df["image_id"].astype(str).tolist()
-    clf = Classifier(
-        res.net,
-        config=asdict(cfg),
-        temperature=res.temperature,
-        metrics=metrics,
-        history=res.history,
-        provenance={
-            "manifest_sha256": manifest_hash(df),
-            "seed": seed,
-            "versions": package_versions(),
-        },
-    )
-    clf.seen_image_ids = [[tr_ids[i] for i in ep] for ep in res.seen]
-    import os as _os
-
-    if out is not None and int(_os.environ.get("RANK", "0")) == 0:
-        clf.save(out)
+    co = as_cohort(cohort)
+    out = Path(out_dir).expanduser() if out_dir is not None else None
+    # under torchrun only rank 0 locks and writes the folder; the others read it to resume
+    writer = out is not None and int(os.environ.get("RANK", "0")) == 0
+    with contextlib.ExitStack() as held:
+        if writer and out is not None:
+            # a folder of someone else's files is refused before the lock file is made in it
+            refuse_foreign_files(out, owned=_run.OWNED, what=_WHAT)
+            held.enter_context(run_lock(out, what=_WHAT))
+            held.enter_context(_run.finished_kept_on_failure(out, resume=resume))
+            _run.prepare(out, resume=resume, overwrite=overwrite, what=_WHAT)
+        if resume and seed is None and out is not None:
+            stored = _run.read_train_state(out)
+            if stored is not None and stored["config"].get("seed") is not None:
+                seed = int(stored["config"]["seed"])
+        if seed is None:
+            seed = int(np.random.default_rng().integers(0, 2**31 - 1))
+        if isinstance(balance, str):
+            balance = [balance]
+        df = manifest_of(co)
+        if target not in df.columns:
+            _encode_target(df, target)  # raises the missing-column error
+        tr_df, va_df = _split_train_val(df, val_fraction=val_fraction, seed=seed)
+        y_tr, classes = _encode_target(tr_df, target)
+        y_va, _ = _encode_target(va_df, target, classes)
+        weights = sample_weights(
+            tr_df.reset_index(drop=True),
+            target=target,
+            balance=balance,
+            synthetic_fraction=synthetic_fraction,
+        )
+        size = list(image_size) if image_size is not None else None
+        x_tr = load_images(
+            co,
+            tr_df["image_id"].astype(str).tolist(),
+            image_size=size,
+            spatial_dims=spatial_dims,
+            progress=progress,
+        )
+        x_va = load_images(
+            co,
+            va_df["image_id"].astype(str).tolist(),
+            image_size=size,
+            spatial_dims=spatial_dims,
+            progress=progress,
+        )
+        if x_tr.shape[1:] != x_va.shape[1:]:
+            raise MedgenValueError(
+                f"training images are {tuple(x_tr.shape[1:])} but validation images are "
+                f"{tuple(x_va.shape[1:])}; pass image_size=(...) to resize both"
+            )
+        cfg = TrainConfig(
+            target=target,
+            model=get_model_spec(model).name,
+            model_kwargs=dict(model_kwargs or {}),
+            spatial_dims=spatial_dims,
+            image_size=[int(s) for s in x_tr.shape[2:]],
+            in_channels=int(x_tr.shape[1]),
+            classes=classes,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            augment=augment,
+            balance=list(balance) if balance else None,
+            class_weights=class_weights,
+            synthetic_fraction=synthetic_fraction,
+            patience=patience,
+            calibrate=calibrate,
+            val_fraction=val_fraction,
+            steps_per_epoch=steps_per_epoch,
+            time_budget_s=time_budget_s,
+            channels_last=channels_last,
+            seed=seed,
+            device=str(resolve_device(device)),
+        )
+        res = fit_tensors(
+            x_tr,
+            y_tr,
+            x_va,
+            y_va,
+            cfg=cfg,
+            weights=weights,
+            distributed=distributed,
+            progress=progress,
+            run_dir=out,
+            resume=resume,
+            run_info={"manifest_sha256": manifest_hash(df)},
+        )
+        metrics = {
+            "best_epoch": res.best_epoch,
+            "best_val_auc": res.best_val_auc,
+            "epochs_run": len(res.history),
+            "temperature": res.temperature,
+            "ece_before": res.ece_before,
+            "ece_after": res.ece_after,
+            "n_train": len(tr_df),
+            "n_val": len(va_df),
+            "train_seconds": res.wall_s,
+        }
+        tr_ids = tr_df["image_id"].astype(str).tolist()
+        clf = Classifier(
+            res.net,
+            config=asdict(cfg),
+            temperature=res.temperature,
+            metrics=metrics,
+            history=res.history,
+            provenance={
+                "manifest_sha256": manifest_hash(df),
+                "seed": seed,
+                "versions": package_versions(),
+            },
+        )
+        clf.seen_image_ids = [[tr_ids[i] for i in ep] for ep in res.seen]
+        if writer and out is not None:
+            clf._write(out)  # weights and config, then the marker that vouches for them
+            mark_complete(
+                out,
+                _run.RESULT_FILES,
+                kind=_run.KIND,
+                info={"best_epoch": res.best_epoch, "epochs_run": len(res.history)},
+            )
     return clf

@@ -67,3 +67,15 @@ def test_demo_preset_flags_the_injected_bias_not_the_control(tmp_path: Path) -> 
     assert summary["test_auc"] >= 0.85
     auc = res.report.by_group["auc"]
     assert auc.loc[("sex", "F")] < auc.loc[("sex", "M")]
+
+
+def test_demo_never_writes_into_a_folder_of_someone_elses_files(tmp_path: Path) -> None:
+    from medgen.apps import run_demo
+    from medgen.errors import RunFolderError
+
+    (tmp_path / "predictions.csv").write_text("the user's own predictions\n")
+    (tmp_path / "notes.txt").write_text("mine\n")
+    with pytest.raises(RunFolderError, match=r"not part of a medgen run \(notes.txt\)"):
+        run_demo(tmp_path, preset="tiny", progress=False)
+    assert (tmp_path / "predictions.csv").read_text() == "the user's own predictions\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "predictions.csv"]
