@@ -121,8 +121,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Predict a cohort: one row per image with the manifest columns, y_true, y_score, y_pred."""
         from medgen._internal.files import write_table
+        from medgen._internal.paths import check_output_not_input
         from medgen.classify import Classifier
 
+        check_output_not_input(output, [manifest, run], what="--output")
         clf = Classifier.load(run)
         preds = clf.predict(manifest, split=split, progress=progress, labels=labels)
         write_table(preds, output)
