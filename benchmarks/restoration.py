@@ -261,6 +261,7 @@ def main() -> None:
             den_train,
             run_dir=out / f"denoise_{kind}",
             config=cfg(args.compare_budget),
+            overwrite=True,  # a new benchmark run trains anew
             progress=False,
         )
         secs = time.perf_counter() - t0
@@ -286,6 +287,7 @@ def main() -> None:
             run_dir=unet_dir,
             config=cfg(rest),
             resume=not args.skip_compare,
+            overwrite=args.skip_compare,
             progress=False,
         )
         print(
@@ -331,6 +333,7 @@ def main() -> None:
                 train_set,
                 run_dir=out / f"sr_x{scale}",
                 config=cfg(args.sr_budget, sr=True),
+                overwrite=True,
                 progress=False,
             )
             print(f"\nSR x{scale} trained {time.perf_counter() - t0:.0f} s")

@@ -4,17 +4,22 @@ A saved model is a folder with
 
 - ``model.safetensors``: every network's tensors in one file, under ``"<network>.<name>"`` keys
   (``"generator.net.model.0.conv.weight"``); never pickled objects;
-- ``config.json``, written last (it is the completion marker and vouches for the weights by their
-  SHA-256): ``kind`` (the registry name, e.g. ``"denoise"``), ``model`` (the options that rebuild
+- ``config.json``, written after the weights (it vouches for them by their SHA-256): ``kind`` (the registry name, e.g. ``"denoise"``), ``model`` (the options that rebuild
   the untrained networks), ``train`` (training options), ``seed``, ``data_sha256`` (of the
   training data), ``steps_trained``, ``history``, ``versions`` (package versions) and ``weights``
-  (file, format, SHA-256, network names).
+  (file, format, SHA-256, network names);
+- ``run_complete.json``, written last: the completion marker (docs/privacy.md, "Run folders").
+
+The folder is a run folder with a lifecycle (:mod:`medgen.generative._run`): :meth:`~GenerativeModel.save`
+holds its lock and refuses a folder that already holds a model or a run unless
+``overwrite=True``; :func:`load` refuses an interrupted or mixed folder (no marker, or files
+changed after it), naming how to resume or clean it.
 
 :func:`load` reads ``kind`` and returns an instance of the registered class. Classes register with
 :func:`register_model_kind`; :class:`~medgen.generative.Denoiser` (``"denoise"``) and
 :class:`~medgen.generative.SuperResolver` (``"superres"``) are built in and imported on demand.
 Folders written by earlier versions (``"task"`` + ``model.pt``, a state dict read with
-``weights_only=True``) still load.
+``weights_only=True``; or ``config.json`` + ``model.safetensors`` without a marker) still load.
 
 Example (a one-layer model kind, CPU, milliseconds):
     >>> import tempfile
@@ -50,6 +55,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from medgen._internal.suggest import did_you_mean
 from medgen.errors import ConfigError, MedgenFileNotFoundError, MedgenValueError
+from medgen.generative._run import CONFIG, WEIGHTS, check_loadable, prepare_save
 
 if TYPE_CHECKING:
     from typing import Self
@@ -70,8 +76,6 @@ __all__ = [
     "register_model_kind",
 ]
 
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
 FORMAT_VERSION = 1
 
 #: registered model classes by kind (:func:`register_model_kind`)
@@ -226,18 +230,41 @@ class GenerativeModel:
             f"{WEIGHTS}); save one with model.save(directory) or train with run_dir=."
         )
 
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``model.safetensors`` (all networks), then ``config.json``, atomically.
+    def save(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write ``model.safetensors`` (all networks), ``config.json`` and then the completion
+        marker ``run_complete.json``, each atomically, holding the folder's lock.
+
+        Args:
+            directory: a new or empty folder (created when missing).
+            overwrite: replace the model or training run already in ``directory`` (its files
+                only; a folder holding other files is refused, never emptied).
 
         Returns:
             The folder.
+
+        Raises:
+            RunFolderError: ``directory`` already holds a model or run (without ``overwrite``),
+                or files that medgen did not write.
+            RunLockedError: another process is writing ``directory``.
         """
+        from medgen._internal.runs import run_lock
+
+        d = Path(directory).expanduser()
+        what = f"{self.kind or type(self).__name__} model"
+        with run_lock(d, what=what):
+            prepare_save(d, overwrite=overwrite, what=what)
+            self._write_model(d)
+        return d
+
+    def _write_model(self, d: Path) -> None:
+        """Write the weights, ``config.json`` and the completion marker into ``d`` (the caller
+        holds the folder's lock and prepared it)."""
         from safetensors.torch import save_file
 
         from medgen._internal.files import atomic_path, write_text_atomic
         from medgen._internal.provenance import file_sha256, package_versions
+        from medgen._internal.runs import mark_complete
 
-        d = Path(directory).expanduser()
         d.mkdir(parents=True, exist_ok=True)
         nets = self.networks()
         bad = [n for n in nets if not n or "." in n]
@@ -272,7 +299,9 @@ class GenerativeModel:
             },
         }
         write_text_atomic(d / CONFIG, json.dumps(meta, indent=2, default=str))
-        return d
+        mark_complete(
+            d, [WEIGHTS, CONFIG], kind=self.kind, info={"steps_trained": self.steps_trained}
+        )
 
     @classmethod
     def _read_meta(cls, d: Path) -> dict[str, Any]:
@@ -303,10 +332,23 @@ class GenerativeModel:
             MedgenValueError: ``config.json`` or the weights are corrupt (or do not match).
             ConfigError: the folder holds another kind of model than this class, or a kind that
                 is not registered.
+            RunFolderError: the folder holds an interrupted run (no ``run_complete.json``) or is
+                mixed (files changed after the run finished, or an earlier model beside a later
+                run's training state); the message says how to resume or clean it.
         """
+        d = Path(directory).expanduser()
+        check_loadable(
+            d,
+            what=f"{cls.kind} model" if cls.kind else "generative model",
+            missing=cls._missing_message(d),
+        )
+        return cls._load_checked(d, device=device)
+
+    @classmethod
+    def _load_checked(cls, d: Path, *, device: str) -> Self:
+        """:meth:`load` of a folder :func:`~medgen.generative._run.check_loadable` accepted."""
         import torch
 
-        d = Path(directory).expanduser()
         meta = cls._read_meta(d)
         # "task": the key of restoration folders of earlier versions
         kind = meta.get("kind", meta.get("task"))
@@ -319,7 +361,7 @@ class GenerativeModel:
             )
         if cls is GenerativeModel:
             target = get_model_kind(kind)
-            return target.load(d, device=device)  # type: ignore[return-value]
+            return target._load_checked(d, device=device)  # type: ignore[return-value]
         if kind != cls.kind:
             try:
                 hint = f"{get_model_kind(kind).__name__}.load or "
@@ -410,5 +452,7 @@ def load(run_dir: str | os.PathLike[str], *, device: str = "cpu") -> GenerativeM
         MedgenFileNotFoundError: no ``config.json`` or weights in ``run_dir``.
         MedgenValueError: a corrupt ``config.json`` or weights file (named).
         ConfigError: the folder's kind is not registered.
+        RunFolderError: an interrupted or mixed run folder (the message says how to resume or
+            clean it).
     """
     return GenerativeModel.load(run_dir, device=device)

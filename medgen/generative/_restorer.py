@@ -31,7 +31,8 @@ import numpy as np
 
 from medgen.errors import ConfigError, MedgenValueError
 from medgen.generative._checks import check_network, check_patch_size
-from medgen.generative._model import CONFIG, WEIGHTS, GenerativeModel
+from medgen.generative._model import GenerativeModel
+from medgen.generative._run import CONFIG, LEGACY_WEIGHTS, WEIGHTS
 
 if TYPE_CHECKING:
     from typing import Self
@@ -47,8 +48,6 @@ log = logging.getLogger(__name__)
 # normalisation layers: no tile seams, full context, faster; +0.05-0.1 dB mean PSNR over 64-px
 # sliding windows in docs/restoration.md); larger slices and 3D volumes use sliding windows.
 WHOLE_SLICE_MAX_PIXELS = 1024 * 1024
-#: the weights file of restoration folders saved by earlier versions (a state dict)
-LEGACY_WEIGHTS = "model.pt"
 
 
 @dataclass
@@ -362,21 +361,72 @@ class Restorer(GenerativeModel):
         run_dir: str | os.PathLike[str] | None = None,
         config: TrainConfig | Mapping[str, Any] | None = None,
         resume: bool = False,
+        overwrite: bool = False,
         progress: bool = True,
     ) -> Restorer:
         """Train on clean images (pairs made by the task's degradation) or on real pairs.
 
         Args:
             data: a Cohort, manifest, image or list of images (see :func:`load_images`).
-            run_dir: folder for checkpoints, ``metrics.csv`` and the final model; ``None``
-                trains in memory.
+            run_dir: run folder for checkpoints, ``metrics.csv`` and the final model (new or
+                empty unless ``resume`` or ``overwrite``); ``None`` trains in memory. Training
+                holds the folder's lock and writes ``run_complete.json`` after the model.
             config: :class:`~medgen.generative.TrainConfig` or a dict of its options.
-            resume: continue an interrupted run in ``run_dir`` (identical continuation).
+            resume: continue an interrupted run in ``run_dir`` (identical continuation), or
+                train a finished one longer (more ``epochs`` or another ``time_budget_s``).
+            overwrite: replace the run in ``run_dir`` (its files only).
             progress: tqdm progress bar.
 
         Returns:
             ``self``, trained (the EMA weights when EMA is on).
+
+        Raises:
+            RunFolderError: ``run_dir`` holds a finished run, an interrupted one or a model of
+                an earlier version (without ``overwrite``/``resume``), or files that are not a
+                run's.
+            RunLockedError: another process is training into ``run_dir``.
+            ConfigError: ``resume`` with other options or data than the run was started with.
         """
+        if run_dir is None:
+            return self._fit(data, None, config=config, resume=resume, progress=progress)
+        from medgen._internal.runs import run_lock
+        from medgen.generative._run import check_training, prepare_training
+
+        rd = Path(run_dir).expanduser()
+        what = f"{self.task} training run"
+        with run_lock(rd, what=what):
+
+            def prepare() -> None:
+                prepare_training(rd, resume=resume, overwrite=overwrite, what=what)
+
+            early = not resume or overwrite
+            if early:  # nothing to check first: refuse (or clear) the folder before loading data
+                prepare()
+            else:  # the clear refusals now; the marker goes once the resume is checked
+                check_training(rd, resume=resume, overwrite=overwrite, what=what)
+            self._fit(
+                data,
+                rd,
+                config=config,
+                resume=resume,
+                progress=progress,
+                prepare=None if early else prepare,
+            )
+            self._write_model(rd)  # weights, config.json, then run_complete.json
+        return self
+
+    def _fit(
+        self,
+        data: Any,
+        run_dir: Path | None,
+        *,
+        config: TrainConfig | Mapping[str, Any] | None,
+        resume: bool,
+        progress: bool,
+        prepare: Any = None,
+    ) -> Restorer:
+        """:meth:`fit` without the run folder's lifecycle (the caller holds ``run_dir``'s lock
+        and saves the model there)."""
         import torch
 
         from medgen.generative._nets import build_discriminator
@@ -446,11 +496,11 @@ class Restorer(GenerativeModel):
             resume=resume,
             run_info=run_info,
             progress=progress,
+            held=True,
+            prepare=prepare,
         )
         self.network = result.inference_networks()["generator"].eval()
         self.record_training(result, train_config=tc, data_hash=self.data_hash)
-        if run_dir is not None:
-            self.save(run_dir)
         return self
 
     # ------------------------------------------------------------------ patches

@@ -27,6 +27,7 @@ from medgen.generative.engine import (
     check_engine_options,
     fit_objective,
     lr_factor,
+    run_objective,
     step_seed,
 )
 from medgen.generative.objectives.paired import (
@@ -118,6 +119,7 @@ def train(
     discriminator: nn.Module | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     run_info: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> TrainResult:
@@ -130,8 +132,11 @@ def train(
         config: the recipe (engine + paired-objective options).
         discriminator: conditional PatchGAN taking ``cat([input, image], dim=1)``; required when
             ``config.adv_weight > 0``.
-        run_dir: folder for checkpoints and ``metrics.csv``; ``None`` keeps everything in memory.
+        run_dir: run folder for checkpoints and ``metrics.csv`` (new or empty unless ``resume``
+            or ``overwrite``; see :func:`~medgen.generative.fit_objective`); ``None`` keeps
+            everything in memory.
         resume: continue from ``run_dir/checkpoint.pt`` (same config required).
+        overwrite: replace the run in ``run_dir``.
         run_info: extra JSON-able facts stored in ``train_state.json`` (model config, seeds of
             the data process); on resume they must equal the stored ones.
         progress: show a tqdm bar.
@@ -142,6 +147,9 @@ def train(
     Raises:
         MedgenFileNotFoundError: ``resume=True`` but there is no checkpoint in ``run_dir``.
         ConfigError: the checkpoint was written by a different configuration or model.
+        RunFolderError: ``run_dir`` holds a finished or interrupted run (without ``overwrite``
+            or ``resume``) or files that are not a run's.
+        RunLockedError: another process is training into ``run_dir``.
     """
     res = fit_paired(
         generator,
@@ -150,6 +158,7 @@ def train(
         discriminator=discriminator,
         run_dir=run_dir,
         resume=resume,
+        overwrite=overwrite,
         run_info=run_info,
         progress=progress,
     )
@@ -172,17 +181,35 @@ def fit_paired(
     resume: bool,
     run_info: Mapping[str, Any] | None,
     progress: bool,
+    overwrite: bool = False,
+    held: bool = False,
+    prepare: Callable[[], object] | None = None,
 ) -> EngineResult:
     """The ``"paired"`` objective of ``config`` run on the engine; the engine's result (what
-    :func:`train` and :meth:`Restorer.fit <medgen.generative.Denoiser.fit>` build on)."""
+    :func:`train` and :meth:`Restorer.fit <medgen.generative.Denoiser.fit>` build on).
+
+    ``held``: the caller holds ``run_dir``'s lock and writes its completion marker (it saves a
+    model there after training); ``prepare`` is then called once a resume has been checked
+    (:func:`~medgen.generative.engine.run_objective`)."""
     objective = PairedObjective(
         generator, sample_batch, config=config.objective_config(), discriminator=discriminator
     )
+    if held:
+        return run_objective(
+            objective,
+            config=config.engine_config(),
+            run_dir=run_dir,
+            resume=resume,
+            run_info=run_info,
+            progress=progress,
+            prepare=prepare,
+        )
     return fit_objective(
         objective,
         config=config.engine_config(),
         run_dir=run_dir,
         resume=resume,
+        overwrite=overwrite,
         run_info=run_info,
         progress=progress,
     )

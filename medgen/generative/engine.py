@@ -24,7 +24,11 @@ An objective owns its networks, its optimisers, how a batch is drawn and what on
 see :class:`Objective` and docs/engine.md (with the smallest complete objective).
 
 Files in ``run_dir``: ``checkpoint.pt``, ``train_state.json`` (step, seed, options, run_info,
-history), ``metrics.csv``; each written to a temporary name and renamed.
+history), ``metrics.csv``; each written to a temporary name and renamed. ``run_dir`` is a run
+folder with a lifecycle (docs/privacy.md, :mod:`medgen.generative._run`): one writer at a time
+(a lock), a finished folder is reused only with ``overwrite=True`` or ``resume=True``, an
+interrupted one only with ``resume=True`` or ``overwrite=True``, and ``run_complete.json`` is
+written when training ends.
 
 Example (a one-parameter objective, CPU, milliseconds):
     >>> import torch
@@ -68,8 +72,18 @@ from torch import nn
 
 from medgen._internal.device import resolve_device
 from medgen._internal.files import atomic_path, write_text_atomic
+from medgen._internal.runs import mark_complete, run_lock
 from medgen.errors import ConfigError, MedgenFileNotFoundError, MedgenValueError
 from medgen.generative._checks import check_int
+from medgen.generative._run import (
+    CHECKPOINT,
+    ENGINE_KIND,
+    METRICS,
+    TRAIN_STATE,
+    TRAIN_STATE_FORMAT,
+    check_training,
+    prepare_training,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +98,10 @@ __all__ = [
     "StepContext",
     "fit_objective",
     "lr_factor",
+    "run_objective",
     "step_seed",
 ]
 
-CHECKPOINT = "checkpoint.pt"
-TRAIN_STATE = "train_state.json"
-METRICS = "metrics.csv"
 LR_SCHEDULES = ("constant", "cosine")
 #: engine options a resumed run may change (``epochs`` too while the LR schedule is constant)
 RESUME_FREE = ("time_budget_s", "device", "amp", "num_workers")
@@ -474,6 +486,7 @@ def fit_objective(
     config: EngineConfig,
     run_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     run_info: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> EngineResult:
@@ -482,10 +495,15 @@ def fit_objective(
     Args:
         objective: the job (see :class:`Objective`).
         config: engine options.
-        run_dir: folder for ``checkpoint.pt``, ``train_state.json`` and ``metrics.csv``;
-            ``None`` keeps everything in memory.
-        resume: continue from ``run_dir/checkpoint.pt``: same options (engine and objective)
-            and ``run_info`` required; continues bitwise like an uninterrupted run.
+        run_dir: run folder for ``checkpoint.pt``, ``train_state.json`` and ``metrics.csv``
+            (new or empty, unless ``resume`` or ``overwrite``); ``None`` keeps everything in
+            memory. Training holds the folder's lock and writes ``run_complete.json`` when it
+            ends (also at the end of a ``time_budget_s``; not on Ctrl-C or an error).
+        resume: continue from ``run_dir/checkpoint.pt`` (an interrupted run, or a finished one
+            trained longer): same options (engine and objective) and ``run_info`` required;
+            continues bitwise like an uninterrupted run.
+        overwrite: replace the run in ``run_dir`` (its files only; anything else there is
+            refused, never deleted).
         run_info: extra JSON-able facts stored in ``train_state.json`` (model config, data
             hash); on resume they must equal the stored ones.
         progress: show a tqdm bar.
@@ -498,7 +516,63 @@ def fit_objective(
         ConfigError: the checkpoint was written with other options, another objective or
             other ``run_info``; the objective's option names collide with the engine's.
         MedgenValueError: the checkpoint cannot be read.
+        RunFolderError: ``run_dir`` holds a finished run (without ``overwrite``/``resume``), an
+            interrupted one (without ``resume``/``overwrite``) or files that are not a run's.
+        RunLockedError: another process is training into ``run_dir``.
     """
+    if run_dir is None:
+        return run_objective(
+            objective,
+            config=config,
+            run_dir=None,
+            resume=resume,
+            run_info=run_info,
+            progress=progress,
+        )
+    rd = Path(run_dir).expanduser()
+    what = f"{objective.kind or type(objective).__name__} training run"
+    with run_lock(rd, what=what):
+
+        def prepare() -> None:
+            prepare_training(rd, resume=resume, overwrite=overwrite, what=what)
+
+        if not resume or overwrite:  # nothing to check first: refuse (or clear) the folder now
+            prepare()
+        else:  # the clear refusals now; the marker goes once the resume is checked
+            check_training(rd, resume=resume, overwrite=overwrite, what=what)
+        result = run_objective(
+            objective,
+            config=config,
+            run_dir=rd,
+            resume=resume,
+            run_info=run_info,
+            progress=progress,
+            prepare=prepare if resume and not overwrite else None,
+        )
+        mark_complete(
+            rd,
+            [n for n in (CHECKPOINT, TRAIN_STATE) if (rd / n).is_file()],
+            kind=ENGINE_KIND,
+            info={"objective": objective.kind, "step": result.step},
+        )
+    return result
+
+
+def run_objective(
+    objective: Objective,
+    *,
+    config: EngineConfig,
+    run_dir: str | os.PathLike[str] | None,
+    resume: bool,
+    run_info: Mapping[str, Any] | None,
+    progress: bool,
+    prepare: Callable[[], object] | None = None,
+) -> EngineResult:
+    """The loop of :func:`fit_objective` without the run folder's lifecycle, for callers that
+    write more into ``run_dir`` (a trained model) and so hold its lock themselves, have
+    prepared it (:func:`medgen.generative._run.prepare_training`) or pass that step as
+    ``prepare``: called once a resume has been checked and loaded, before anything is written.
+    They write the completion marker when their last file is written."""
     from tqdm.auto import tqdm
 
     objective.setup(config)
@@ -612,6 +686,8 @@ def fit_objective(
         step = int(state["step"])
         history = list(state["history"])
         log.info("resumed %s at step %d", rd, step)
+    if prepare is not None:
+        prepare()
 
     def save_checkpoint() -> None:
         if rd is None:
@@ -626,6 +702,7 @@ def fit_objective(
         with atomic_path(rd / CHECKPOINT) as tmp:
             torch.save(ckpt, tmp)
         state = {
+            "format": TRAIN_STATE_FORMAT,
             "step": step,
             "objective": objective.kind,
             "config": cfg_dict,

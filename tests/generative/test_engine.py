@@ -206,8 +206,9 @@ def test_time_budget_stops_with_a_checkpoint(tmp_path: Path) -> None:
 
 
 def test_resume_refusals_name_the_difference(tmp_path: Path) -> None:
+    runs, tmp_path = tmp_path, tmp_path / "run"
     with pytest.raises(MedgenFileNotFoundError, match=r"no checkpoint\.pt and train_state\.json"):
-        fit_objective(TwoNets(), config=_cfg(), run_dir=tmp_path / "none", resume=True)
+        fit_objective(TwoNets(), config=_cfg(), run_dir=runs / "none", resume=True)
     fit_objective(TwoNets(), config=_cfg(), run_dir=tmp_path, progress=False)
     with pytest.raises(ConfigError, match=r"differs in \['lr_b'\]"):
         fit_objective(TwoNets(lr_b=0.5), config=_cfg(), run_dir=tmp_path, resume=True)

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from medgen.errors import ConfigError, MedgenFileNotFoundError, MedgenValueError
+from medgen.errors import ConfigError, MedgenFileNotFoundError, MedgenValueError, RunFolderError
 from medgen.generative import (
     Denoiser,
     GenerativeModel,
@@ -63,6 +63,12 @@ def _legacy_folder(model: Denoiser, d: Path) -> Path:
     }
     (d / "config.json").write_text(json.dumps(meta))
     return d
+
+
+def _strip_to_legacy(d: Path) -> None:
+    """Remove what earlier versions did not write: the marker and the training state."""
+    for name in ("run_complete.json", "checkpoint.pt", "train_state.json", ".medgen.lock"):
+        (d / name).unlink(missing_ok=True)
 
 
 def test_saved_folder_layout(trained: Path) -> None:
@@ -127,6 +133,11 @@ def test_corrupt_or_missing_files_are_medgen_errors_naming_the_file(
         load(tmp_path / "missing")
     blob = (d / "model.safetensors").read_bytes()
     (d / "model.safetensors").write_bytes(blob[: len(blob) // 2])
+    # the completion marker vouches for the weights and config.json
+    with pytest.raises(RunFolderError, match=r"is mixed: model\.safetensors changed after"):
+        load(d)
+    # without it (the layout of earlier versions) config.json's SHA-256 catches it
+    _strip_to_legacy(d)
     with pytest.raises(MedgenValueError, match=r"model\.safetensors: its SHA-256 differs"):
         load(d)
     meta = json.loads((d / "config.json").read_text())
@@ -152,6 +163,9 @@ def test_weights_of_another_model_are_refused(trained: Path, tmp_path: Path) -> 
     bigger = Denoiser(channels=(4, 8, 16), patch_size=16)
     bigger.save(tmp_path / "bigger")
     shutil.copy(tmp_path / "bigger" / "model.safetensors", d / "model.safetensors")
+    with pytest.raises(RunFolderError, match=r"is mixed: model\.safetensors changed"):
+        load(d)
+    _strip_to_legacy(d)
     meta = json.loads((d / "config.json").read_text())
     meta["weights"].pop("sha256")
     (d / "config.json").write_text(json.dumps(meta))
