@@ -39,6 +39,7 @@ __all__ = [
     "RunFolderError",
     "RunLockedError",
     "check_complete",
+    "check_resumable",
     "mark_complete",
     "prepare_run_folder",
     "refuse_foreign_files",
@@ -149,6 +150,24 @@ def refuse_foreign_files(
         )
 
 
+def check_resumable(
+    folder: str | os.PathLike[str],
+    *,
+    resume_needs: str,
+    what: str = "run",
+    overwrite_hint: str = "--overwrite",
+) -> None:
+    """Refuse to resume a folder that holds files but not ``resume_needs`` (its training state):
+    a saved model, or a run that stopped before its first checkpoint. Changes nothing."""
+    d = Path(folder).expanduser()
+    if run_state(d) != "empty" and not (d / resume_needs).is_file():
+        raise RunFolderError(
+            f"{what} folder {str(d)!r} holds no training state to resume (no {resume_needs}: it "
+            "was written by save(), or its run stopped before its first checkpoint). Pass "
+            f"{overwrite_hint} to train again, or choose a new folder."
+        )
+
+
 def prepare_run_folder(
     folder: str | os.PathLike[str],
     *,
@@ -158,6 +177,7 @@ def prepare_run_folder(
     what: str = "run",
     resume_hint: str = "--resume",
     overwrite_hint: str = "--overwrite",
+    resume_needs: str | None = None,
 ) -> RunState:
     """Check that a writer may start in ``folder`` and put it in the "being written" state.
 
@@ -170,6 +190,9 @@ def prepare_run_folder(
         what: the kind of run, for messages (``"classifier training"``).
         resume_hint, overwrite_hint: how the caller spells the two options (CLI flags or
             keyword arguments).
+        resume_needs: a file a run can be resumed from (its training state); ``resume`` on a
+            folder that holds files but not this one is refused (a saved model, or a run that
+            stopped before its first checkpoint).
 
     Returns:
         The state found. On return the completion marker is gone (a crash from here on leaves
@@ -194,6 +217,8 @@ def prepare_run_folder(
                 f"{what} folder {str(d)!r} holds no run to resume; start without {resume_hint}."
             )
         return state
+    if resume and resume_needs is not None:
+        check_resumable(d, resume_needs=resume_needs, what=what, overwrite_hint=overwrite_hint)
     if state == "complete" and not (resume or overwrite):
         raise RunFolderError(
             f"{what} folder {str(d)!r} already holds a finished run. Choose a new folder, pass "

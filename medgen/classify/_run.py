@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from medgen._internal.files import atomic_path, write_text_atomic
-from medgen._internal.runs import COMPLETE, prepare_run_folder, run_state
+from medgen._internal.runs import COMPLETE, prepare_run_folder
 from medgen.errors import ConfigError, RunFolderError
 
 CONFIG = "config.json"
@@ -89,19 +89,12 @@ def prepare(
     """:func:`~medgen._internal.runs.prepare_run_folder` for a classifier folder (call it inside
     the folder's lock), with clearer refusals for a legacy folder and for a folder that holds no
     training state to resume."""
-    if folder.is_dir() and not overwrite:
-        if is_legacy(folder):
-            raise RunFolderError(
-                f"{what} folder {str(folder)!r} holds a classifier saved by an older medgen (no "
-                f"{COMPLETE}, no {TRAIN_STATE}); it cannot be resumed. Choose a new folder, or "
-                f"pass {overwrite_hint} to replace it."
-            )
-        if resume and not (folder / TRAIN_STATE).is_file() and run_state(folder) != "empty":
-            raise RunFolderError(
-                f"{what} folder {str(folder)!r} holds no training state to resume (no "
-                f"{TRAIN_STATE}: it was written by Classifier.save, or its run stopped before "
-                f"training began). Pass {overwrite_hint} to train again, or choose a new folder."
-            )
+    if folder.is_dir() and not overwrite and is_legacy(folder):
+        raise RunFolderError(
+            f"{what} folder {str(folder)!r} holds a classifier saved by an older medgen (no "
+            f"{COMPLETE}, no {TRAIN_STATE}); it cannot be resumed. Choose a new folder, or "
+            f"pass {overwrite_hint} to replace it."
+        )
     return prepare_run_folder(
         folder,
         owned=OWNED,
@@ -110,6 +103,7 @@ def prepare(
         what=what,
         resume_hint=resume_hint,
         overwrite_hint=overwrite_hint,
+        resume_needs=TRAIN_STATE,
     )
 
 

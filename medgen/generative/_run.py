@@ -26,7 +26,13 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from medgen._internal.runs import COMPLETE, check_complete, prepare_run_folder, run_state
+from medgen._internal.runs import (
+    COMPLETE,
+    check_complete,
+    check_resumable,
+    prepare_run_folder,
+    run_state,
+)
 from medgen.errors import RunFolderError
 
 CHECKPOINT = "checkpoint.pt"
@@ -113,12 +119,8 @@ def check_training(
                 f"{COMPLETE}). Choose a new folder, pass {OVERWRITE_HINT} to replace it, or "
                 f"{RESUME_HINT} to train it longer (when it holds its {CHECKPOINT})."
             )
-        if resume and not (d / TRAIN_STATE).is_file() and run_state(d) != "empty":
-            raise RunFolderError(
-                f"{what} folder {str(d)!r} holds no training state to resume (no "
-                f"{TRAIN_STATE}: it was written by save(), or its run stopped before the first "
-                f"checkpoint). Pass {OVERWRITE_HINT} to train again, or choose a new folder."
-            )
+        if resume:
+            check_resumable(d, resume_needs=TRAIN_STATE, what=what, overwrite_hint=OVERWRITE_HINT)
 
 
 def prepare_training(
