@@ -262,7 +262,7 @@ def test_foreign_files_are_never_deleted(
     data = tmp_path / "data"  # a folder of someone else's files gets not even a lock file
     data.mkdir()
     (data / "scan.nii.gz").write_bytes(b"only copy")
-    with pytest.raises(RunFolderError, match="scan.nii.gz"):
+    with pytest.raises(RunFolderError, match=r"scan\.nii\.gz"):
         train(tiny_manifest, **TINY, epochs=1, out_dir=data)
     assert [p.name for p in data.iterdir()] == ["scan.nii.gz"]
 
