@@ -139,32 +139,51 @@ def test_the_installed_command_prints_one_line_on_stderr(tmp_path: Path) -> None
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
-def test_outputs_never_land_in_or_on_their_inputs(tmp_path: Path) -> None:
-    """scan into the scanned folder, audit over its own prediction table: refused, untouched."""
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "scan -o onto a file in the scanned folder",
+        "scan -o inside the scanned folder",
+        "audit -o onto its prediction table",
+        "audit --markdown onto its prediction table",
+        "predict -o onto its manifest",
+        "predict -o inside its run folder",
+    ],
+)
+def test_outputs_never_land_in_or_on_their_inputs(case: str, tmp_path: Path) -> None:
+    """The installed command, per writer: refused with one line, every byte left as it was."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "manifest.csv").write_text("my own notes, the only copy\n")
     preds = tmp_path / "preds.csv"
     preds.write_text("y_true,y_score,sex\n1,0.9,F\n0,0.2,M\n")
-    before = {p: p.read_bytes() for p in (data / "manifest.csv", preds)}
-    cases = [
-        ["scan", str(data), "-o", str(data / "manifest.csv")],
-        ["scan", str(data), "-o", str(data / "sub" / "m.csv")],
-        ["audit", str(preds), "-s", "sex", "-o", str(preds)],
-        [
-            "audit",
-            str(preds),
-            "-s",
-            "sex",
-            "-o",
-            str(tmp_path / "r.html"),
-            "--markdown",
-            str(preds),
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    args = {
+        "scan -o onto a file in the scanned folder": ["scan", data, "-o", data / "manifest.csv"],
+        "scan -o inside the scanned folder": ["scan", data, "-o", data / "sub" / "m.csv"],
+        "audit -o onto its prediction table": ["audit", preds, "-s", "sex", "-o", preds],
+        "audit --markdown onto its prediction table": [
+            *("audit", preds, "-s", "sex", "-o", tmp_path / "r.html", "--markdown", preds)
         ],
-    ]
-    for args in cases:
-        result = CliRunner().invoke(app, args)
-        assert result.exit_code == 2, (args, result.output)
-        assert "never writes over its inputs" in result.output
-    assert {p: p.read_bytes() for p in before} == before
-    assert sorted(p.name for p in data.iterdir()) == ["manifest.csv"]
+        "predict -o onto its manifest": ["predict", run, preds, "-o", preds],
+        "predict -o inside its run folder": ["predict", run, preds, "-o", run / "p.csv"],
+    }[case]
+    before = _tree(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "medgen.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MEDGEN_DEBUG": ""},
+        check=False,
+    )
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.stderr.count("\n") == 1 and "never writes over its inputs" in proc.stderr
+    assert _tree(tmp_path) == before

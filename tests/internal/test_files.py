@@ -108,7 +108,7 @@ def save_then_die(self, *args, **kwargs):
     global calls
     calls += 1
     original(self, *args, **kwargs)
-    if calls == 3:
+    if calls == int(sys.argv[2]):
         os.kill(os.getpid(), signal.SIGKILL)
 
 pydicom.dataset.Dataset.save_as = save_then_die
@@ -117,17 +117,23 @@ save(vol, sys.argv[1], affine=np.eye(4))
 """
 
 
-def _run_killed_save(target: Path) -> None:
+def _run_killed_save(target: Path, after_slices: int) -> None:
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(target)], check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_SAVE, str(target), str(after_slices)], check=False
+    )
     assert proc.returncode == -9
 
 
-def test_a_killed_dicom_save_leaves_nothing_the_next_save_keeps(tmp_path: Path) -> None:
+@pytest.mark.parametrize("after_slices", [1, 4, 6])
+def test_a_killed_dicom_save_leaves_nothing_the_next_save_keeps(
+    tmp_path: Path, after_slices: int
+) -> None:
+    """SIGKILL after the 1st, 4th and last (6th) slice: the next save cleans up."""
     target = tmp_path / "series"
-    _run_killed_save(target)
+    _run_killed_save(target, after_slices)
     leftovers = [p.name for p in tmp_path.iterdir()]
     assert not target.exists() and len(leftovers) == 1 and leftovers[0].endswith(".tmp")
     vol = np.ones((1, 8, 8, 4), np.float32)
