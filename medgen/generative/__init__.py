@@ -13,6 +13,9 @@
 - :func:`train` / :class:`TrainConfig`: the paired restoration recipe (engine + paired options).
 - :mod:`~medgen.generative.baselines`: NL-means, TV, wavelet, BM3D (optional), bicubic/trilinear.
 - :func:`evaluate` / :func:`summarize`: PSNR/SSIM per image, method and subgroup.
+- :mod:`~medgen.generative.synthesis_metrics`: FID, KID, precision/recall/density/coverage,
+  memorisation (near-copy gate), conditioning fidelity and per-subgroup quality tables read
+  against the real-vs-real floor (docs/synthesis_metrics.md).
 
 Names are imported lazily so ``import medgen.generative`` does not import torch. See
 docs/restoration.md and docs/engine.md.
@@ -45,12 +48,26 @@ if TYPE_CHECKING:
     )
     from medgen.generative.quality import evaluate, image_metrics, summarize
     from medgen.generative.superres import SuperResolver
+    from medgen.generative.synthesis_metrics import (
+        PRDC,
+        KIDResult,
+        conditioning_fidelity,
+        count_near_copies,
+        frechet_distance,
+        kernel_inception_distance,
+        memorisation,
+        prdc,
+        quality_table,
+        real_vs_real_floor,
+    )
 
 __all__ = [
+    "PRDC",
     "Denoiser",
     "EngineConfig",
     "EngineResult",
     "GenerativeModel",
+    "KIDResult",
     "Objective",
     "RestorationOutput",
     "RestorerConfig",
@@ -59,12 +76,20 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "available_generators",
+    "conditioning_fidelity",
+    "count_near_copies",
     "evaluate",
     "fit_objective",
+    "frechet_distance",
     "get_model_kind",
     "image_metrics",
+    "kernel_inception_distance",
     "load",
+    "memorisation",
     "model_kinds",
+    "prdc",
+    "quality_table",
+    "real_vs_real_floor",
     "register_generator",
     "register_model_kind",
     "summarize",
@@ -94,6 +119,21 @@ _LAZY = {
     "evaluate": "medgen.generative.quality",
     "image_metrics": "medgen.generative.quality",
     "summarize": "medgen.generative.quality",
+    **{
+        name: "medgen.generative.synthesis_metrics"
+        for name in (
+            "KIDResult",
+            "PRDC",
+            "conditioning_fidelity",
+            "count_near_copies",
+            "frechet_distance",
+            "kernel_inception_distance",
+            "memorisation",
+            "prdc",
+            "quality_table",
+            "real_vs_real_floor",
+        )
+    },
 }
 
 
