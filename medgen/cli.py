@@ -33,6 +33,7 @@ _COMMANDS: list[str] = [
     "medgen.simulate._cli",
     "medgen.io._cli",
     "medgen.generative._cli",
+    "medgen.generative._synth_cli",
     "medgen.audit._cli",
 ]
 

@@ -85,6 +85,11 @@ class MedgenGroup(TyperGroup):
             return super().invoke(ctx)
         except _PASS_THROUGH:
             raise
+        except BrokenPipeError:
+            # the reader went away (`medgen ... | head`): not an error of the user's input
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            raise typer.Exit(0) from None
         except KeyboardInterrupt:
             if debug_enabled(ctx):
                 raise

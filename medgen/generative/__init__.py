@@ -13,6 +13,9 @@
 - :func:`train` / :class:`TrainConfig`: the paired restoration recipe (engine + paired options).
 - :mod:`~medgen.generative.baselines`: NL-means, TV, wavelet, BM3D (optional), bicubic/trilinear.
 - :func:`evaluate` / :func:`summarize`: PSNR/SSIM per image, method and subgroup.
+- :class:`Synthesizer`: conditional synthesis (VAE-GAN or latent diffusion with
+  classifier-free guidance) for chosen label and subgroup values; ``fit``, ``sample``,
+  ``encode``/``decode``, ``interpolate``, ``variations``, ``write`` (docs/synthesis.md).
 - :mod:`~medgen.generative.synthesis_metrics`: FID, KID, precision/recall/density/coverage,
   memorisation (near-copy gate), conditioning fidelity and per-subgroup quality tables read
   against the real-vs-real floor (docs/synthesis_metrics.md).
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
     )
     from medgen.generative.quality import evaluate, image_metrics, summarize
     from medgen.generative.superres import SuperResolver
+    from medgen.generative.synthesis import SynthesisResult, Synthesizer
     from medgen.generative.synthesis_metrics import (
         PRDC,
         KIDResult,
@@ -73,6 +77,8 @@ __all__ = [
     "RestorerConfig",
     "StepContext",
     "SuperResolver",
+    "SynthesisResult",
+    "Synthesizer",
     "TrainConfig",
     "TrainResult",
     "available_generators",
@@ -119,6 +125,8 @@ _LAZY = {
     "evaluate": "medgen.generative.quality",
     "image_metrics": "medgen.generative.quality",
     "summarize": "medgen.generative.quality",
+    "Synthesizer": "medgen.generative.synthesis",
+    "SynthesisResult": "medgen.generative.synthesis",
     **{
         name: "medgen.generative.synthesis_metrics"
         for name in (

@@ -84,6 +84,7 @@ MODEL_KINDS: dict[str, type[GenerativeModel]] = {}
 _BUILTIN_KINDS = {
     "denoise": "medgen.generative.denoise",
     "superres": "medgen.generative.superres",
+    "synthesizer": "medgen.generative.synthesis",
 }
 
 T = TypeVar("T", bound="GenerativeModel")

@@ -9,6 +9,9 @@
   (``"autoencoder"``; the first stage of latent diffusion).
 - :mod:`~medgen.generative.objectives.diffusion`: DDPM noise prediction (``"diffusion"``) in the
   latent space of a frozen autoencoder, or in image space.
+- :mod:`~medgen.generative.objectives.conditional`: the conditional VAE-GAN
+  (``"conditional-vae-gan"``) and conditional latent diffusion with classifier-free guidance
+  (``"conditional-ldm"``) behind :class:`~medgen.generative.Synthesizer`.
 
 Adding an objective needs no change to the engine: subclass
 :class:`~medgen.generative.engine.Objective` (docs/engine.md).
@@ -21,6 +24,12 @@ from typing import TYPE_CHECKING
 from medgen._internal.lazy import lazy_attributes
 
 if TYPE_CHECKING:
+    from medgen.generative.objectives.conditional import (
+        ConditionalDiffusionConfig,
+        ConditionalLDMObjective,
+        ConditionalVAEGANConfig,
+        ConditionalVAEGANObjective,
+    )
     from medgen.generative.objectives.diffusion import DiffusionConfig, DiffusionObjective
     from medgen.generative.objectives.latent import AutoencoderConfig, AutoencoderObjective
     from medgen.generative.objectives.paired import PairedConfig, PairedObjective
@@ -29,6 +38,10 @@ if TYPE_CHECKING:
 __all__ = [
     "AutoencoderConfig",
     "AutoencoderObjective",
+    "ConditionalDiffusionConfig",
+    "ConditionalLDMObjective",
+    "ConditionalVAEGANConfig",
+    "ConditionalVAEGANObjective",
     "CycleGANConfig",
     "CycleGANObjective",
     "DiffusionConfig",
@@ -38,6 +51,10 @@ __all__ = [
 ]
 
 _LAZY = {
+    "ConditionalDiffusionConfig": "medgen.generative.objectives.conditional",
+    "ConditionalLDMObjective": "medgen.generative.objectives.conditional",
+    "ConditionalVAEGANConfig": "medgen.generative.objectives.conditional",
+    "ConditionalVAEGANObjective": "medgen.generative.objectives.conditional",
     "AutoencoderConfig": "medgen.generative.objectives.latent",
     "AutoencoderObjective": "medgen.generative.objectives.latent",
     "CycleGANConfig": "medgen.generative.objectives.unpaired",
