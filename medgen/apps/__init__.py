@@ -4,6 +4,11 @@
   classifier, predict the test split, audit it by every categorical attribute and write
   ``OUT/report.html``; :class:`DemoResult` is what it returns, :data:`DEMO_SETTINGS` its training
   settings per simulator preset.
+- :func:`augmentation_study`: train the same classifier several ways (``real``, ``reweight``,
+  ``augment``, ``synthetic-balanced``, ``synthetic-only``, user arms) over seeds, test them on
+  one real test set and say per subgroup what changed, with paired-bootstrap CIs and adjusted
+  significance (:class:`StudyResult`; :func:`compare_arms` is the analysis alone,
+  :func:`count_deficits` the cells a synthetic fill needs). See docs/study.md.
 
 Each app chains library calls and adds nothing of its own (ARCHITECTURE.md, rules of the road);
 heavy libraries load when an app runs, not at import.
@@ -12,5 +17,27 @@ heavy libraries load when an app runs, not at import.
 from __future__ import annotations
 
 from medgen.apps._demo import DEMO_SETTINGS, DemoResult, run_demo
+from medgen.apps._study import (
+    STUDY_ARMS,
+    STUDY_METRICS,
+    ArmWarning,
+    StudyResult,
+    SynthesizerLike,
+    augmentation_study,
+    compare_arms,
+    count_deficits,
+)
 
-__all__ = ["DEMO_SETTINGS", "DemoResult", "run_demo"]
+__all__ = [
+    "DEMO_SETTINGS",
+    "STUDY_ARMS",
+    "STUDY_METRICS",
+    "ArmWarning",
+    "DemoResult",
+    "StudyResult",
+    "SynthesizerLike",
+    "augmentation_study",
+    "compare_arms",
+    "count_deficits",
+    "run_demo",
+]
