@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     )
     from medgen.generative._nets import available_generators, register_generator
     from medgen.generative._restorer import RestorationOutput, RestorerConfig
+    from medgen.generative._synth_eval import MemorisationGate, SynthesisEvaluation
     from medgen.generative._trainer import TrainConfig, TrainResult, train
     from medgen.generative.denoise import Denoiser
     from medgen.generative.engine import (
@@ -72,11 +73,13 @@ __all__ = [
     "EngineResult",
     "GenerativeModel",
     "KIDResult",
+    "MemorisationGate",
     "Objective",
     "RestorationOutput",
     "RestorerConfig",
     "StepContext",
     "SuperResolver",
+    "SynthesisEvaluation",
     "SynthesisResult",
     "Synthesizer",
     "TrainConfig",
@@ -127,6 +130,8 @@ _LAZY = {
     "summarize": "medgen.generative.quality",
     "Synthesizer": "medgen.generative.synthesis",
     "SynthesisResult": "medgen.generative.synthesis",
+    "SynthesisEvaluation": "medgen.generative._synth_eval",
+    "MemorisationGate": "medgen.generative._synth_eval",
     **{
         name: "medgen.generative.synthesis_metrics"
         for name in (

@@ -1,4 +1,4 @@
-"""``medgen synth train|sample``: thin shells over :class:`medgen.generative.synthesis.Synthesizer`.
+"""``medgen synth train|sample|interpolate|evaluate``: thin shells over :class:`medgen.generative.synthesis.Synthesizer`.
 
 Heavy imports happen inside the commands; commands raise medgen errors and never print them
 (the app's group class prints one ``Error: ...`` line, exit code 2).
@@ -53,7 +53,7 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``synth`` command group (``train``, ``sample``) to ``app``."""
+    """Add the ``synth`` command group (``train``, ``sample``, ``interpolate``, ``evaluate``)."""
     synth = typer.Typer(
         help="Conditional synthesis: train on a cohort, sample images for chosen conditions.",
         no_args_is_help=True,
@@ -123,14 +123,240 @@ def register(app: typer.Typer) -> None:
             float | None, typer.Option(help="ldm: classifier-free guidance scale")
         ] = None,
         device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+        reference: Annotated[
+            Path | None,
+            typer.Option(help="training manifest for the memorisation gate (default: the run's)"),
+        ] = None,
+        allow_copies: Annotated[
+            bool, typer.Option(help="also write near-copies of training images (marked)")
+        ] = False,
     ) -> None:
-        """Draw N images from RUN for the conditions --where, into OUTPUT (+ manifest.csv)."""
+        """Draw N images from RUN for the conditions --where, into OUTPUT (+ manifest.csv).
+
+        Near-copies of training images (the memorisation gate) are not written unless
+        --allow-copies; the command says how many were dropped."""
+        import json
+
+        from medgen._internal.paths import check_output_not_input
         from medgen.errors import MedgenValueError
         from medgen.generative.synthesis import Synthesizer
 
         if n <= 0:
             raise MedgenValueError(f"-n must be a positive number of images, not {n}.")
+        check_output_not_input(output, [run, *([reference] if reference else [])], what="--output")
         syn = Synthesizer.load(run, device=device)
         samples = syn.sample(n, parse_where(where), seed=seed, guidance_scale=guidance_scale)
-        manifest = syn.write(samples, output, format=format)
-        typer.echo(f"{n} images -> {output} (manifest {manifest.name})")
+        manifest = syn.write(
+            samples, output, format=format, reference=reference, allow_copies=allow_copies
+        )
+        info = json.loads((output / "synthesis.json").read_text(encoding="utf-8"))
+        note = ""
+        if info["n_dropped"]:
+            note = f"; {info['n_dropped']} near-copies of training images not written"
+        elif info["near_copies_written"]:
+            note = f"; {len(info['near_copies_written'])} near-copies written (--allow-copies)"
+        typer.echo(
+            f"{info['n_written']} of {n} images -> {output} (manifest {manifest.name}){note}"
+        )
+
+    @synth.command("interpolate")
+    def synth_interpolate(
+        run: Annotated[Path, typer.Argument(help="trained synthesizer run folder")],
+        image_a: Annotated[Path, typer.Argument(help="first image (NIfTI file or DICOM series)")],
+        image_b: Annotated[Path, typer.Argument(help="last image")],
+        output: Annotated[Path, typer.Option("-o", "--output", help="new or empty folder")],
+        steps: Annotated[int, typer.Option(help="images, endpoints included (>= 2)")] = 8,
+        where: Annotated[
+            str | None, typer.Option(help="conditions of every step, e.g. label=1,sex=F")
+        ] = None,
+        overwrite: Annotated[bool, typer.Option(help="replace an earlier output")] = False,
+        device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    ) -> None:
+        """Interpolate from IMAGE_A to IMAGE_B in RUN's latent space into OUTPUT.
+
+        Writes interp-000.nii.gz ... (marked synthetic), interpolation.csv, interpolation.png
+        and run_complete.json (last)."""
+        interpolate_command(
+            run, image_a, image_b, output, steps=steps, where=where, overwrite=overwrite,
+            device=device,
+        )  # fmt: skip
+
+    @synth.command("evaluate")
+    def synth_evaluate(
+        run: Annotated[Path, typer.Argument(help="trained synthesizer run folder")],
+        manifest: Annotated[Path, typer.Argument(help="the training cohort's manifest")],
+        output: Annotated[Path, typer.Option("-o", "--output", help="new or empty folder")],
+        n: Annotated[
+            int | None, typer.Option("-n", help="samples (default: one per held-out row)")
+        ] = None,
+        by: Annotated[
+            list[str] | None, typer.Option("--by", help="condition to split by (repeat)")
+        ] = None,
+        target: Annotated[str, typer.Option(help="TSTR target condition ('' to skip)")] = "label",
+        seed: Annotated[int, typer.Option(help="random seed")] = 0,
+        classifier_epochs: Annotated[int, typer.Option(help="fidelity/TSTR classifier")] = 10,
+        kid_subsets: Annotated[int, typer.Option(help="KID subsets")] = 100,
+        overwrite: Annotated[bool, typer.Option(help="replace an earlier output")] = False,
+        device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    ) -> None:
+        """Measure RUN against the real cohort MANIFEST into OUTPUT: quality.csv, fidelity.csv,
+        tstr.csv, near_copies.csv, memorisation.csv, report.html, evaluation.json and
+        run_complete.json (last)."""
+        evaluate_command(
+            run, manifest, output, n=n, by=by, target=target or None, seed=seed,
+            classifier_epochs=classifier_epochs, kid_subsets=kid_subsets, overwrite=overwrite,
+            device=device,
+        )  # fmt: skip
+
+
+#: files `medgen synth interpolate` owns in its output folder
+INTERPOLATE_OWNED = ("*.nii.gz", "interpolation.csv", "interpolation.png")
+#: files `medgen synth evaluate` owns in its output folder
+EVALUATE_OWNED = (
+    "quality.csv",
+    "fidelity.csv",
+    "tstr.csv",
+    "near_copies.csv",
+    "memorisation.csv",
+    "report.html",
+    "evaluation.json",
+)
+
+
+def _prepare_output(output: Path, owned: tuple[str, ...], overwrite: bool, what: str) -> None:
+    from medgen._internal.runs import prepare_run_folder
+
+    if output.exists() and not output.is_dir():
+        from medgen.errors import OutputPathError
+
+        raise OutputPathError(f"--output {str(output)!r} is a file; pass a folder.")
+    prepare_run_folder(output, owned=owned, overwrite=overwrite, what=what)
+    output.mkdir(parents=True, exist_ok=True)
+
+
+def interpolate_command(
+    run: Path,
+    image_a: Path,
+    image_b: Path,
+    output: Path,
+    *,
+    steps: int,
+    where: str | None,
+    overwrite: bool,
+    device: str,
+) -> None:
+    """``medgen synth interpolate`` (everything is checked before anything is written)."""
+    import base64
+
+    import numpy as np
+    import pandas as pd
+
+    from medgen._internal.files import write_bytes_atomic, write_table
+    from medgen._internal.paths import check_output_not_input
+    from medgen._internal.runs import mark_complete, run_lock
+    from medgen.audit._report import figure_png
+    from medgen.errors import MedgenValueError
+    from medgen.generative._synth_eval import _middle
+    from medgen.generative._synth_report import strip_figure
+    from medgen.generative.synthesis import Synthesizer
+    from medgen.io import load, save
+
+    if steps < 2:
+        raise MedgenValueError(f"--steps must be an integer >= 2, not {steps}.")
+    check_output_not_input(output, [run, image_a, image_b], what="--output")
+    syn = Synthesizer.load(run, device=device)
+    conditions = parse_where(where) or None
+    a, b = load(image_a), load(image_b)
+    path = syn.interpolate(a, b, steps, conditions=conditions)
+    units, _ = syn._to_units(path, "interpolation")
+    with run_lock(output, what="synth interpolate output"):
+        _prepare_output(output, INTERPOLATE_OWNED, overwrite, "synth interpolate output")
+        affine = np.eye(4)
+        for k, sp in enumerate(syn.spacing[:3]):
+            affine[k, k] = sp
+        rows, names = [], []
+        for k in range(steps):
+            name = f"interp-{k:03d}.nii.gz"
+            t = k / (steps - 1)
+            save(
+                path[k].numpy().astype(np.float32),
+                output / name,
+                format="nifti",
+                affine=affine,
+                synthetic=True,
+                derivation_description=f"medgen {syn.model_id} interpolation t={t:.3f}",
+            )
+            rows.append({"step": k, "t": t, "file": name, "model_id": syn.model_id})
+            names.append(name)
+        write_table(
+            pd.DataFrame([{**r, "image_a": str(image_a), "image_b": str(image_b)} for r in rows]),
+            output / "interpolation.csv",
+            what="interpolation table",
+        )
+        fig = strip_figure(
+            np.stack([_middle(x) for x in units.numpy()]), [image_a.name, image_b.name]
+        )
+        write_bytes_atomic(output / "interpolation.png", base64.b64decode(figure_png(fig)))
+        mark_complete(
+            output,
+            [*names, "interpolation.csv", "interpolation.png"],
+            kind="synth-interpolate",
+            info={"run": str(run), "model_id": syn.model_id, "steps": steps},
+        )
+    typer.echo(f"{steps} images -> {output}")
+
+
+def evaluate_command(
+    run: Path,
+    manifest: Path,
+    output: Path,
+    *,
+    n: int | None,
+    by: list[str] | None,
+    target: str | None,
+    seed: int,
+    classifier_epochs: int,
+    kid_subsets: int,
+    overwrite: bool,
+    device: str,
+) -> None:
+    """``medgen synth evaluate`` (everything is measured before anything is written)."""
+    import json
+
+    from medgen._internal.files import write_text_atomic
+    from medgen._internal.paths import check_output_not_input
+    from medgen._internal.runs import mark_complete, run_lock
+    from medgen.cohort import Cohort
+    from medgen.errors import MedgenValueError
+    from medgen.generative.synthesis import Synthesizer
+
+    if n is not None and n <= 0:
+        raise MedgenValueError(f"-n must be a positive number of samples, not {n}.")
+    cohort = Cohort.from_manifest(manifest)
+    images = [
+        p
+        for col in ("image_path", "mask_path")
+        if col in cohort.df
+        for p in cohort.df[col]
+        if isinstance(p, str) and p
+    ]
+    check_output_not_input(output, [run, manifest, *images], what="--output")
+    syn = Synthesizer.load(run, device=device)
+    ev = syn.evaluate(
+        cohort,
+        n=n,
+        by=by or None,
+        target=target,
+        seed=seed,
+        classifier_epochs=classifier_epochs,
+        kid_subsets=kid_subsets,
+    )
+    html_text = ev.to_html()
+    with run_lock(output, what="synth evaluate output"):
+        _prepare_output(output, EVALUATE_OWNED, overwrite, "synth evaluate output")
+        ev.to_csv(output)
+        write_text_atomic(output / "report.html", html_text)
+        prov = {**ev.provenance, "run": str(run), "manifest": str(manifest)}
+        write_text_atomic(output / "evaluation.json", json.dumps(prov, indent=1, default=str))
+        mark_complete(output, list(EVALUATE_OWNED), kind="synth-evaluate", info={"run": str(run)})
+    typer.echo(f"evaluation -> {output} (report.html)")

@@ -92,19 +92,56 @@ class SynthesisResult:
         conditions: one row per image (index ``sample``), a column per condition.
         seed: the seed the images were drawn with.
         guidance_scale: the classifier-free guidance scale (``"ldm"``), else ``None``.
+        memorisation: the memorisation gate's per-sample table (indexed ``sample``, with
+            ``near_copy`` and ``nearest_train_id``) when the samples were checked
+            (``sample(..., reference=...)``), else ``None``.
+        sample_index: the index ``k`` of each image in the draw (its ``image_id`` suffix);
+            ``None``: ``0..len-1``. :meth:`select` keeps it, so ids stay stable when images
+            are dropped.
     """
 
     images: torch.Tensor
     conditions: pd.DataFrame
     seed: int
     guidance_scale: float | None = None
+    memorisation: pd.DataFrame | None = None
+    sample_index: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    @property
+    def indices(self) -> np.ndarray:
+        """The draw index of each image (see ``sample_index``)."""
+        if self.sample_index is None:
+            return np.arange(len(self), dtype=np.int64)
+        return np.asarray(self.sample_index, dtype=np.int64)
+
+    def select(self, keep: Any) -> SynthesisResult:
+        """The images where the boolean mask ``keep`` is true (tables and indices follow)."""
+        import torch
+
+        mask = np.asarray(keep, dtype=bool)
+        if mask.shape != (len(self),):
+            raise MedgenValueError(
+                f"select: keep must be a boolean mask of {len(self)} values, not {mask.shape}."
+            )
+        memo = None if self.memorisation is None else self.memorisation[mask]
+        return SynthesisResult(
+            images=self.images[torch.from_numpy(mask)],
+            conditions=self.conditions[mask],
+            seed=self.seed,
+            guidance_scale=self.guidance_scale,
+            memorisation=memo,
+            sample_index=self.indices[mask],
+        )
+
     def _repr_html_(self) -> str:
         shape = "x".join(str(s) for s in self.images.shape)
-        return f"<p>SynthesisResult: {shape}, seed {self.seed}</p>" + str(
+        copies = ""
+        if self.memorisation is not None:
+            copies = f", {int(self.memorisation['near_copy'].sum())} near-copies flagged"
+        return f"<p>SynthesisResult: {shape}, seed {self.seed}{copies}</p>" + str(
             self.conditions._repr_html_()  # type: ignore[operator]
         )
 
@@ -323,6 +360,9 @@ class Synthesizer(GenerativeModel):
         self.diffusion_config: Any = None
         self.nets: dict[str, nn.Module] = {}
         self._weights_sha: str | None = None
+        #: the manifest fit() read (resolved path), the memorisation gate's default reference
+        self.training_manifest: str | None = None
+        self._gate: Any = None  # the memorisation gate of training_manifest, built once
         self._build_configs()
 
     # ------------------------------------------------------------------ configs and networks
@@ -575,6 +615,11 @@ class Synthesizer(GenerativeModel):
         )
 
         images, _, index, data_hash = self._training_data(cohort)
+        from medgen.generative._synth_eval import _reference_name
+
+        ref = _reference_name(cohort)
+        self.training_manifest = None if ref.startswith("<") else ref
+        self._gate = None
         self._build_configs(total_steps=ec.total_steps)
         objective: Any
         if self.model == "vae-gan":
@@ -804,6 +849,7 @@ class Synthesizer(GenerativeModel):
         guidance_scale: float | None = None,
         num_inference_steps: int | None = None,
         batch_size: int = 64,
+        reference: Any = None,
     ) -> SynthesisResult:
         """Draw ``n`` images for the conditions ``where``.
 
@@ -816,6 +862,9 @@ class Synthesizer(GenerativeModel):
             guidance_scale: ``"ldm"``: classifier-free guidance (default: the model's).
             num_inference_steps: ``"ldm"``: DDIM steps (default: the model's).
             batch_size: images per forward pass.
+            reference: check every sample with the memorisation gate (:meth:`memorisation_gate`)
+                against this cohort (a manifest path, a Cohort, a gate, or ``True``: the
+                training manifest) and keep the table in ``memorisation``.
 
         Returns:
             :class:`SynthesisResult` (``images`` ``Bx1x[SPATIAL]`` in image units).
@@ -853,11 +902,110 @@ class Synthesizer(GenerativeModel):
                 )
                 outs.append(self._decode_units(lat, None))
         images = self._from_units(torch.cat(outs))
-        return SynthesisResult(
+        out = SynthesisResult(
             images=images,
             conditions=table,
             seed=int(seed),
             guidance_scale=gs if self.model == "ldm" else None,
+        )
+        if reference is not None and reference is not False:
+            out.memorisation = self._resolve_gate(reference, "sample").check(self, out)
+        return out
+
+    # ------------------------------------------------------------------ memorisation gate
+    def memorisation_gate(self, cohort: Any, *, quantile: float = 0.01) -> Any:
+        """The memorisation gate of this model: the images a sample is compared with.
+
+        ``cohort``'s train split must be the model's training data (checked by its hash); its
+        val/test real rows are the held-out reference: a sample is a near-copy when it is closer
+        to a training image (encoder features, or pixels by NCC) than all but ``quantile`` of
+        the held-out images are (:func:`~medgen.generative.synthesis_metrics.memorisation`).
+
+        Returns:
+            a ``MemorisationGate``; ``gate.check(syn, samples)`` gives the per-sample table.
+        """
+        from medgen.generative._synth_eval import build_gate
+
+        self._check_trained("memorisation_gate")
+        return build_gate(self, cohort, quantile=quantile)
+
+    def _resolve_gate(self, reference: Any, what: str, quantile: float = 0.01) -> Any:
+        from medgen.generative._synth_eval import MemorisationGate
+
+        if isinstance(reference, MemorisationGate):
+            return reference
+        if reference is True or reference is None:
+            if not self.training_manifest or not Path(self.training_manifest).is_file():
+                raise MedgenValueError(
+                    f"{what}: samples must be checked for copies of training images, but this "
+                    "model does not know a readable training manifest "
+                    f"({self.training_manifest!r}); pass reference= the training cohort "
+                    "(manifest path or Cohort), or allow_copies=True to write unchecked."
+                )
+            if self._gate is None or self._gate.quantile != quantile:
+                self._gate = self.memorisation_gate(self.training_manifest, quantile=quantile)
+            return self._gate
+        return self.memorisation_gate(reference, quantile=quantile)
+
+    def evaluate(
+        self,
+        cohort: Any,
+        *,
+        n: int | None = None,
+        by: str | Sequence[str] | None = None,
+        target: str | None = "label",
+        seed: int = 0,
+        classifier_epochs: int = 10,
+        kid_subsets: int = 100,
+        k: int = 5,
+        quantile: float = 0.01,
+        figures: bool = True,
+    ) -> Any:
+        """Quality, conditioning fidelity, TSTR and memorisation against a real cohort.
+
+        Samples are drawn conditioned like the real held-out (val/test) rows (``n=None``: one per
+        row; else ``n`` rows drawn from them), then:
+
+        - ``quality``: :func:`~medgen.generative.synthesis_metrics.quality_table` overall and per
+          ``by`` column (default: the conditions), each beside its real-vs-real floor;
+        - ``fidelity``: a classifier trained on the real train images predicts each condition
+          on samples conditioned on it (accuracy, AUC), beside the same on held-out real images;
+        - ``tstr``: the ``target`` AUC on the real test images of that classifier trained on
+          synthetic images (conditioned like the train rows) and on the real train images;
+        - ``near_copies`` / ``memorisation``: the memorisation gate of the samples.
+
+        Features: this model's encoder (trained on real images only; hashed as
+        ``weights_sha256``); see docs/synthesis.md.
+
+        Args:
+            cohort: the training cohort (manifest path or Cohort): train split = the model's
+                training data, val/test = the real reference.
+            n: samples to draw (``None``: one per held-out row).
+            by: condition columns to split the quality and near-copy tables by.
+            target: the TSTR target (a condition), or ``None`` to skip TSTR.
+            seed: all randomness (samples, halves, classifiers).
+            classifier_epochs: epochs of the fidelity and TSTR classifiers.
+            kid_subsets, k: KID subsets, PRDC neighbours.
+            quantile: the memorisation gate's held-out quantile.
+            figures: keep the arrays the HTML page draws.
+
+        Returns:
+            a ``SynthesisEvaluation`` (tables, ``to_html``, ``to_csv``, ``_repr_html_``).
+        """
+        from medgen.generative._synth_eval import evaluate
+
+        return evaluate(
+            self,
+            cohort,
+            n=n,
+            by=by,
+            target=target,
+            seed=seed,
+            classifier_epochs=classifier_epochs,
+            kid_subsets=kid_subsets,
+            k=k,
+            quantile=quantile,
+            figures=figures,
         )
 
     def encode(self, images: Any) -> torch.Tensor:
@@ -1067,8 +1215,18 @@ class Synthesizer(GenerativeModel):
         *,
         format: str = "nifti",
         split: str = "",
+        reference: Any = None,
+        allow_copies: bool = False,
+        quantile: float = 0.01,
     ) -> Path:
         """Save ``samples`` with :func:`medgen.io.save` (``synthetic=True``) and a manifest.
+
+        **Memorisation gate**: every sample is checked against the training images (encoder
+        features and pixels, relative to real held-out images; :meth:`memorisation_gate`)
+        unless ``samples`` were already checked (``sample(..., reference=...)``). Near-copies
+        are **not written** (logged; ``synthesis.json`` lists them): the folder then holds fewer
+        images than ``samples``. ``allow_copies=True`` writes them too, marked
+        ``near_copy = True`` in the manifest and ``allow_copies`` in ``synthesis.json``.
 
         Each image is one synthetic subject: ``image_id`` = ``subject_id`` =
         ``syn-<model hash>-s<seed>-<k>``. DICOM also gets ``SyntheticData = YES``
@@ -1081,18 +1239,30 @@ class Synthesizer(GenerativeModel):
             out_dir: a new or empty folder.
             format: ``"nifti"`` or ``"dicom"``.
             split: the ``split`` of the rows (``""`` or ``"train"``).
+            reference: the gate's cohort (manifest path, Cohort or gate); ``None``: the
+                manifest the model was trained from (:attr:`training_manifest`).
+            allow_copies: write near-copies too (and, when no reference can be read, write
+                unchecked); said in the manifest and ``synthesis.json``.
+            quantile: the gate's held-out quantile.
 
         Returns:
             The path of the manifest (``manifest.csv``: ``image_id``, ``image_path``,
             ``subject_id``, ``split``, ``source`` = ``synthetic``, the condition columns,
-            ``seed``, ``model_id``), which :meth:`medgen.Cohort.from_manifest` loads.
+            ``seed``, ``model_id``, ``near_copy``), which :meth:`medgen.Cohort.from_manifest`
+            loads. Beside it: ``memorisation.csv`` (the gate's table of every sample, with
+            ``image_id`` and ``written``) and ``synthesis.json`` (model, seed, counts
+            requested / written / dropped, the gate's settings and thresholds).
 
         Raises:
             OutputPathError: ``out_dir`` exists and is not empty.
-            MedgenValueError: an unknown ``format`` or ``split``.
+            MedgenValueError: an unknown ``format`` or ``split``; no readable reference for the
+                gate (pass ``reference=`` or ``allow_copies=True``).
         """
-        from medgen._internal.files import write_table
+        import json
+
+        from medgen._internal.files import write_table, write_text_atomic
         from medgen._internal.paths import confined, safe_file_name
+        from medgen._internal.provenance import package_versions
         from medgen.io import save
 
         if format not in ("nifti", "dicom"):
@@ -1110,6 +1280,34 @@ class Synthesizer(GenerativeModel):
                 f"write: {str(out)!r} exists and is not an empty folder; write samples into a "
                 "new or empty folder (medgen never mixes them with other files)."
             )
+        memo = samples.memorisation
+        if memo is None:
+            try:
+                memo = self._resolve_gate(reference, "write", quantile).check(self, samples)
+            except MedgenValueError:
+                if not allow_copies or reference is not None:
+                    raise
+                log.warning("write: allow_copies=True and no reference: samples written unchecked")
+        requested = samples
+        flags = (
+            np.zeros(len(samples), dtype=bool)
+            if memo is None
+            else memo["near_copy"].to_numpy(dtype=bool)
+        )
+        keep = np.ones(len(samples), dtype=bool) if allow_copies else ~flags
+        samples = self._fill_rejected(samples, keep)
+        ids_all = [
+            f"syn-{self.weights_sha256[:12]}-s{samples.seed}-{k:05d}" for k in requested.indices
+        ]
+        dropped = [ids_all[i] for i in np.flatnonzero(~keep)]
+        if dropped:
+            log.warning(
+                "write: %d of %d samples are near-copies of training images and were not "
+                "written (allow_copies=True writes them): %s",
+                len(dropped),
+                len(requested),
+                dropped,
+            )
         out.mkdir(parents=True, exist_ok=True)
         desc = f"medgen {self.model_id} seed {samples.seed}"
         sd = int(self.options["spatial_dims"])
@@ -1118,8 +1316,9 @@ class Synthesizer(GenerativeModel):
             affine[k, k] = s
         rows = []
         short = self.weights_sha256[:12]
-        for k in range(len(samples)):
-            iid = safe_file_name(f"syn-{short}-s{samples.seed}-{k:05d}", what="image_id")
+        near_of = dict(zip(ids_all, flags.tolist(), strict=True))
+        for k, draw in enumerate(samples.indices):
+            iid = safe_file_name(f"syn-{short}-s{samples.seed}-{draw:05d}", what="image_id")
             img = samples.images[k].detach().cpu().numpy().astype(np.float32)
             if format == "nifti":
                 name = f"{iid}.nii.gz"
@@ -1154,10 +1353,49 @@ class Synthesizer(GenerativeModel):
                 row[c] = _py(samples.conditions[c].iloc[k])
             row["seed"] = samples.seed
             row["model_id"] = self.model_id
+            row["near_copy"] = near_of[iid] if memo is not None else ""
             rows.append(row)
+        gate: dict[str, Any] = {"checked": memo is not None, "allow_copies": bool(allow_copies)}
+        if memo is not None:
+            table = memo.copy()
+            table.insert(0, "image_id", ids_all)
+            table.insert(1, "written", keep)
+            write_table(table.reset_index(), out / "memorisation.csv", what="memorisation table")
+            gate.update(
+                {
+                    "reference": memo.attrs.get("reference"),
+                    "quantile": memo.attrs.get("quantile"),
+                    "pixel_metric": memo.attrs.get("pixel_metric"),
+                    "feature_threshold": memo.attrs.get("feature_threshold"),
+                    "pixel_threshold": memo.attrs.get("pixel_threshold"),
+                    "n_near_copies": int(flags.sum()),
+                }
+            )
+        info = {
+            "model_id": self.model_id,
+            "weights_sha256": self.weights_sha256,
+            "seed": samples.seed,
+            "format": format,
+            "n_requested": len(requested),
+            "n_written": len(samples),
+            "n_dropped": len(dropped),
+            "dropped": dropped,
+            "near_copies_written": [i for i in ids_all if near_of[i]] if allow_copies else [],
+            "memorisation_gate": gate,
+            "versions": package_versions(),
+        }
+        write_text_atomic(out / "synthesis.json", json.dumps(info, indent=1, default=str))
         path = out / MANIFEST
         write_table(pd.DataFrame(rows), path)
         return path
+
+    def _fill_rejected(self, samples: SynthesisResult, keep: np.ndarray) -> SynthesisResult:
+        """The samples :meth:`write` writes, given the gate's ``keep`` mask.
+
+        Today: the kept ones (rejected images are dropped; their draw indices ``k`` stay
+        unused, so the ids of the others do not change). The hook where batch generation
+        (issue 15) will draw deterministic replacements for the rejected indices."""
+        return samples if keep.all() else samples.select(keep)
 
     # ------------------------------------------------------------------ persistence
     def model_config(self) -> dict[str, Any]:
@@ -1168,6 +1406,7 @@ class Synthesizer(GenerativeModel):
             "combinations": self.combinations.to_dict("list"),
             "intensity": list(self.intensity),
             "spacing": list(self.spacing),
+            "training_manifest": self.training_manifest,
             "scale_factor": self.scale_factor,
             "autoencoder_steps": (
                 self.diffusion_config.autoencoder_steps if self.model == "ldm" else None
@@ -1193,6 +1432,8 @@ class Synthesizer(GenerativeModel):
         obj.intensity = tuple(float(v) for v in config.get("intensity") or (0.0, 1.0))  # type: ignore[assignment]
         obj.spacing = [float(v) for v in config.get("spacing") or []] or obj.spacing
         obj.scale_factor = float(config.get("scale_factor") or 1.0)
+        tm = config.get("training_manifest")
+        obj.training_manifest = str(tm) if tm else None
         norm = dict(config.get("normalisation") or {})
         obj.normalisation = pd.DataFrame(
             {"low": norm.get("low", []), "high": norm.get("high", [])},

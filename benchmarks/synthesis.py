@@ -1,0 +1,409 @@
+"""Benchmark: conditional synthesis (``medgen.generative.Synthesizer``) on the demo cohort.
+
+Data: the ``demo`` simulator preset (2,000 subjects, 2D 64x64, seed 0; simulated into ``--out``
+or a temp folder, or reused when ``--cohort`` / an earlier run's ``--out`` already holds it).
+Each model of ``--models`` (``vae-gan``, ``ldm``) trains on the train split conditioned on
+``("label", "sex")`` for at most ``--budget-s`` seconds (the engine's ``time_budget_s``; GPU when
+one is visible, recorded), then ``Synthesizer.evaluate`` measures it against the held-out real
+rows (val + test), by ``label`` and ``sex``.
+
+Printed per model, each figure beside its named baseline:
+
+- training: steps, wall time, steps/s, device (the LDM's stage split is planned from a short
+  pilot run that measures both stages' step rates: ``--ldm-ae-share`` of the budget for stage 1);
+- quality per subgroup (encoder features of the model itself, so compare models by their gap to
+  the real-vs-real ``*_floor``, not by raw FID): FID, KID, precision, recall, density,
+  coverage, and ``fid / floor``;
+- conditioning fidelity of ``label`` and ``sex``: AUC of a real-trained classifier on samples vs
+  the same classifier on real held-out images (the ceiling), and their ratio;
+- TSTR: the label AUC on real test images when trained on synthetic vs on real images;
+- near-copies of the evaluation samples per subgroup (vs the gate's quantile, 1 %);
+- sampling: images/s of ``sample(--n-speed)`` (under ``--sample-threads``), then those samples
+  written through the memorisation gate (written / dropped, near-copies written).
+
+Then the targets of issue 12 with measured value and pass/fail: label-fidelity AUC >= 0.90; TSTR
+AUC within 0.05 of train-on-real; coverage >= 0.6; no near-copies written; no subgroup's FID more
+than 1.5x the best subgroup's; sampling >= 50 images/s. 3D is not benchmarked yet.
+
+Run in one process (CPU, 2 cores): ``python benchmarks/synthesis.py --out OUT`` (about 50-60
+min: ~2 min simulating, 20 min training per model, 2-6 min of evaluation and sampling per model);
+``--budget-s 300`` for a shorter look; ``--quick`` for a smoke run (tiny preset, seconds of
+training, about 1-2 min). Tables (CSV) and an HTML report per model land in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+CONDITIONS = ("label", "sex")
+TARGETS = {
+    "label_auc": 0.90,
+    "tstr_gap": 0.05,
+    "coverage": 0.6,
+    "near_copies_written": 0,
+    "fid_subgroup_ratio": 1.5,
+    "images_per_s": 50.0,
+}
+
+
+def cohort_manifest(args: argparse.Namespace) -> tuple[Path, float]:
+    """The cohort's manifest (simulated unless it is there already) and the seconds it took."""
+    if args.cohort is not None:
+        return args.cohort, 0.0
+    folder = args.out / f"cohort_{args.preset}"
+    manifest = folder / "manifest.csv"
+    if manifest.is_file():
+        return manifest, 0.0
+    from medgen.simulate import preset, simulate
+
+    t = time.perf_counter()
+    path = simulate(preset(args.preset), folder, seed=0, progress=False)
+    return Path(path), time.perf_counter() - t
+
+
+def engine_config(args: argparse.Namespace, *, epochs: int, budget: float | None) -> dict[str, Any]:
+    return {
+        "epochs": epochs,
+        "steps_per_epoch": args.steps_per_epoch,
+        "batch_size": args.batch_size,
+        "ema_decay": 0.99,
+        "time_budget_s": budget,
+        "seed": args.seed,
+        "device": args.device,
+        "num_workers": 0,
+    }
+
+
+def new_model(kind: str, size: tuple[int, int], **extra: Any) -> Any:
+    from medgen.generative import Synthesizer
+
+    return Synthesizer(kind, CONDITIONS, spatial_dims=2, image_size=size, **extra)
+
+
+def plan_ldm(args: argparse.Namespace, manifest: Path, size: tuple[int, int]) -> dict[str, Any]:
+    """Stage-1 steps and total steps of the LDM for the budget, from a short pilot run that
+    measures both stages' step rates (``autoencoder_steps`` must end inside the budget)."""
+    p = args.pilot_steps
+    pilot = new_model("ldm", size, autoencoder_steps=p)
+    cfg = {**engine_config(args, epochs=2, budget=None), "steps_per_epoch": p}
+    t = time.perf_counter()
+    pilot.fit(manifest, config=cfg, progress=False)
+    wall = time.perf_counter() - t
+    s1, s2 = (float(r["seconds"]) for r in pilot.history[:2])
+    r1, r2 = p / max(s1, 1e-9), p / max(s2, 1e-9)
+    budget = args.budget_s
+    ae_steps = max(p, int(args.ldm_ae_share * budget * r1))
+    diff_steps = max(p, int((1.0 - args.ldm_ae_share) * budget * r2))
+    # 25% more steps than planned: the time budget, not the step count, ends training
+    epochs = math.ceil(1.25 * (ae_steps + diff_steps) / args.steps_per_epoch)
+    return {
+        "autoencoder_steps": ae_steps,
+        "epochs": epochs,
+        "pilot_s": wall,
+        "stage1_steps_per_s": r1,
+        "stage2_steps_per_s": r2,
+    }
+
+
+def train(args: argparse.Namespace, kind: str, manifest: Path, size: tuple[int, int]) -> Any:
+    import torch
+
+    extra: dict[str, Any] = {}
+    info: dict[str, Any] = {"model": kind}
+    epochs = 1_000_000  # the time budget ends training
+    if kind == "ldm":
+        plan = plan_ldm(args, manifest, size)
+        extra["autoencoder_steps"] = plan["autoencoder_steps"]
+        epochs = plan["epochs"]
+        info.update(plan)
+    syn = new_model(kind, size, **extra)
+    t = time.perf_counter()
+    syn.fit(
+        manifest,
+        run_dir=args.out / "runs" / kind,
+        config=engine_config(args, epochs=epochs, budget=args.budget_s),
+        overwrite=True,  # a new benchmark run trains anew
+        progress=False,
+    )
+    wall = time.perf_counter() - t
+    train_s = float(sum(r["seconds"] for r in syn.history))
+    info.update(
+        device=str(syn.device),
+        threads=torch.get_num_threads(),
+        budget_s=args.budget_s,
+        steps=syn.steps_trained,
+        wall_s=wall,
+        steps_per_s=syn.steps_trained / max(train_s, 1e-9),
+        images_per_s_train=syn.steps_trained * args.batch_size / max(train_s, 1e-9),
+    )
+    last = syn.history[-1] if syn.history else {}
+    for key in ("loss_g", "l1", "loss"):
+        if key in last and np.isfinite(last[key]):
+            info[f"last_{key}"] = float(last[key])
+    return syn, info
+
+
+def sampling(args: argparse.Namespace, syn: Any, kind: str) -> dict[str, Any]:
+    """Images/s of ``sample(n_speed)`` and the gate on writing them."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.sample_threads)
+    try:
+        syn.sample(8, seed=args.seed + 100)  # warm-up
+        t = time.perf_counter()
+        out = syn.sample(args.n_speed, seed=args.seed + 2)
+        secs = time.perf_counter() - t
+    finally:
+        torch.set_num_threads(threads)
+    folder = args.out / "written" / kind
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)  # the benchmark's own output of an earlier run
+    t = time.perf_counter()
+    syn.write(out, folder)  # the memorisation gate against the training manifest
+    write_s = time.perf_counter() - t
+    meta = json.loads((folder / "synthesis.json").read_text())
+    written = pd.read_csv(folder / "manifest.csv")
+    copies = int(written["near_copy"].astype(str).str.lower().eq("true").sum())
+    return {
+        "n": args.n_speed,
+        "threads": args.sample_threads,
+        "sample_s": secs,
+        "images_per_s": args.n_speed / max(secs, 1e-9),
+        "write_s": write_s,
+        "n_written": int(meta["n_written"]),
+        "n_dropped": int(meta["n_dropped"]),
+        "near_copies_written": copies,
+    }
+
+
+def quality_view(q: pd.DataFrame) -> pd.DataFrame:
+    cols = ["n"]
+    for m in ("fid", "kid", "precision", "recall", "density", "coverage"):
+        cols += [m, f"{m}_floor"]
+    v = q[cols].copy()
+    v.insert(3, "fid/floor", q["fid"] / q["fid_floor"].replace(0, np.nan))
+    return v
+
+
+def fid_subgroup_ratio(q: pd.DataFrame) -> float:
+    sub = q.drop(index=("overall", "all"), errors="ignore")["fid"].dropna()
+    if len(sub) < 2 or sub.min() <= 0:
+        return float("nan")
+    return float(sub.max() / sub.min())
+
+
+def targets(model: str, ev: Any, speed: dict[str, Any]) -> list[dict[str, Any]]:
+    fid, q, t = ev.fidelity, ev.quality, ev.tstr
+    label_auc = float(fid.loc[("label", "overall"), "auc"])
+    gap = float(t.loc["synthetic", "auc"] - t.loc["real", "auc"]) if len(t) == 2 else np.nan
+    cov = float(q.loc[("overall", "all"), "coverage"])
+    ratio = fid_subgroup_ratio(q)
+    rows = [
+        ("label-fidelity AUC", label_auc, ">= 0.90", label_auc >= TARGETS["label_auc"]),
+        ("TSTR AUC - train-on-real", gap, ">= -0.05", gap >= -TARGETS["tstr_gap"]),
+        ("coverage (overall)", cov, ">= 0.6", cov >= TARGETS["coverage"]),
+        (
+            f"near-copies written (of {speed['n_written']}; {speed['n_dropped']} dropped)",
+            speed["near_copies_written"],
+            "== 0",
+            speed["near_copies_written"] == TARGETS["near_copies_written"],
+        ),
+        ("worst / best subgroup FID", ratio, "<= 1.5", ratio <= TARGETS["fid_subgroup_ratio"]),
+        (
+            f"sampling images/s ({speed['threads']} threads)",
+            speed["images_per_s"],
+            ">= 50",
+            speed["images_per_s"] >= TARGETS["images_per_s"],
+        ),
+    ]
+    return [
+        {
+            "model": model,
+            "target": name,
+            "measured": value,
+            "goal": goal,
+            "pass": "n/a" if isinstance(value, float) and math.isnan(value) else bool(ok),
+        }
+        for name, value, goal, ok in rows
+    ]
+
+
+def print_model(kind: str, info: dict[str, Any], ev: Any, speed: dict[str, Any]) -> None:
+    print(f"\n== {kind}: training ==")
+    print(pd.Series(info).to_string())
+    print(
+        f"\n== {kind}: quality per subgroup (samples vs held-out real; *_floor = real vs real) =="
+    )
+    print(quality_view(ev.quality).round(4).to_string())
+    print(f"\n== {kind}: conditioning fidelity (real-trained classifier; *_real = the ceiling) ==")
+    f = ev.fidelity.copy()
+    f["auc/real"] = f["auc"] / f["auc_real"].replace(0, np.nan)
+    print(f.round(3).to_string())
+    print(f"\n== {kind}: TSTR (label AUC on the real test split) ==")
+    t = ev.tstr.copy()
+    if "real" in t.index:
+        t["auc - real"] = t["auc"] - t.loc["real", "auc"]
+    print(t.round(3).to_string())
+    q = ev.provenance.get("quantile", 0.01)
+    print(f"\n== {kind}: near-copies of the evaluation samples (expected rate ~{q:g}) ==")
+    print(ev.near_copies.round(4).to_string())
+    print(f"\n== {kind}: sampling and writing through the gate ==")
+    print(pd.Series(speed).to_string())
+
+
+def summary_row(kind: str, info: dict[str, Any], ev: Any, speed: dict[str, Any]) -> dict[str, Any]:
+    q, f, t = ev.quality, ev.fidelity, ev.tstr
+    o = q.loc[("overall", "all")]
+    nc = ev.near_copies.loc[("overall", "all")]
+    return {
+        "model": kind,
+        "steps": info["steps"],
+        "train_s": info["wall_s"],
+        "fid": o["fid"],
+        "fid_floor": o["fid_floor"],
+        "fid/floor": o["fid"] / o["fid_floor"] if o["fid_floor"] else np.nan,
+        "kid": o["kid"],
+        "precision": o["precision"],
+        "recall": o["recall"],
+        "density": o["density"],
+        "coverage": o["coverage"],
+        "auc_label": f.loc[("label", "overall"), "auc"],
+        "auc_label_real": f.loc[("label", "overall"), "auc_real"],
+        "auc_sex": f.loc[("sex", "overall"), "auc"],
+        "auc_sex_real": f.loc[("sex", "overall"), "auc_real"],
+        "tstr_auc": t.loc["synthetic", "auc"] if "synthetic" in t.index else np.nan,
+        "trtr_auc": t.loc["real", "auc"] if "real" in t.index else np.nan,
+        "near_copy_rate": nc["near_copy_rate"],
+        "fid_worst/best": fid_subgroup_ratio(q),
+        "img_per_s": speed["images_per_s"],
+        "eval_s": info["eval_s"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--models", default="vae-gan,ldm", help="comma-separated: vae-gan, ldm")
+    ap.add_argument("--budget-s", type=float, default=1200.0, help="training seconds per model")
+    ap.add_argument("--preset", default="demo", help="simulator preset of the cohort")
+    ap.add_argument("--cohort", type=Path, default=None, help="a manifest to use instead")
+    ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temp dir)")
+    ap.add_argument("--seed", type=int, default=0, help="training, sampling and evaluation seed")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (training, evaluation)")
+    ap.add_argument(
+        "--sample-threads",
+        type=int,
+        default=2,
+        help="torch threads while timing sampling (the target is on 2 CPU cores)",
+    )
+    ap.add_argument("--device", default="auto", help="engine device: auto (CUDA if any), cpu")
+    ap.add_argument(
+        "--n-eval",
+        type=int,
+        default=None,
+        help="evaluation samples (default: one per held-out row)",
+    )
+    ap.add_argument("--n-speed", type=int, default=256, help="images of the timed sample(n)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--steps-per-epoch", type=int, default=50)
+    ap.add_argument("--classifier-epochs", type=int, default=10)
+    ap.add_argument("--kid-subsets", type=int, default=100)
+    ap.add_argument(
+        "--ldm-ae-share", type=float, default=0.4, help="share of the LDM budget for stage 1"
+    )
+    ap.add_argument("--pilot-steps", type=int, default=20, help="steps per stage of the LDM pilot")
+    ap.add_argument("--quick", action="store_true", help="tiny preset and budgets (smoke test)")
+    args = ap.parse_args()
+
+    import torch
+
+    from medgen.errors import MetricWarning
+
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("medgen.generative.engine").setLevel(logging.ERROR)  # "budget reached"
+    warnings.filterwarnings("ignore", category=MetricWarning)  # small groups: NaN in the tables
+    if args.quick:
+        args.preset, args.budget_s, args.n_speed = "tiny", 8.0, 64
+        args.classifier_epochs, args.kid_subsets, args.pilot_steps = 2, 5, 4
+        args.steps_per_epoch = 10
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="medgen_bench_synthesis_"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+
+    manifest, sim_s = cohort_manifest(args)
+    from medgen.cohort import Cohort
+    from medgen.io import load
+
+    df = Cohort.from_manifest(manifest).df
+    first = np.asarray(load(df["image_path"].iloc[0])).squeeze()
+    size = (int(first.shape[0]), int(first.shape[1]))
+    counts = df["split"].value_counts().to_dict()
+    print(
+        f"cohort: {manifest} ({len(df)} images {size[0]}x{size[1]}, splits {counts}"
+        + (f"; simulated in {sim_s:.0f} s)" if sim_s else ")")
+    )
+    print(
+        "train rows by label x sex: "
+        + str(df[df["split"] == "train"].groupby(list(CONDITIONS)).size().to_dict())
+    )
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s) (sampling timed with "
+        f"{args.sample_threads}), device {args.device}, budget {args.budget_s:.0f} s per model, "
+        f"batch {args.batch_size}, seed {args.seed}"
+    )
+    print(
+        "features: each model's own encoder (FID etc. comparable to the floor, not across models)"
+    )
+
+    summary, all_targets = [], []
+    for kind in models:
+        syn, info = train(args, kind, manifest, size)
+        t = time.perf_counter()
+        ev = syn.evaluate(
+            manifest,
+            n=args.n_eval,
+            by=CONDITIONS,
+            target="label",
+            seed=args.seed,
+            classifier_epochs=args.classifier_epochs,
+            kid_subsets=args.kid_subsets,
+        )
+        info["eval_s"] = time.perf_counter() - t
+        ev_dir = args.out / "eval" / kind
+        ev.to_csv(ev_dir)
+        ev.to_html(ev_dir / "report.html")
+        speed = sampling(args, syn, kind)
+        print_model(kind, info, ev, speed)
+        summary.append(summary_row(kind, info, ev, speed))
+        all_targets += targets(kind, ev, speed)
+
+    print("\n== summary (overall rows; *_real / trtr = real-image ceilings) ==")
+    print(pd.DataFrame(summary).set_index("model").T.to_string(float_format=lambda v: f"{v:.4g}"))
+    print("\n== targets (issue 12) ==")
+    tt = pd.DataFrame(all_targets)
+    tt["measured"] = tt["measured"].map(lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
+    print(tt.to_string(index=False))
+    pd.DataFrame(summary).to_csv(args.out / "summary.csv", index=False)
+    tt.to_csv(args.out / "targets.csv", index=False)
+    print(f"\ntables, reports and runs in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
