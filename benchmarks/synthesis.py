@@ -321,7 +321,7 @@ def main() -> None:
     ap.add_argument("--n-speed", type=int, default=256, help="images of the timed sample(n)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--steps-per-epoch", type=int, default=50)
-    ap.add_argument("--classifier-epochs", type=int, default=10)
+    ap.add_argument("--classifier-epochs", type=int, default=20)
     ap.add_argument("--kid-subsets", type=int, default=100)
     ap.add_argument(
         "--ldm-ae-share", type=float, default=0.4, help="share of the LDM budget for stage 1"

@@ -194,7 +194,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         target: Annotated[str, typer.Option(help="TSTR target condition ('' to skip)")] = "label",
         seed: Annotated[int, typer.Option(help="random seed")] = 0,
-        classifier_epochs: Annotated[int, typer.Option(help="fidelity/TSTR classifier")] = 10,
+        classifier_epochs: Annotated[int, typer.Option(help="fidelity/TSTR classifier")] = 20,
         kid_subsets: Annotated[int, typer.Option(help="KID subsets")] = 100,
         overwrite: Annotated[bool, typer.Option(help="replace an earlier output")] = False,
         device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",

@@ -9,10 +9,14 @@ Private: the public entry points are :meth:`Synthesizer.evaluate`,
   (``weights_sha256``): the posterior mean of the latent, average-pooled to at most
   :data:`POOL` cells per axis and flattened. Every image (real or generated) is first put in
   unit intensities by its own robust range, exactly as in training.
-- **Classifiers** (conditioning fidelity, TSTR): a small CNN of MONAI ``Convolution`` blocks with
-  one linear head per condition, trained for ``classifier_epochs`` with a fixed seed on one CPU
-  thread's worth of data: a deterministic function of (images, conditions, seed); its weights'
-  SHA-256 is recorded in the evaluation's provenance.
+- **Classifiers** (conditioning fidelity, TSTR): a small MONAI ``DenseNet`` (the demo's:
+  init_features 16, growth rate 8, blocks (2, 2, 2)) giving a 64-d embedding, with one linear
+  head per condition, trained for ``classifier_epochs`` with a fixed seed: a deterministic
+  function of (images, conditions, seed); its weights' SHA-256 is recorded in the evaluation's
+  provenance. On the demo cohort it reaches label AUC 0.76 on real held-out images after 20
+  epochs (22 s on 2 cores); the first version, three strided convolutions with average pooling,
+  reached 0.48-0.62 and predicted one class, which capped every fidelity and TSTR figure
+  (docs/synthesis.md).
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from medgen.errors import MedgenValueError
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from medgen.generative.synthesis import SynthesisResult, Synthesizer
 
@@ -40,8 +43,10 @@ __all__ = ["MemorisationGate", "SynthesisEvaluation", "build_gate", "evaluate"]
 
 #: the encoder features are the latent mean pooled to at most this many cells per axis
 POOL = 8
-#: widths of the evaluation classifier
-CLASSIFIER_CHANNELS = (8, 16, 32)
+#: the evaluation classifier's MONAI DenseNet: (init_features, growth_rate, block_config)
+CLASSIFIER_DENSENET = (16, 8, (2, 2, 2))
+#: width of its embedding, the input of the per-condition heads
+CLASSIFIER_EMBEDDING = 64
 
 
 # ------------------------------------------------------------------------------------ images
@@ -224,24 +229,24 @@ def data_hash(syn: Synthesizer, df: pd.DataFrame, arrs: Sequence[np.ndarray]) ->
 
 # ------------------------------------------------------------------------------------ classifiers
 class _Classifier:
-    """A small CNN (MONAI ``Convolution`` blocks) with one linear head per condition."""
+    """A small MONAI ``DenseNet`` embedding with one linear head per condition."""
 
     def __init__(self, spatial_dims: int, heads: dict[str, int]) -> None:
-        from monai.networks.blocks import Convolution
+        from monai.networks.nets import DenseNet
         from torch import nn
 
-        layers: list[nn.Module] = []
-        c_in = 1
-        for c in CLASSIFIER_CHANNELS:
-            layers.append(
-                Convolution(
-                    spatial_dims, c_in, c, strides=2, kernel_size=3, act="PRELU", norm="INSTANCE"
-                )
-            )
-            c_in = c
-        pool = nn.AdaptiveAvgPool2d(1) if spatial_dims == 2 else nn.AdaptiveAvgPool3d(1)
-        self.body = nn.Sequential(*layers, pool, nn.Flatten())
-        self.heads = nn.ModuleDict({k: nn.Linear(c_in, v) for k, v in heads.items()})
+        init_features, growth_rate, blocks = CLASSIFIER_DENSENET
+        self.body = DenseNet(
+            spatial_dims=spatial_dims,
+            in_channels=1,
+            out_channels=CLASSIFIER_EMBEDDING,
+            init_features=init_features,
+            growth_rate=growth_rate,
+            block_config=blocks,
+        )
+        self.heads = nn.ModuleDict(
+            {k: nn.Linear(CLASSIFIER_EMBEDDING, v) for k, v in heads.items()}
+        )
         self.net = nn.ModuleDict({"body": self.body, "heads": self.heads})
 
     def fit(
@@ -558,7 +563,8 @@ def evaluate(
             f"the synthesizer's encoder (posterior mean pooled to <= {POOL} per axis), "
             f"weights_sha256 {syn.weights_sha256}"
         ),
-        "classifier": f"CNN {list(CLASSIFIER_CHANNELS)} + a head per condition, "
+        "classifier": f"MONAI DenseNet {CLASSIFIER_DENSENET} -> {CLASSIFIER_EMBEDDING}-d + a head "
+        "per condition, "
         f"{classifier_epochs} epochs, seed {seed}",
         **hashes,
         "reference": gate.reference,

@@ -955,7 +955,7 @@ class Synthesizer(GenerativeModel):
         by: str | Sequence[str] | None = None,
         target: str | None = "label",
         seed: int = 0,
-        classifier_epochs: int = 10,
+        classifier_epochs: int = 20,
         kid_subsets: int = 100,
         k: int = 5,
         quantile: float = 0.01,
