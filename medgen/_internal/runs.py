@@ -65,14 +65,22 @@ def _holder() -> dict[str, Any]:
 
 
 @contextmanager
-def run_lock(folder: str | os.PathLike[str], *, what: str = "run") -> Iterator[Path]:
+def run_lock(
+    folder: str | os.PathLike[str], *, what: str = "run", owned: Iterable[str] | None = None
+) -> Iterator[Path]:
     """Hold the exclusive write lock of ``folder`` (created when missing) for the block.
 
     A second writer fails at once with :class:`RunLockedError` naming the holder. The lock is an
     ``flock`` on :data:`LOCK`: the kernel releases it when the holding process exits, however it
     exits, so a killed run never leaves a stale lock.
+
+    ``owned``: the names a run writes (as for :func:`prepare_run_folder`); a folder holding
+    anything else is refused (:func:`refuse_foreign_files`) before the lock file is made in it,
+    so a folder of someone else's files is left exactly as it was.
     """
     d = Path(folder).expanduser()
+    if owned is not None:
+        refuse_foreign_files(d, owned=owned, what=what)
     d.mkdir(parents=True, exist_ok=True)
     path = d / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -19,12 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medgen._internal.runs import (
-    mark_complete,
-    prepare_run_folder,
-    refuse_foreign_files,
-    run_lock,
-)
+from medgen._internal.runs import mark_complete, prepare_run_folder, run_lock
 from medgen.errors import ConfigError, MedgenValueError
 
 if TYPE_CHECKING:
@@ -174,8 +169,7 @@ def run_demo(
     if out.exists() and not out.is_dir():
         raise MedgenValueError(f"demo: -o {str(out)!r} is a file; give a folder for the outputs.")
     # the demo owns its outputs: a rerun replaces them, and only them (never a user's files)
-    refuse_foreign_files(out, owned=DEMO_OUTPUTS, what="demo")
-    with run_lock(out, what="demo"):
+    with run_lock(out, what="demo", owned=DEMO_OUTPUTS):
         prepare_run_folder(out, owned=DEMO_OUTPUTS, overwrite=True, what="demo")
         result = _run(out, settings, preset=preset, device=device, seed=seed, progress=progress)
         mark_complete(out, ["report.html", "demo.json"], kind="demo")

@@ -771,12 +771,7 @@ def augmentation_study(
     """
     import contextlib
 
-    from medgen._internal.runs import (
-        mark_complete,
-        prepare_run_folder,
-        refuse_foreign_files,
-        run_lock,
-    )
+    from medgen._internal.runs import mark_complete, prepare_run_folder, run_lock
     from medgen.classify._data import as_cohort
     from medgen.transforms import AUGMENT_PRESETS
 
@@ -835,13 +830,11 @@ def augmentation_study(
         for s in seed_list
     }
     out = Path(out_dir).expanduser() if out_dir is not None else None
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise MedgenValueError(f"study: out_dir {str(out)!r} is a file; give a folder")
-        refuse_foreign_files(out, owned=STUDY_OUTPUTS, what=_WHAT)
+    if out is not None and out.exists() and not out.is_dir():
+        raise MedgenValueError(f"study: out_dir {str(out)!r} is a file; give a folder")
     with contextlib.ExitStack() as held:
         if out is not None:
-            held.enter_context(run_lock(out, what=_WHAT))
+            held.enter_context(run_lock(out, what=_WHAT, owned=STUDY_OUTPUTS))
             prepare_run_folder(
                 out,
                 owned=STUDY_OUTPUTS,

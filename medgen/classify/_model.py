@@ -245,12 +245,11 @@ class Classifier:
                 files that are not a classifier's (never deleted).
             RunLockedError: another process is writing the folder.
         """
-        from medgen._internal.runs import mark_complete, refuse_foreign_files, run_lock
+        from medgen._internal.runs import mark_complete, run_lock
         from medgen.classify import _run
 
         d = Path(directory).expanduser()
-        refuse_foreign_files(d, owned=_run.OWNED, what="classifier")
-        with run_lock(d, what="classifier"):
+        with run_lock(d, what="classifier", owned=_run.OWNED):
             _run.prepare(
                 d,
                 resume=False,

@@ -671,7 +671,7 @@ def train(
     import numpy as np
 
     from medgen._internal.provenance import package_versions
-    from medgen._internal.runs import mark_complete, refuse_foreign_files, run_lock
+    from medgen._internal.runs import mark_complete, run_lock
     from medgen.classify import _run
     from medgen.classify._data import as_cohort, load_images, manifest_hash, manifest_of
     from medgen.classify._model import Classifier
@@ -691,9 +691,7 @@ def train(
     writer = out is not None and int(os.environ.get("RANK", "0")) == 0
     with contextlib.ExitStack() as held:
         if writer and out is not None:
-            # a folder of someone else's files is refused before the lock file is made in it
-            refuse_foreign_files(out, owned=_run.OWNED, what=_WHAT)
-            held.enter_context(run_lock(out, what=_WHAT))
+            held.enter_context(run_lock(out, what=_WHAT, owned=_run.OWNED))
             held.enter_context(_run.finished_kept_on_failure(out, resume=resume))
             _run.prepare(out, resume=resume, overwrite=overwrite, what=_WHAT)
         if resume and seed is None and out is not None:

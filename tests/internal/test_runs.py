@@ -143,3 +143,15 @@ def test_a_killed_writer_leaves_no_stale_lock(tmp_path: Path) -> None:
     with run_lock(d):
         assert (d / LOCK).is_file()
     assert run_state(d) == "empty"  # the lock file alone is not a run
+
+
+def test_lock_with_owned_refuses_a_foreign_folder_before_touching_it(tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "scan.nii.gz").write_bytes(b"only copy")
+    foreign = r"not part of a medgen run \(scan\.nii\.gz\)"
+    with pytest.raises(RunFolderError, match=foreign), run_lock(d, owned=OWNED):
+        pass
+    assert [p.name for p in d.iterdir()] == ["scan.nii.gz"]
+    with run_lock(tmp_path / "new", owned=OWNED) as locked:
+        assert (locked / LOCK).is_file()
