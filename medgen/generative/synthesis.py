@@ -1320,28 +1320,17 @@ class Synthesizer(GenerativeModel):
         for k, draw in enumerate(samples.indices):
             iid = safe_file_name(f"syn-{short}-s{samples.seed}-{draw:05d}", what="image_id")
             img = samples.images[k].detach().cpu().numpy().astype(np.float32)
-            if format == "nifti":
-                name = f"{iid}.nii.gz"
-                save(
-                    img,
-                    confined(out, name),
-                    format="nifti",
-                    affine=affine,
-                    synthetic=True,
-                    derivation_description=desc,
-                )
-            else:
-                name = iid
-                arr = img[..., None] if sd == 2 else img
-                save(
-                    arr,
-                    confined(out, name),
-                    format="dicom",
-                    affine=affine,
-                    synthetic=True,
-                    derivation_description=desc,
-                    dicom_tags={"SyntheticData": "YES"},
-                )
+            dicom = format == "dicom"
+            name = iid if dicom else f"{iid}.nii.gz"
+            save(
+                img[..., None] if dicom and sd == 2 else img,  # DICOM is volumetric
+                confined(out, name),
+                format=format,
+                affine=affine,
+                synthetic=True,
+                derivation_description=desc,
+                dicom_tags={"SyntheticData": "YES"} if dicom else None,
+            )
             row: dict[str, Any] = {
                 "image_id": iid,
                 "image_path": name,

@@ -50,6 +50,7 @@ from medgen.generative.objectives.diffusion import (
     DiffusionConfig,
     DiffusionObjective,
     build_scheduler,
+    build_unet,
 )
 from medgen.generative.objectives.latent import (
     AutoencoderConfig,
@@ -264,18 +265,16 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
             )
 
     def build_networks(self) -> dict[str, nn.Module]:
-        from monai.networks.nets import PatchDiscriminator
+        from medgen.generative._nets import build_discriminator
 
         c = self.config
         nets: dict[str, nn.Module] = {"autoencoder": build_conditional_autoencoder(c)}
-        if c.adv_weight > 0:
-            nets["discriminator"] = PatchDiscriminator(
+        if c.adv_weight > 0:  # it sees the image and one-hot maps of the conditions
+            nets["discriminator"] = build_discriminator(
                 spatial_dims=c.spatial_dims,
-                channels=c.discriminator_channels,
                 in_channels=1 + sum(c.num_classes),
-                out_channels=1,
+                channels=c.discriminator_channels,
                 num_layers_d=c.num_layers_d,
-                norm="INSTANCE",
             )
         return nets
 
@@ -362,21 +361,7 @@ class ConditionalDiffusionConfig(DiffusionConfig):
 def build_conditional_unet(config: ConditionalDiffusionConfig, in_channels: int) -> nn.Module:
     """MONAI ``DiffusionModelUNet`` with ``num_class_embeds + 1`` class embeddings (the last:
     the null class): ``(BxCx[SPATIAL], timesteps B, class_labels B) -> BxCx[SPATIAL]``."""
-    from monai.networks.nets import DiffusionModelUNet
-
-    c = config
-    levels = len(c.channels)
-    return DiffusionModelUNet(
-        spatial_dims=c.spatial_dims,
-        in_channels=in_channels,
-        out_channels=in_channels,
-        channels=c.channels,
-        num_res_blocks=c.num_res_blocks,
-        attention_levels=(False,) * (levels - 1) + (bool(c.attention),),
-        norm_num_groups=c.norm_num_groups or min(c.channels),
-        num_head_channels=c.num_head_channels,
-        num_class_embeds=c.num_class_embeds + 1,
-    )
+    return build_unet(config, in_channels, num_class_embeds=config.num_class_embeds + 1)
 
 
 class ConditionalLDMObjective(DiffusionObjective):

@@ -88,8 +88,11 @@ class DiffusionConfig:
         _checks.normalise_betas(self)
 
 
-def build_unet(config: DiffusionConfig, in_channels: int) -> nn.Module:
-    """MONAI ``DiffusionModelUNet`` of ``config``: ``(BxCx[SPATIAL], timesteps B) -> BxCx[SPATIAL]``."""
+def build_unet(
+    config: DiffusionConfig, in_channels: int, *, num_class_embeds: int | None = None
+) -> nn.Module:
+    """MONAI ``DiffusionModelUNet`` of ``config``: ``(BxCx[SPATIAL], timesteps B) -> BxCx[SPATIAL]``;
+    with ``num_class_embeds`` it also takes ``class_labels`` (B) in ``[0, num_class_embeds)``."""
     from monai.networks.nets import DiffusionModelUNet
 
     c = config
@@ -103,6 +106,7 @@ def build_unet(config: DiffusionConfig, in_channels: int) -> nn.Module:
         attention_levels=(False,) * (levels - 1) + (bool(c.attention),),
         norm_num_groups=c.norm_num_groups or min(c.channels),
         num_head_channels=c.num_head_channels,
+        num_class_embeds=num_class_embeds,
     )
 
 

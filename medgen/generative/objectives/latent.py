@@ -118,18 +118,16 @@ class AutoencoderObjective(Objective):
         )
 
     def build_networks(self) -> dict[str, nn.Module]:
-        from monai.networks.nets import PatchDiscriminator
+        from medgen.generative._nets import build_discriminator
 
         c = self.config
         nets: dict[str, nn.Module] = {"autoencoder": build_autoencoder(c)}
         if c.adv_weight > 0:
-            nets["discriminator"] = PatchDiscriminator(
+            nets["discriminator"] = build_discriminator(
                 spatial_dims=c.spatial_dims,
-                channels=c.discriminator_channels,
                 in_channels=1,
-                out_channels=1,
+                channels=c.discriminator_channels,
                 num_layers_d=c.num_layers_d,
-                norm="INSTANCE",
             )
         return nets
 
