@@ -204,26 +204,16 @@ def build_gate(syn: Synthesizer, cohort: Any, *, quantile: float = 0.01) -> Memo
 
 def data_hash(syn: Synthesizer, df: pd.DataFrame, arrs: Sequence[np.ndarray]) -> str:
     """The training-data hash of :meth:`Synthesizer._training_data` for rows ``df``."""
-    from medgen.generative.synthesis import _py
+    from medgen.generative.synthesis import condition_index, hash_conditions, hash_image
 
     h = hashlib.sha256()
     for iid, arr in zip(df["image_id"].astype(str), arrs, strict=True):
-        h.update(f"{iid}{arr.shape}".encode())
-        h.update(np.ascontiguousarray(arr).tobytes())
-    vocab = syn.vocabulary
-    h.update(repr(vocab).encode())
-    lookup = {c: {str(v): i for i, v in enumerate(vocab[c])} for c in syn.conditions}
+        hash_image(h, iid, arr)
     try:
-        index = np.stack(
-            [
-                df[c].map(lambda v, m=lookup[c]: m[str(_py(v))]).to_numpy(np.int64)
-                for c in syn.conditions
-            ],
-            axis=1,
-        )
+        index = condition_index(df, syn.conditions, syn.vocabulary)
     except KeyError:
         return ""
-    h.update(index.tobytes())
+    hash_conditions(h, syn.vocabulary, index)
     return h.hexdigest()
 
 

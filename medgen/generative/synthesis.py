@@ -271,6 +271,36 @@ def _slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
 
 
+def hash_image(h: Any, image_id: str, arr: np.ndarray) -> None:
+    """Add one training image (its id, shape and voxels, resized) to the training-data hash."""
+    h.update(f"{image_id}{arr.shape}".encode())
+    h.update(np.ascontiguousarray(arr).tobytes())
+
+
+def condition_index(
+    df: pd.DataFrame, conditions: Sequence[str], vocabulary: Mapping[str, Sequence[Any]]
+) -> np.ndarray:
+    """``N x K`` indices of each row's condition values in ``vocabulary``.
+
+    Raises:
+        KeyError: a value the vocabulary does not hold.
+    """
+    lookup = {col: {str(v): i for i, v in enumerate(vocabulary[col])} for col in conditions}
+    return np.stack(
+        [
+            df[col].map(lambda v, m=lookup[col]: m[str(_py(v))]).to_numpy(np.int64)
+            for col in conditions
+        ],
+        axis=1,
+    )
+
+
+def hash_conditions(h: Any, vocabulary: Mapping[str, Sequence[Any]], index: np.ndarray) -> None:
+    """Add the vocabulary and the condition indices to the training-data hash."""
+    h.update(repr(vocabulary).encode())
+    h.update(index.tobytes())
+
+
 @register_model_kind("synthesizer")
 class Synthesizer(GenerativeModel):
     """Conditional image synthesis from a cohort (see the module docstring).
@@ -503,19 +533,10 @@ class Synthesizer(GenerativeModel):
             images.append((arr - lo) / (hi - lo))
             lows.append(lo)
             highs.append(hi)
-            h.update(f"{iid}{arr.shape}".encode())
-            h.update(np.ascontiguousarray(arr).tobytes())
+            hash_image(h, iid, arr)
         cond = df[list(self.conditions)].copy()
-        lookup = {col: {str(v): i for i, v in enumerate(vocab[col])} for col in self.conditions}
-        index = np.stack(
-            [
-                cond[col].map(lambda v, m=lookup[col]: m[str(_py(v))]).to_numpy(np.int64)
-                for col in self.conditions
-            ],
-            axis=1,
-        )
-        h.update(repr(vocab).encode())
-        h.update(index.tobytes())
+        index = condition_index(cond, self.conditions, vocab)
+        hash_conditions(h, vocab, index)
         self.vocabulary = vocab
         self.normalisation = pd.DataFrame(
             {"low": lows, "high": highs},
