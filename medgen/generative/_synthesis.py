@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from medgen.errors import MedgenValueError
+from medgen.io._common import to_numpy
 
 __all__ = [
     "as_features",
@@ -31,17 +32,10 @@ BLOCK_BYTES = 64 * 2**20
 Kernel = Callable[[NDArray[np.float64], NDArray[np.float64]], NDArray[np.float64]]
 
 
-def _to_numpy(x: Any) -> Any:
-    """A torch tensor (on any device, with or without grad) as numpy; anything else unchanged."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        return x.detach().cpu().numpy()
-    return x
-
-
 def as_features(x: Any, name: str, *, func: str, min_rows: int = 1) -> NDArray[np.float64]:
     """``x`` as a finite float64 ``(N, D)`` array; errors name ``func`` and the argument."""
     try:
-        a = np.asarray(_to_numpy(x), dtype=np.float64)
+        a = np.asarray(to_numpy(x), dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise MedgenValueError(
             f"{func}: {name} must be a numeric (N, D) array or tensor of feature vectors, "
@@ -78,7 +72,7 @@ def as_features(x: Any, name: str, *, func: str, min_rows: int = 1) -> NDArray[n
 def as_pixels(x: Any, name: str, *, func: str, rows: int) -> NDArray[np.float64]:
     """Images ``(N, ...)`` flattened to a finite float64 ``(N, P)`` array with ``N == rows``."""
     try:
-        a = np.asarray(_to_numpy(x), dtype=np.float64)
+        a = np.asarray(to_numpy(x), dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise MedgenValueError(
             f"{func}: {name} must be a numeric array or tensor of images (N, ...), not "
