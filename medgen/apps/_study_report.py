@@ -1,6 +1,6 @@
 """The augmentation study's report: "Does augmentation help, and whom?" and one section per arm.
 
-Built with the audit report's helpers (``medgen.audit._report``: the self-contained template,
+Built with the shared report helpers (``medgen._internal.report``: the self-contained template,
 table and number formatting, base64 PNG figures) so the study reads like the audit it extends.
 Matplotlib is imported here only, through ``Figure`` objects (no pyplot state).
 """
@@ -69,7 +69,7 @@ def _forest_figure(res: StudyResult) -> str:
     import numpy as np
     from matplotlib.figure import Figure
 
-    from medgen.audit._report import figure_png
+    from medgen._internal.report import figure_png
 
     d = res.deltas
     metrics = [m for m in FOREST_METRICS if m in set(d.index.get_level_values("metric"))]
@@ -121,7 +121,7 @@ def _worst_figure(res: StudyResult) -> str:
     import numpy as np
     from matplotlib.figure import Figure
 
-    from medgen.audit._report import figure_png
+    from medgen._internal.report import figure_png
 
     w = res.worst_group_summary
     attrs = list(dict.fromkeys(w.index.get_level_values("attribute")))
@@ -155,7 +155,7 @@ def _tradeoff_figure(res: StudyResult) -> str:
     import numpy as np
     from matplotlib.figure import Figure
 
-    from medgen.audit._report import figure_png
+    from medgen._internal.report import figure_png
 
     w = res.worst_group
     attrs = list(dict.fromkeys(w.index.get_level_values("attribute")))
@@ -184,7 +184,7 @@ def _tradeoff_figure(res: StudyResult) -> str:
 
 
 def _headline_rows(res: StudyResult) -> list[tuple[list[str], str]]:
-    from medgen.audit._report import fmt
+    from medgen._internal.report import fmt
 
     rows = []
     for arm, r in res.summary.iterrows():
@@ -221,7 +221,7 @@ def _sentences(res: StudyResult) -> str:
 
 def study_sections(res: StudyResult, *, images: bool = True) -> list[dict[str, Any]]:
     """The study's report sections, in the audit template's format."""
-    from medgen.audit._report import fmt, fmt_ci, html_table
+    from medgen._internal.report import fmt, fmt_ci, html_table
 
     s = res.settings
     sections: list[dict[str, Any]] = []
@@ -345,7 +345,7 @@ def _links(res: StudyResult, arm: str) -> str:
 
 
 def _counts_table(res: StudyResult, arm: str) -> str:
-    from medgen.audit._report import fmt, html_table
+    from medgen._internal.report import fmt, html_table
 
     tc = res.training_counts
     if tc is None or arm not in tc.index.get_level_values("arm"):
@@ -373,7 +373,7 @@ def _counts_table(res: StudyResult, arm: str) -> str:
 
 
 def _delta_table(res: StudyResult, arm: str) -> str:
-    from medgen.audit._report import fmt, fmt_ci, html_table
+    from medgen._internal.report import fmt, fmt_ci, html_table
 
     if arm not in res.deltas.index.get_level_values("arm"):
         return ""
@@ -400,7 +400,7 @@ def _delta_table(res: StudyResult, arm: str) -> str:
 
 
 def _metrics_table(res: StudyResult, arm: str) -> str:
-    from medgen.audit._report import fmt, html_table
+    from medgen._internal.report import fmt, html_table
 
     m = res.metrics.xs(arm, level="arm")
     g = m.groupby(level=["attribute", "group"], sort=False)[["n", "auc", "tpr", "fpr", "ece"]]
@@ -433,8 +433,8 @@ def _arm_section(res: StudyResult, arm: str, kind: str) -> dict[str, Any]:
 
 def render_study(res: StudyResult, *, images: bool = True) -> str:
     """The whole self-contained page."""
+    from medgen._internal.report import render_html
     from medgen._version import __version__
-    from medgen.audit._report import render_html
 
     s = res.settings
     prov = {k: v for k, v in s.items() if k != "arm_kinds"}
@@ -455,7 +455,7 @@ def render_study(res: StudyResult, *, images: bool = True) -> str:
 
 def headline_html(res: StudyResult) -> str:
     """The notebook view: the headline table and the verdict sentences."""
-    from medgen.audit._report import html_table
+    from medgen._internal.report import html_table
 
     table = html_table(
         ["arm", "overall AUC", f"Δ AUC vs {BASELINE}", "improved", "made worse"],

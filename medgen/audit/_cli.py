@@ -73,8 +73,8 @@ def audit_command(
 
     from medgen._internal.files import read_table
     from medgen._internal.paths import check_output_not_input
+    from medgen._internal.report import atomic_write_text
     from medgen.audit import audit
-    from medgen.audit._report import atomic_write_text
     from medgen.errors import MetricWarning
 
     for out, option in ((output, "--output"), (csv_dir, "--csv-dir"), (markdown, "--markdown")):

@@ -13,13 +13,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from medgen._version import __version__
-from medgen.audit._audit import OVERALL, Grouping, RowData, _boot_key
-from medgen.audit._bootstrap import cluster_map, draw_counts, percentile_ci
-from medgen.audit._disparity import P_ADJUST, adjust_pvalues, bootstrap_pvalue
-from medgen.audit._metrics import METRICS, Cells, cell_metrics, ece_bins, make_cells
-from medgen.audit._report import (
-    AuditReport,
+from medgen._internal.report import (
     atomic_write_text,
     figure_png,
     fmt,
@@ -28,6 +22,12 @@ from medgen.audit._report import (
     markdown_table,
     render_html,
 )
+from medgen._version import __version__
+from medgen.audit._audit import OVERALL, Grouping, RowData, _boot_key
+from medgen.audit._bootstrap import cluster_map, draw_counts, percentile_ci
+from medgen.audit._disparity import P_ADJUST, adjust_pvalues, bootstrap_pvalue
+from medgen.audit._metrics import METRICS, Cells, cell_metrics, ece_bins, make_cells
+from medgen.audit._report import AuditReport
 from medgen.errors import MedgenValueError
 
 __all__ = ["ComparisonReport", "compare"]

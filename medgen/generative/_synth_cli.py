@@ -253,8 +253,8 @@ def interpolate_command(
 
     from medgen._internal.files import write_bytes_atomic, write_table
     from medgen._internal.paths import check_output_not_input
+    from medgen._internal.report import figure_png
     from medgen._internal.runs import mark_complete, run_lock
-    from medgen.audit._report import figure_png
     from medgen.errors import MedgenValueError
     from medgen.generative._synth_eval import _middle
     from medgen.generative._synth_report import strip_figure

@@ -1,7 +1,7 @@
 """The HTML page of a :class:`~medgen.generative._synth_eval.SynthesisEvaluation`.
 
 Self-contained (figures as base64 PNG, drawn with matplotlib's object API on Agg: no pyplot
-state), filled into the audit report's template (:func:`medgen.audit._report.render_html`).
+state), filled into the shared report template (:func:`medgen._internal.report.render_html`).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _fig(width: float, height: float) -> Figure:
 
 
 def _table_html(frame: pd.DataFrame) -> str:
-    from medgen.audit._report import fmt, html_table
+    from medgen._internal.report import fmt, html_table
 
     df = frame.reset_index()
     rows = [([fmt(v) for v in r], "") for r in df.itertuples(index=False)]
@@ -122,7 +122,7 @@ def render(
     ev: SynthesisEvaluation, path: str | os.PathLike[str] | None = None, *, images: bool = True
 ) -> str:
     """The page as a string, written atomically to ``path`` when given."""
-    from medgen.audit._report import atomic_write_text, figure_png, render_html
+    from medgen._internal.report import atomic_write_text, figure_png, render_html
 
     sections: list[dict[str, Any]] = []
     titles = {
