@@ -75,14 +75,25 @@ METRIC_DIRECTION: dict[str, int] = {
     "ece": -1,
 }
 #: What the study writes into ``out_dir`` (and replaces with ``overwrite=True``).
-STUDY_OUTPUTS = ("predictions/", "tables/", "audits/", "report.html", "study.json")
+STUDY_OUTPUTS = (
+    "predictions/",
+    "tables/",
+    "audits/",
+    "synthetic/",
+    "models/",
+    "report.html",
+    "study.json",
+)
 _WHAT = "augmentation study"
 
 
 class SynthesizerLike(Protocol):
-    """What the study will need from a synthesizer (``medgen.generative.Synthesizer``).
+    """What the study needs from a generator: :class:`medgen.generative.Synthesizer` or
+    :class:`medgen.simulate.SimulatedGenerator` (the simulator as a perfect generator).
 
-    Not wired yet: generate the images first and pass their manifest as ``synthetic=``.
+    Optional attributes the study reads when present: ``conditions`` (the columns it can
+    condition on: the target and attributes must be among them), ``training_image_ids`` or
+    ``normalisation.index`` (the images it was trained on: checked for leakage), ``model_id``.
     """
 
     def sample(self, n: int | None, where: Any = None, *, seed: int = 0) -> Any: ...
@@ -650,20 +661,32 @@ def _check_seeds(seeds: int | Sequence[int]) -> list[int]:
 
 
 def _check_synthesizer(synthesizer: Any, data: StudyData) -> None:
-    """The extension point for generating the synthetic arms: checks leakage, then stops."""
+    """``synthesizer=`` can make the synthetic arms: the protocol, its conditions, no leakage."""
     from medgen.apps._study_arms import check_leakage
 
     for name in ("sample", "write"):
         if not callable(getattr(synthesizer, name, None)):
             raise ConfigError(
                 f"synthesizer= must have sample(n, where=..., seed=...) and write(samples, "
-                f"out_dir, split=...) (medgen.generative.Synthesizer); "
-                f"{type(synthesizer).__name__} has no {name}()"
+                f"out_dir, split=...) (medgen.generative.Synthesizer or "
+                f"medgen.simulate.SimulatedGenerator); {type(synthesizer).__name__} has no {name}()"
+            )
+    conditions = getattr(synthesizer, "conditions", None)
+    if conditions is not None:
+        missing = [c for c in (data.target, *data.attributes) if c not in tuple(conditions)]
+        if missing:
+            raise ConfigError(
+                f"synthesizer= is conditioned on {list(conditions)}, but the study fills "
+                f"{data.target} x {' x '.join(data.attributes)} cells and needs {missing} too: "
+                f"train it with conditions={[data.target, *data.attributes]} (medgen synth "
+                f"train ... --condition {data.target}"
+                + "".join(f" --condition {a}" for a in data.attributes)
+                + ")"
             )
     trained_on = getattr(synthesizer, "training_image_ids", None)
     if trained_on is None and hasattr(synthesizer, "normalisation"):
         trained_on = list(getattr(synthesizer.normalisation, "index", []))
-    if trained_on is not None:
+    if trained_on:
         import pandas as pd
 
         ids = [str(i) for i in trained_on]
@@ -672,12 +695,101 @@ def _check_synthesizer(synthesizer: Any, data: StudyData) -> None:
             data,
             what="synthesizer= (the images it was trained on)",
         )
-    raise ConfigError(
-        "synthesizer= is not wired into the study yet: generate the images that fill each cell "
-        "(medgen.apps.count_deficits gives how many per label x attribute cell) with "
-        "synthesizer.sample(n, where={...}, seed=...) and synthesizer.write(samples, folder, "
-        "split='train'), then pass the manifest as synthetic=<folder>/manifest.csv"
-    )
+
+
+#: Extra images generated per cell, on top of what the seeds need, so that the memorisation
+#: gate's drops (near-copies are not written) rarely leave a cell short: 5% + 2.
+_MARGIN = (0.05, 2)
+
+
+def _cell_values(data: StudyData) -> dict[str, dict[str, Any]]:
+    """Per column of the cells, text key -> the value as the training rows hold it."""
+    from medgen.apps._study_arms import class_key
+
+    out: dict[str, dict[str, Any]] = {}
+    for col in (data.target, *data.attributes):
+        vals: dict[str, Any] = {}
+        for v in data.train[col].tolist():
+            vals.setdefault(class_key(v), v.item() if hasattr(v, "item") else v)
+        out[col] = vals
+    return out
+
+
+def generation_plan(data: StudyData, specs: Sequence[ArmSpec], n_seeds: int) -> pd.DataFrame:
+    """The condition rows the study asks a synthesizer for: one row per image.
+
+    ``pool = "fill"``: per ``target x attributes`` cell, its deficit times the number of seeds
+    (each seed draws its own subset), plus a margin for the memorisation gate (5% + 2), when a
+    ``synthetic-balanced`` arm runs. ``pool = "tstr"``: as many images per cell as the real
+    training rows have (train on synthetic with the real mix), when ``synthetic-only`` runs.
+    """
+    import math
+
+    import pandas as pd
+
+    from medgen.apps import _study_arms
+
+    kinds = {s.kind for s in specs}
+    table = _study_arms.count_deficits(data)
+    values = _cell_values(data)
+    cols = [data.target, *data.attributes]
+    rows: list[dict[str, Any]] = []
+    for cell, row in table.iterrows():
+        cell_t = cell if isinstance(cell, tuple) else (cell,)
+        cond = {c: values[c][k] for c, k in zip(cols, cell_t, strict=True)}
+        wanted = []
+        if "synthetic-balanced" in kinds and int(row["deficit"]) > 0:
+            need = int(row["deficit"]) * n_seeds
+            wanted.append(("fill", need + math.ceil(_MARGIN[0] * need) + _MARGIN[1]))
+        if "synthetic-only" in kinds and int(row["n"]) > 0:
+            wanted.append(("tstr", int(row["n"])))
+        for pool, k in wanted:
+            rows.extend({**cond, "pool": pool} for _ in range(k))
+    return pd.DataFrame(rows, columns=[*cols, "pool"])
+
+
+def _generate(
+    synthesizer: Any,
+    data: StudyData,
+    specs: Sequence[ArmSpec],
+    n_seeds: int,
+    *,
+    folder: Path,
+    seed: int,
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """Sample and write the synthetic pools; returns ``({pool: rows}, what was generated)``."""
+    from medgen.apps._study_arms import check_extra, load_extra
+
+    plan = generation_plan(data, specs, n_seeds)
+    pools: dict[str, pd.DataFrame] = {}
+    info: dict[str, Any] = {
+        "generator": type(synthesizer).__name__,
+        "model_id": getattr(synthesizer, "model_id", None),
+        "seed": seed,
+        "pools": {},
+    }
+    t = time.perf_counter()
+    for k, (pool, where) in enumerate(plan.groupby("pool", sort=True)):
+        where = where.drop(columns="pool").reset_index(drop=True)
+        log.info("study: generating %d synthetic images (%s pool)", len(where), pool)
+        # each pool its own draw: fill and tstr images never share noise
+        samples = synthesizer.sample(None, where=where, seed=int(seed) + 7919 * k)
+        manifest = synthesizer.write(samples, folder / str(pool), split="train")
+        rows = check_extra(
+            load_extra(manifest, what=f"generated {pool} images"),
+            data,
+            what=f"generated {pool} images",
+            need_attributes=True,
+        )
+        pools[str(pool)] = rows
+        info["pools"][str(pool)] = {
+            "requested": len(where),
+            "written": len(rows),
+            "dropped": len(where) - len(rows),
+            "manifest": str(Path(manifest)),
+        }
+    info["seconds"] = time.perf_counter() - t
+    return pools, info
 
 
 def augmentation_study(
@@ -688,6 +800,7 @@ def augmentation_study(
     arms: Sequence[str | Mapping[str, Any]] = ("real", "reweight", "augment"),
     synthetic: Any = None,
     synthesizer: SynthesizerLike | None = None,
+    synthesizer_seed: int = 0,
     seeds: int | Sequence[int] = (0, 1, 2),
     classifier: Mapping[str, Any] | None = None,
     augment_preset: str = "medium",
@@ -703,6 +816,7 @@ def augmentation_study(
     out_dir: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     arm_reports: bool = True,
+    save_models: bool = False,
     device: str = "auto",
     progress: bool = True,
 ) -> StudyResult:
@@ -738,8 +852,15 @@ def augmentation_study(
         synthetic: a Cohort or manifest path of already generated images (``source =
             synthetic``, split ``""`` or ``"train"``, with the target and attribute columns;
             ``derived_from``, when present, names the real images or subjects they come from).
-        synthesizer: the extension point for generating the synthetic arms (not wired yet; its
-            training images are checked for leakage, then a ConfigError says what to do).
+        synthesizer: a trained generator (:class:`medgen.generative.Synthesizer`, or
+            :class:`medgen.simulate.SimulatedGenerator` as a perfect one) conditioned on the
+            target and the attributes, trained on the train split only (its training images are
+            checked for leakage). The study asks it for every cell's deficit times the number of
+            seeds (plus 5% + 2 for images the memorisation gate drops) and, for
+            ``synthetic-only``, as many images per cell as the real training rows
+            (:func:`generation_plan`), and writes them into ``out_dir/synthetic/fill`` and
+            ``.../tstr`` (a temporary folder without ``out_dir``). Exclusive with ``synthetic``.
+        synthesizer_seed: the seed of the generated images.
         seeds: training seeds (one replicate of every arm each).
         classifier: :func:`medgen.classify.train` options shared by every arm (``model``,
             ``epochs``, ``augment``, ...); the study sets ``target``, ``seed``, ``balance``,
@@ -757,6 +878,8 @@ def augmentation_study(
             other files is refused.
         overwrite: replace the study in ``out_dir``.
         arm_reports: write each arm's audit report into ``out_dir/audits`` (linked).
+        save_models: save every trained classifier as ``out_dir/models/<arm>-seed<k>``
+            (a :func:`medgen.classify.train` run folder; :meth:`Classifier.load` reads it).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
         progress: progress bars of training and prediction.
 
@@ -792,7 +915,17 @@ def augmentation_study(
     co = as_cohort(cohort)
     data = prepare_data(co, target=target, attributes=attrs, val_fraction=val_fraction)
     needs_synthetic = [s.name for s in specs if s.kind in SYNTHETIC_ARMS]
-    if synthesizer is not None and synthetic is None:
+    if synthesizer is not None:
+        if synthetic is not None:
+            raise ConfigError(
+                "give synthetic= (a manifest of generated images) or synthesizer= (a model that "
+                "generates them for this study), not both"
+            )
+        if not needs_synthetic:
+            raise ConfigError(
+                f"synthesizer= is given but no arm uses synthetic images (arms: "
+                f"{[s.name for s in specs]}); add 'synthetic-balanced' and/or 'synthetic-only'"
+            )
         _check_synthesizer(synthesizer, data)
     pool = None
     if synthetic is not None:
@@ -809,29 +942,39 @@ def augmentation_study(
                 f"{sorted(set(pool.loc[not_syn, 'source'].astype(str)))}, not 'synthetic'; pass "
                 "real extra rows as a user-defined arm {'name': ..., 'extra': ...}"
             )
-    elif needs_synthetic:
+    elif needs_synthetic and synthesizer is None:
         raise ConfigError(
             f"arms {needs_synthetic} need synthetic images: pass synthetic=<manifest of generated "
-            "images (source=synthetic) with the target and attribute columns>"
+            "images (source=synthetic) with the target and attribute columns>, or synthesizer="
+            "<a trained medgen.generative.Synthesizer> to generate them"
         )
     base_augment = str(opts.get("augment", "light"))
-    # plan every arm and seed before anything trains: bad input fails in seconds
-    plans = {
-        (spec.name, s): plan_arm(
+
+    def plan(spec: ArmSpec, s: int, fill: Any, tstr: Any) -> Any:
+        return plan_arm(
             spec,
             data,
             seed=s,
-            synthetic=pool,
+            synthetic=fill,
+            synthetic_only=tstr,
             base_augment=base_augment,
             augment_preset=augment_preset,
             shortage=shortage,
         )
+
+    # plan every arm and seed before anything trains (the generated arms before anything is
+    # generated, on an empty pool): bad input fails in seconds
+    generated = synthesizer is not None
+    plans = {
+        (spec.name, s): plan(spec, s, pool, pool)
         for spec in specs
+        if not (generated and spec.kind in SYNTHETIC_ARMS)
         for s in seed_list
     }
     out = Path(out_dir).expanduser() if out_dir is not None else None
     if out is not None and out.exists() and not out.is_dir():
         raise MedgenValueError(f"study: out_dir {str(out)!r} is a file; give a folder")
+    gen_info: dict[str, Any] | None = None
     with contextlib.ExitStack() as held:
         if out is not None:
             held.enter_context(run_lock(out, what=_WHAT, owned=STUDY_OUTPUTS))
@@ -843,6 +986,28 @@ def augmentation_study(
                 overwrite_hint="overwrite=True",
                 resume_hint="a new out_dir (a study cannot be resumed)",
             )
+        if synthesizer is not None:
+            import tempfile
+
+            if out is not None:
+                folder = out / "synthetic"
+            else:  # the images live as long as the study runs; pass out_dir= to keep them
+                folder = Path(held.enter_context(tempfile.TemporaryDirectory(prefix="medgen-")))
+            pools, gen_info = _generate(
+                synthesizer, data, specs, len(seed_list), folder=folder, seed=synthesizer_seed
+            )
+            empty = data.train.iloc[:0]
+            plans.update(
+                {
+                    (spec.name, s): plan(
+                        spec, s, pools.get("fill", empty), pools.get("tstr", empty)
+                    )
+                    for spec in specs
+                    if spec.kind in SYNTHETIC_ARMS
+                    for s in seed_list
+                }
+            )
+            plans = {(spec.name, s): plans[(spec.name, s)] for spec in specs for s in seed_list}
         result = _run(
             data,
             specs,
@@ -859,6 +1024,7 @@ def augmentation_study(
             device=device,
             progress=progress,
             out=out,
+            save_models=save_models,
         )
         result.settings.update(
             target=target,
@@ -867,6 +1033,7 @@ def augmentation_study(
             augment_preset=augment_preset,
             shortage=shortage,
             synthetic_rows=0 if pool is None else len(pool),
+            synthesizer=gen_info,
             train_rows=len(data.train),
             val_rows=len(data.val),
             val_carved=data.val_carved,
@@ -895,6 +1062,7 @@ def _run(
     device: str,
     progress: bool,
     out: Path | None,
+    save_models: bool = False,
 ) -> StudyResult:
     import pandas as pd
 
@@ -915,12 +1083,18 @@ def _run(
                 int(plan.counts["n"].sum()),
             )
             t = time.perf_counter()
+            saved: dict[str, Any] = {}
+            if save_models and out is not None:
+                name = f"models/{spec.name}-seed{s}"
+                saved = {"out_dir": out / name}
+                files.setdefault("models", {})[f"{spec.name}|{s}"] = name
             clf = train(
                 plan.cohort(data),
                 target=data.target,
                 seed=s,
                 device=device,
                 progress=progress,
+                **saved,
                 **{**opts, **plan.options},
             )
             timings["train"] += time.perf_counter() - t

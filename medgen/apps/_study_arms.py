@@ -34,7 +34,7 @@ STUDY_ARMS: tuple[str, ...] = (
     "synthetic-balanced",
     "synthetic-only",
 )
-#: The arms that need synthetic images (``synthetic=`` or, later, ``synthesizer=``).
+#: The arms that need synthetic images (``synthetic=`` or ``synthesizer=``).
 SYNTHETIC_ARMS: tuple[str, ...] = ("synthetic-balanced", "synthetic-only")
 #: The arm every other arm is compared with.
 BASELINE = "real"
@@ -647,8 +647,12 @@ def plan_arm(
     base_augment: str,
     augment_preset: str,
     shortage: str = "error",
+    synthetic_only: pd.DataFrame | None = None,
 ) -> ArmPlan:
     """The rows and options of arm ``spec`` for replicate ``seed``.
+
+    ``synthetic`` fills ``synthetic-balanced``; ``synthetic-only`` trains on ``synthetic_only``
+    when given (the study's generated "tstr" pool), else on every row of ``synthetic``.
 
     Raises:
         ConfigError: a synthetic arm without synthetic rows, an ``augment`` arm that would not
@@ -692,7 +696,7 @@ def plan_arm(
             )
     elif spec.kind == "synthetic-only":
         assert synthetic is not None
-        extra = synthetic
+        extra = synthetic if synthetic_only is None else synthetic_only
         use_real = False
     elif spec.kind == "custom":
         if spec.extra is not None:

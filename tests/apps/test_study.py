@@ -350,26 +350,115 @@ def test_arms_without_rows_and_bad_arms(cohort: Cohort, synthetic: Path) -> None
         )
 
 
-def test_cohort_without_test_split_and_synthesizer_extension_point(cohort: Cohort) -> None:
+class CopyingSynthesizer:
+    """A stand-in generator: "generates" an image of a cell by copying a real training image of
+    that cell (round robin), and drops every ``drop_every``-th one as a memorisation gate would.
+    Plumbing only: it exercises what the study asks for, writes and trains on."""
+
+    conditions = ("label", "sex")
+
+    def __init__(self, cohort: Cohort, *, drop_every: int = 0, trained_on: Any = None) -> None:
+        train = cohort.df[cohort.df["split"] == "train"]
+        self.by_cell = {k: g for k, g in train.groupby(["label", "sex"])}
+        self.drop_every = drop_every
+        self.training_image_ids = (
+            train["image_id"].tolist() if trained_on is None else list(trained_on)
+        )
+        self.asked: list[pd.DataFrame] = []
+
+    def sample(self, n: int | None, where: Any = None, *, seed: int = 0) -> Any:
+        assert n is None and isinstance(where, pd.DataFrame)
+        self.asked.append(where.copy())
+        return where.assign(seed=seed)
+
+    def write(self, samples: Any, out_dir: Any, *, split: str = "") -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True)
+        rows = []
+        for k, r in enumerate(samples.itertuples(index=False)):
+            if self.drop_every and k % self.drop_every == self.drop_every - 1:
+                continue
+            cell = self.by_cell[(r.label, r.sex)]
+            src = cell.iloc[k % len(cell)]
+            name = f"gen-s{r.seed}-{k}"
+            shutil.copy(src["image_path"], out / f"{name}.nii.gz")
+            rows.append(
+                {
+                    "image_id": name,
+                    "image_path": f"{name}.nii.gz",
+                    "subject_id": name,
+                    "split": split,
+                    "source": "synthetic",
+                    "label": r.label,
+                    "sex": r.sex,
+                }
+            )
+        pd.DataFrame(rows).to_csv(out / "manifest.csv", index=False)
+        return out / "manifest.csv"
+
+
+def test_synthesizer_generates_what_the_arms_need(cohort: Cohort, tmp_path: Path) -> None:
+    gen = CopyingSynthesizer(cohort, drop_every=10)
+    res = augmentation_study(
+        cohort,
+        arms=("real", "synthetic-balanced", "synthetic-only"),
+        synthesizer=gen,
+        synthesizer_seed=5,
+        seeds=(0, 1),
+        classifier=TINY,
+        n_boot=50,
+        out_dir=tmp_path / "run",
+        arm_reports=False,
+        device="cpu",
+        progress=False,
+    )
+    real = _cells(cohort.df[cohort.df["split"] == "train"])
+    deficit = real.max() - real
+    asked = {p: _cells(w) for p, w in zip(("fill", "tstr"), gen.asked, strict=True)}
+    # fill: each cell's deficit for every seed, plus the gate margin (5% + 2); tstr: the real mix
+    need = deficit[deficit > 0] * 2
+    assert asked["fill"].to_dict() == (need + np.ceil(0.05 * need) + 2).astype(int).to_dict()
+    assert asked["tstr"].to_dict() == real.to_dict()
+    info = res.settings["synthesizer"]
+    assert info["pools"]["fill"]["requested"] == int(asked["fill"].sum())
+    assert info["pools"]["fill"]["dropped"] == int(asked["fill"].sum()) // 10
+    assert (tmp_path / "run" / "synthetic" / "fill" / "manifest.csv").is_file()
+    tc = res.training_counts
+    assert tc is not None
+    for seed in (0, 1):  # the margin covered the dropped images: every cell is filled exactly
+        bal = tc.xs(("synthetic-balanced", seed), level=("arm", "seed"))
+        assert (bal["n"] == real.max()).all()
+        only = tc.xs(("synthetic-only", seed), level=("arm", "seed"))
+        assert (only["n_real"] == 0).all()
+        assert only["n_extra"].sum() == info["pools"]["tstr"]["written"]
+    assert not res.warnings or all("not fully balanced" not in w for w in res.warnings)
+
+
+def test_cohort_without_test_split_and_bad_synthesizers(cohort: Cohort) -> None:
     no_test = Cohort.from_manifest(cohort.df[cohort.df["split"] != "test"])
     with pytest.raises(ManifestError, match="no 'test' rows"):
         augmentation_study(no_test, arms=("real", "reweight"), classifier=TINY)
-
-    class FakeSynthesizer:
-        def __init__(self, ids: list[str]) -> None:
-            self.training_image_ids = ids
-
-        def sample(self, n: int | None, where: Any = None, *, seed: int = 0) -> Any:
-            raise AssertionError("not called")
-
-        def write(self, samples: Any, out_dir: Any, *, split: str = "") -> Path:
-            raise AssertionError("not called")
 
     df = cohort.df
     test_ids = df.loc[df["split"] == "test", "image_id"].tolist()
     train_ids = df.loc[df["split"] == "train", "image_id"].tolist()
     kw: dict[str, Any] = {"arms": ("real", "synthetic-balanced"), "classifier": TINY}
+    leaky = CopyingSynthesizer(cohort, trained_on=train_ids + test_ids[:1])
     with pytest.raises(ManifestError, match="held-out subjects"):
-        augmentation_study(cohort, synthesizer=FakeSynthesizer(train_ids + test_ids[:1]), **kw)
-    with pytest.raises(ConfigError, match="not wired into the study yet"):
-        augmentation_study(cohort, synthesizer=FakeSynthesizer(train_ids), **kw)
+        augmentation_study(cohort, synthesizer=leaky, **kw)
+    assert not leaky.asked  # refused before anything was generated
+    unconditioned = CopyingSynthesizer(cohort)
+    unconditioned.conditions = ("label",)  # type: ignore[misc]
+    with pytest.raises(ConfigError, match=r"needs \['sex'\] too.*--condition sex"):
+        augmentation_study(cohort, synthesizer=unconditioned, **kw)
+    with pytest.raises(ConfigError, match="no arm uses synthetic images"):
+        augmentation_study(
+            cohort,
+            synthesizer=CopyingSynthesizer(cohort),
+            arms=("real", "reweight"),
+            classifier=TINY,
+        )
+    with pytest.raises(ConfigError, match="not both"):
+        augmentation_study(cohort, synthesizer=CopyingSynthesizer(cohort), synthetic=cohort, **kw)
+    with pytest.raises(ConfigError, match="must have sample"):
+        augmentation_study(cohort, synthesizer=object(), **kw)  # type: ignore[arg-type]
