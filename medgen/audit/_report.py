@@ -308,6 +308,14 @@ class AuditReport:
         )
         return {"title": "Findings", "note": note, "table": html_table(header, rows), "images": []}
 
+    def html_sections(self, *, images: bool = True) -> list[dict[str, Any]]:
+        """The report's sections (summary, findings, one per attribute, disparities) in the
+        report template's format, for embedding in another report (the demo's)."""
+        sections = [self._summary_section(), self._findings_section()]
+        sections += [self._group_section(a, images=images) for a in self.attributes]
+        sections.append(self._disparity_section())
+        return sections
+
     def to_html(self, path: str | os.PathLike[str] | None = None, *, images: bool = True) -> str:
         """Render the report as one self-contained HTML page (inline PNGs, no network).
 
@@ -318,9 +326,7 @@ class AuditReport:
         Returns:
             The HTML text.
         """
-        sections = [self._summary_section(), self._findings_section()]
-        sections += [self._group_section(a, images=images) for a in self.attributes]
-        sections.append(self._disparity_section())
+        sections = self.html_sections(images=images)
         p = self.provenance
         text = render_html(
             title="medgen fairness audit",
