@@ -130,6 +130,12 @@ class StudyResult:
             (and which groups), AUC and TPR gaps (max - min over groups).
         worst_group_summary: per ``(arm, attribute)``: mean and s.d. over seeds of those, and
             the mean paired-by-seed difference from ``real`` (``<column>_delta``).
+        worst_group_deltas: per ``(arm, attribute, metric, statistic)`` for AUC and TPR:
+            ``statistic`` ``"worst"`` (the lowest group's value) or ``"gap"`` (max - min over the
+            attribute's groups): the paired comparison with ``real`` over seeds, with the same
+            columns as ``deltas``; each seed's CI comes from the paired resamples of
+            :func:`medgen.audit.compare` (``ComparisonReport.gaps``). Its own multiplicity
+            family; ``effect`` "improved" is a higher worst group or a smaller gap.
         verdict: the significant rows of ``deltas`` with a direction: which arm improved whom
             (``effect == "improved"``) and which made whom worse.
         summary: one row per arm: overall AUC (mean, s.d.), its delta, counts and lists of
@@ -154,6 +160,7 @@ class StudyResult:
     verdict: pd.DataFrame
     summary: pd.DataFrame
     training_counts: pd.DataFrame | None = None
+    worst_group_deltas: pd.DataFrame | None = None
     fill: pd.DataFrame | None = None
     predictions: dict[tuple[str, int], pd.DataFrame] = field(default_factory=dict, repr=False)
     audits: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
@@ -183,6 +190,8 @@ class StudyResult:
             "verdict": self.verdict,
             "summary": self.summary,
         }
+        if self.worst_group_deltas is not None:
+            out["worst_group_deltas"] = self.worst_group_deltas
         if self.training_counts is not None:
             out["training_counts"] = self.training_counts
         if self.fill is not None:
@@ -373,8 +382,17 @@ def _worst_summary(worst: pd.DataFrame, baseline: str) -> pd.DataFrame:
     return out[order]
 
 
-def _pool(by_seed: pd.DataFrame, *, ci: float, p_adjust: str) -> pd.DataFrame:
-    """Deltas over seeds: mean, spread, combined standard error, test, adjustment, effect."""
+def _pool(
+    by_seed: pd.DataFrame,
+    *,
+    ci: float,
+    p_adjust: str,
+    levels: Sequence[str] = ("arm", "attribute", "group", "metric"),
+    direction: Any = None,
+) -> pd.DataFrame:
+    """Deltas over seeds: mean, spread, combined standard error, test, adjustment, effect.
+
+    ``direction``: +1/-1 per output row (higher/lower is better); default by metric."""
     import numpy as np
     from scipy.special import ndtr, ndtri
 
@@ -384,7 +402,7 @@ def _pool(by_seed: pd.DataFrame, *, ci: float, p_adjust: str) -> pd.DataFrame:
     d = by_seed.assign(
         _se=(by_seed["delta_high"] - by_seed["delta_low"]) / (2 * z),
     )
-    g = d.groupby(level=["arm", "attribute", "group", "metric"], sort=False)
+    g = d.groupby(level=list(levels), sort=False)
     out = g["a"].mean().to_frame("real")
     out["value"] = g["b"].mean()
     out["delta"] = g["delta"].mean()
@@ -408,9 +426,11 @@ def _pool(by_seed: pd.DataFrame, *, ci: float, p_adjust: str) -> pd.DataFrame:
     out["p_adjusted"] = adjust_pvalues(p, p_adjust)
     sig = np.nan_to_num(out["p_adjusted"].to_numpy(dtype=float), nan=1.0) < 1.0 - ci
     out["significant"] = sig
-    direction = (
-        out.index.get_level_values("metric").map(lambda m: METRIC_DIRECTION.get(m, 0)).to_numpy()
-    )
+    if direction is None:
+        metric = out.index.get_level_values("metric")
+        direction = metric.map(lambda m: METRIC_DIRECTION.get(m, 0)).to_numpy()
+    else:
+        direction = np.asarray(direction(out.index), dtype=float)
     good = np.sign(np.nan_to_num(delta)) * direction
     out["effect"] = np.where(sig & (good > 0), "improved", np.where(sig & (good < 0), "worse", ""))
     return out
@@ -548,6 +568,7 @@ def compare_arms(
         notes += [f"{key[0]}, seed {key[1]}: {w}" for w in audits[key].warnings]
     tidy = _tidy_metrics(audits)
     frames = []
+    gap_frames = []
     for (arm, s), rep in audits.items():
         if arm == baseline:
             continue
@@ -564,6 +585,11 @@ def compare_arms(
         part.insert(0, "seed", int(s))
         part.insert(0, "arm", arm)
         frames.append(part)
+        if cmp.gaps is not None:
+            g = cmp.gaps.reset_index()
+            g.insert(0, "seed", int(s))
+            g.insert(0, "arm", arm)
+            gap_frames.append(g)
     by_seed = pd.concat(frames, ignore_index=True).set_index(
         ["arm", "seed", "attribute", "group", "metric"]
     )
@@ -573,12 +599,29 @@ def compare_arms(
         ["real", "value", "delta", "delta_low", "delta_high", "p_adjusted", "effect"]
     ]
     worst = _worst_group(tidy)
+    gap_levels = ["arm", "attribute", "metric", "statistic"]
+    gap_deltas = None
+    if gap_frames:
+        gap_by_seed = pd.concat(gap_frames, ignore_index=True).set_index(
+            ["arm", "seed", "attribute", "metric", "statistic"]
+        )
+        # a higher worst group is better, a smaller gap is better
+        gap_deltas = _pool(
+            gap_by_seed,
+            ci=ci,
+            p_adjust=p_adjust,
+            levels=gap_levels,
+            direction=lambda idx: [
+                1.0 if st == "worst" else -1.0 for st in idx.get_level_values("statistic")
+            ],
+        )
     return StudyResult(
         metrics=tidy,
         deltas_by_seed=by_seed,
         deltas=deltas,
         worst_group=worst,
         worst_group_summary=_worst_summary(worst, baseline),
+        worst_group_deltas=gap_deltas,
         verdict=verdict,
         summary=_arm_summary(deltas, tidy, arms),
         predictions=tables,

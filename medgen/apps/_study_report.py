@@ -284,22 +284,37 @@ def study_sections(res: StudyResult, *, images: bool = True) -> list[dict[str, A
         }
     )
     w = res.worst_group_summary
+    gd = res.worst_group_deltas
+    paired = {
+        "worst_group_auc": ("auc", "worst"),
+        "worst_group_tpr": ("tpr", "worst"),
+        "auc_gap": ("auc", "gap"),
+        "tpr_gap": ("tpr", "gap"),
+    }
     wrows = []
     for (arm, attr), r in _rows(w):
         cells = [str(arm), str(attr)]
+        hit = False
         for k in ("overall_auc", "worst_group_auc", "worst_group_tpr", "auc_gap", "tpr_gap"):
             sd = r[f"{k}_sd"]
             text = fmt(r[f"{k}_mean"]) + ("" if math.isnan(float(sd)) else f" ± {fmt(sd)}")
-            if arm != BASELINE:
+            key = (arm, attr, *paired[k]) if k in paired else None
+            if arm != BASELINE and gd is not None and key is not None and key in gd.index:
+                g = gd.loc[key]
+                text += f" (Δ {fmt_ci(g['delta'], g['delta_low'], g['delta_high'])})"
+                hit = hit or bool(g["significant"])
+            elif arm != BASELINE:
                 text += f" ({float(r[f'{k}_delta']):+.3f})"
             cells.append(text)
-        wrows.append((cells, ""))
+        wrows.append((cells, "significant" if hit else ""))
     sections.append(
         {
             "title": "Worst group",
-            "note": "Mean ± s.d. over seeds; in brackets the mean paired-by-seed difference from "
-            f"{BASELINE!r}. Gaps are max - min over the attribute's groups (all groups, small "
-            "ones included).",
+            "note": "Mean ± s.d. over seeds; in brackets the difference from "
+            f"{BASELINE!r} (mean over seeds) with its CI from the paired bootstrap over test "
+            "cases and the spread over seeds (each resample's own worst group and gap); bold: "
+            "significant after adjustment within this table. Gaps are max - min over the "
+            "attribute's groups (all groups, small ones included).",
             "table": html_table(
                 [
                     "arm",

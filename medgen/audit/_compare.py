@@ -34,6 +34,10 @@ __all__ = ["ComparisonReport", "compare"]
 
 #: Metrics compared (prevalence is the same for both by construction).
 COMPARE_METRICS: tuple[str, ...] = tuple(m for m in METRICS if m != "prevalence")
+#: Metrics whose worst group and max - min gap over an attribute's groups are compared too.
+GAP_METRICS: tuple[str, ...] = ("auc", "tpr")
+#: The statistics of ``ComparisonReport.gaps``: the lowest group value and max - min.
+GAP_STATISTICS: tuple[str, ...] = ("worst", "gap")
 
 
 @dataclass
@@ -44,11 +48,18 @@ class ComparisonReport:
         table: one row per ``(attribute, group, metric)`` (attribute ``"overall"`` for everyone):
             ``a``, ``b``, ``delta = b - a`` with its paired-bootstrap CI, ``p_value`` (two-sided
             paired bootstrap test of ``delta == 0``), ``p_adjusted`` and ``significant``.
+        gaps: one row per ``(attribute, metric, statistic)`` for :data:`GAP_METRICS`:
+            ``statistic`` ``"worst"`` (the lowest group value) or ``"gap"`` (max - min over the
+            attribute's groups; NaN groups ignored), ``a``, ``b``, ``delta`` with its CI from
+            the same paired resamples as ``table`` (each resample's worst group and gap, so the
+            worst group may change between resamples), ``p_value``, and ``p_adjusted`` /
+            ``significant`` within this table (its own family).
         provenance: labels of the two audits, resamples, seed, versions.
     """
 
     table: pd.DataFrame
     provenance: dict[str, Any] = field(default_factory=dict)
+    gaps: pd.DataFrame | None = None
 
     def to_html(self, path: str | os.PathLike[str] | None = None, *, images: bool = True) -> str:
         """One self-contained HTML page: a delta plot per attribute and the full table."""
@@ -258,6 +269,7 @@ def compare(
     groupings = [overall, *ra.groupings]
     seeds = np.random.SeedSequence(seed).spawn(len(groupings))
     frames = []
+    gap_rows: list[dict[str, Any]] = []
     for gi, (grouping, ss) in enumerate(zip(groupings, seeds, strict=True)):
         code = ((grouping.codes * na + ka) * nb + kb) * 2 + y
         uniq, first, inverse, counts = np.unique(
@@ -287,6 +299,10 @@ def compare(
         rng = np.random.default_rng(ss)
         batch = max(1, min(n_boot, 4_000_000 // max(count.shape[0], 1)))
         deltas: dict[str, list[NDArray[np.float64]]] = {m: [] for m in COMPARE_METRICS}
+        track = grouping.name != OVERALL[0]
+        values: dict[str, list[NDArray[np.float64]]] = {
+            f"{ab}{m}": [] for m in GAP_METRICS for ab in "ab"
+        }
         cmap = None
         if ra.cluster is not None:
             cmap = cluster_map(
@@ -301,6 +317,11 @@ def compare(
                 da = rep_a[m] + (est_a[m] - approx_a[m])
                 db = rep_b[m] + (est_b[m] - approx_b[m])
                 deltas[m].append(db - da)
+                if track and m in GAP_METRICS:
+                    values[f"a{m}"].append(da)
+                    values[f"b{m}"].append(db)
+        if track:
+            gap_rows += _gap_rows(grouping.name, values, est_a, est_b, ci)
         for m in COMPARE_METRICS:
             d_reps = np.concatenate(deltas[m], axis=0)
             delta = est_b[m] - est_a[m]
@@ -349,4 +370,68 @@ def compare(
         "data_sha256_b": b.provenance.get("data_sha256"),
         "medgen_version": __version__,
     }
-    return ComparisonReport(table=table, provenance=provenance)
+    gaps = pd.DataFrame(
+        gap_rows,
+        columns=[
+            "attribute",
+            "metric",
+            "statistic",
+            "a",
+            "b",
+            "delta",
+            "delta_low",
+            "delta_high",
+            "p_value",
+        ],
+    )
+    gaps["p_adjusted"] = adjust_pvalues(gaps["p_value"].to_numpy(dtype=np.float64), p_adjust)
+    gaps["significant"] = gaps["p_adjusted"].to_numpy(dtype=np.float64) < 1.0 - ci
+    gaps = gaps.set_index(["attribute", "metric", "statistic"])
+    return ComparisonReport(table=table, provenance=provenance, gaps=gaps)
+
+
+def _worst_and_gap(x: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per row (last axis: groups), the lowest value and max - min, NaN groups ignored."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN
+        lo = np.nanmin(x, axis=-1)
+        return lo, np.nanmax(x, axis=-1) - lo
+
+
+def _gap_rows(
+    attribute: str,
+    values: dict[str, list[NDArray[np.float64]]],
+    est_a: dict[str, NDArray[np.float64]],
+    est_b: dict[str, NDArray[np.float64]],
+    ci: float,
+) -> list[dict[str, Any]]:
+    """The worst-group and gap rows of one attribute from the paired resamples."""
+    rows = []
+    for m in GAP_METRICS:
+        point_a, point_b = _worst_and_gap(est_a[m]), _worst_and_gap(est_b[m])
+        reps_a = _worst_and_gap(np.concatenate(values[f"a{m}"], axis=0))
+        reps_b = _worst_and_gap(np.concatenate(values[f"b{m}"], axis=0))
+        for k, stat in enumerate(GAP_STATISTICS):
+            delta = float(point_b[k] - point_a[k])
+            d_reps = reps_b[k] - reps_a[k]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                lo, hi = percentile_ci(d_reps[:, None], ci)
+            rows.append(
+                {
+                    "attribute": attribute,
+                    "metric": m,
+                    "statistic": stat,
+                    "a": float(point_a[k]),
+                    "b": float(point_b[k]),
+                    "delta": delta,
+                    "delta_low": float(np.asarray(lo).reshape(-1)[0]),
+                    "delta_high": float(np.asarray(hi).reshape(-1)[0]),
+                    "p_value": float(
+                        np.asarray(bootstrap_pvalue(np.array([delta]), d_reps[:, None])).reshape(
+                            -1
+                        )[0]
+                    ),
+                }
+            )
+    return rows

@@ -195,6 +195,34 @@ def test_identical_arms_report_zero_deltas_and_nothing_significant(
     assert "real-again" not in set(res.verdict.index.get_level_values("arm"))
     assert res.summary.loc["real-again", "n_improved"] == 0
     assert res.summary.loc["real-again", "n_worse"] == 0
+    gaps = res.worst_group_deltas
+    assert gaps is not None
+    same_gap = gaps.xs("real-again", level="arm")
+    assert (same_gap["delta"].fillna(0) == 0).all() and not same_gap["significant"].any()
+
+
+def test_worst_group_deltas_are_paired_differences(study: tuple[StudyResult, Path]) -> None:
+    """Point deltas of the worst group and the gap equal the difference of the two arms' worst
+    group / gap (per seed, then averaged), with a CI around them."""
+    res, _ = study
+    gaps = res.worst_group_deltas
+    assert gaps is not None
+    assert gaps.index.names == ["arm", "attribute", "metric", "statistic"]
+    w = res.worst_group
+    for arm in ("reweight", "synthetic-balanced"):
+        for metric, stat, col in [
+            ("auc", "worst", "worst_group_auc"),
+            ("auc", "gap", "auc_gap"),
+            ("tpr", "gap", "tpr_gap"),
+        ]:
+            want = np.nanmean(
+                [w.loc[(arm, s, "sex"), col] - w.loc[("real", s, "sex"), col] for s in (0, 1)]
+            )
+            row = gaps.loc[(arm, "sex", metric, stat)]
+            if np.isnan(want):
+                continue
+            assert row["delta"] == pytest.approx(want, abs=1e-9)
+            assert row["delta_low"] <= row["delta"] <= row["delta_high"]
 
 
 def test_rows_are_paired_by_image_id_not_row_order(study: tuple[StudyResult, Path]) -> None:
@@ -462,3 +490,30 @@ def test_cohort_without_test_split_and_bad_synthesizers(cohort: Cohort) -> None:
         augmentation_study(cohort, synthesizer=CopyingSynthesizer(cohort), synthetic=cohort, **kw)
     with pytest.raises(ConfigError, match="must have sample"):
         augmentation_study(cohort, synthesizer=object(), **kw)  # type: ignore[arg-type]
+
+
+def test_cli_study_augment(tiny_manifest: Path, synthetic: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medgen.cli import app
+
+    out = tmp_path / "study"
+    base = ["study", "augment", str(tiny_manifest), "-o", str(out), "--no-progress"]
+    fast = ["--epochs", "1", "--batch-size", "16", "--n-boot", "50", "--seeds", "0"]
+    r = CliRunner().invoke(
+        app, [*base, *fast, "--synthetic", str(synthetic), "--arm", "real", "--arm", "reweight"]
+    )
+    assert r.exit_code == 0, r.output
+    assert "report:" in r.output and "reweight: AUC" in r.output
+    assert (out / "report.html").is_file() and (out / "run_complete.json").is_file()
+    # bad input: one line, exit 2, nothing trained
+    for args, msg in [
+        ([*base, "--seeds", "a,b"], "--seeds must be integers"),
+        ([*base, "--synth", str(tmp_path / "nope")], "nope"),
+        ([*base, "--arm", "real", "--arm", "synthetic-balanced"], "need synthetic images"),
+        ([*base, "--overwrite", "--arm", "real", "--arm", "reweightt"], "reweight"),
+    ]:
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2, (args, r.output)
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("Error:") and msg in lines[0], r.output

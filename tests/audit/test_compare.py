@@ -144,3 +144,29 @@ def test_compare_with_clusters_widens_duplicated_rows() -> None:
         compare(
             audit(dup, y_score="real", cluster="subject", **kw), audit(dup, y_score="synth", **kw)
         )
+
+
+def test_worst_group_and_gap_deltas(pair: tuple[pd.DataFrame, ComparisonReport]) -> None:
+    """Model 2 separates better for site B only: the site gap widens, significantly; the point
+    values are the worst group and max - min of the per-group estimates; identical audits give 0."""
+    df, cmp = pair
+    gaps = cmp.gaps
+    assert gaps is not None
+    assert gaps.index.names == ["attribute", "metric", "statistic"]
+    assert set(gaps.index.get_level_values("attribute")) == {"site", "sex", "site & sex"}
+    for col in ("a", "b"):
+        per = cmp.table.xs(("site", "auc"), level=("attribute", "metric"))[col]
+        assert gaps.loc[("site", "auc", "worst"), col] == pytest.approx(per.min(), abs=1e-12)
+        assert gaps.loc[("site", "auc", "gap"), col] == pytest.approx(
+            per.max() - per.min(), abs=1e-12
+        )
+    gap = gaps.loc[("site", "auc", "gap")]
+    assert gap["delta"] > 0 and gap["delta_low"] > 0 and gap["significant"]
+    assert gap["delta_low"] <= gap["delta"] <= gap["delta_high"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)
+        a = audit(df, y_score="real", sensitive=["site"], n_boot=0, seed=0)
+    same = compare(a, a, n_boot=100, seed=1).gaps
+    assert same is not None
+    assert (same["delta"] == 0).all() and not same["significant"].any()
+    assert (same["delta_low"] == 0).all() and (same["delta_high"] == 0).all()
