@@ -875,6 +875,8 @@ def augmentation_study(
     - ``"reweight"``: the same rows, resampled so every ``target x attributes`` cell is drawn
       equally often (``train(balance=[target, *attributes])``).
     - ``"augment"``: the same rows with the stronger augmentation ``augment_preset``.
+    - ``"focal"``: the same rows trained with the focal loss (``train(focal_gamma=2)``): the
+      loss-side answer to imbalance.
     - ``"synthetic-balanced"``: the real rows plus, for every ``target x attributes`` cell,
       ``deficit = largest cell - cell`` synthetic rows of that cell from ``synthetic``, drawn
       deterministically from the seed (:func:`count_deficits`; too few rows of a cell: error, or
@@ -1000,6 +1002,7 @@ def augmentation_study(
             seed=s,
             synthetic=fill,
             synthetic_only=tstr,
+            base_options=opts,
             base_augment=base_augment,
             augment_preset=augment_preset,
             shortage=shortage,

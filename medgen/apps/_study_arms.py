@@ -31,11 +31,14 @@ STUDY_ARMS: tuple[str, ...] = (
     "real",
     "reweight",
     "augment",
+    "focal",
     "synthetic-balanced",
     "synthetic-only",
 )
 #: The arms that need synthetic images (``synthetic=`` or ``synthesizer=``).
 SYNTHETIC_ARMS: tuple[str, ...] = ("synthetic-balanced", "synthetic-only")
+#: The focusing parameter of the ``focal`` arm (Lin et al. 2017's usual value).
+FOCAL_GAMMA = 2.0
 #: The arm every other arm is compared with.
 BASELINE = "real"
 #: Keys of a user-defined arm given as a mapping.
@@ -648,6 +651,7 @@ def plan_arm(
     augment_preset: str,
     shortage: str = "error",
     synthetic_only: pd.DataFrame | None = None,
+    base_options: Mapping[str, Any] | None = None,
 ) -> ArmPlan:
     """The rows and options of arm ``spec`` for replicate ``seed``.
 
@@ -663,6 +667,7 @@ def plan_arm(
     import numpy as np
     import pandas as pd
 
+    base_options = dict(base_options or {})
     real = data.train
     extra = real.iloc[:0]
     options: dict[str, Any] = {}
@@ -686,6 +691,14 @@ def plan_arm(
                 "lighter classifier={'augment': ...}"
             )
         options["augment"] = augment_preset
+    elif spec.kind == "focal":
+        if "focal_gamma" in base_options:
+            raise ConfigError(
+                "the 'focal' arm trains with focal_gamma=2, but classifier= already sets "
+                f"focal_gamma={base_options['focal_gamma']!r} for every arm; drop it from "
+                "classifier= (or use a user-defined arm with train={'focal_gamma': ...})"
+            )
+        options["focal_gamma"] = FOCAL_GAMMA
     elif spec.kind == "synthetic-balanced":
         assert synthetic is not None
         extra, fill = fill_deficit(synthetic, data, seed=seed, shortage=shortage)

@@ -42,6 +42,8 @@ ARM_DESCRIPTIONS = {
         "often (train(balance=...))."
     ),
     "augment": "the real training rows with the stronger classical augmentation preset.",
+    "focal": "the real training rows, trained with the focal loss (gamma 2) instead of "
+    "cross-entropy.",
     "synthetic-balanced": (
         "the real training rows plus synthetic images filling each under-represented label x "
         "attribute cell up to the largest cell."
@@ -300,7 +302,7 @@ def study_sections(res: StudyResult, *, images: bool = True) -> list[dict[str, A
             text = fmt(r[f"{k}_mean"]) + ("" if math.isnan(float(sd)) else f" ± {fmt(sd)}")
             key = (arm, attr, *paired[k]) if k in paired else None
             if arm != BASELINE and gd is not None and key is not None and key in gd.index:
-                g = gd.loc[key]
+                g = gd.loc[cast(Any, key)]
                 text += f" (Δ {fmt_ci(g['delta'], g['delta_low'], g['delta_high'])})"
                 hit = hit or bool(g["significant"])
             elif arm != BASELINE:

@@ -43,6 +43,9 @@ def register(app: typer.Typer) -> None:
             list[str] | None, typer.Option(help="column(s) to balance by; 'label' = target")
         ] = None,
         class_weights: Annotated[bool, typer.Option(help="inverse-frequency loss weights")] = False,
+        focal_gamma: Annotated[
+            float | None, typer.Option(help="train with the focal loss of this gamma (e.g. 2)")
+        ] = None,
         synthetic_fraction: Annotated[
             float | None, typer.Option(help="share of each epoch from source=synthetic rows")
         ] = None,
@@ -87,6 +90,7 @@ def register(app: typer.Typer) -> None:
             augment=augment,
             balance=balance or None,
             class_weights=class_weights,
+            focal_gamma=focal_gamma,
             synthetic_fraction=synthetic_fraction,
             patience=patience or None,
             time_budget_s=time_budget,

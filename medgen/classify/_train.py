@@ -54,6 +54,7 @@ class TrainConfig:
     augment: str = "light"
     balance: list[str] | None = None
     class_weights: bool = False
+    focal_gamma: float | None = None
     synthetic_fraction: float | None = None
     patience: int | None = 3
     calibrate: bool = True
@@ -64,6 +65,37 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     world_size: int = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# loss
+
+
+def _check_gamma(gamma: float | None) -> float | None:
+    if gamma is None:
+        return None
+    if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not gamma >= 0:
+        raise ConfigError(f"focal_gamma must be a number >= 0 (e.g. 2.0) or None, not {gamma!r}")
+    return float(gamma)
+
+
+def _loss(focal_gamma: float | None, class_w: Any) -> Any:
+    """Cross-entropy, or MONAI's focal loss on the softmax (mean over images of the per-image
+    sum over classes, so ``focal_gamma=0`` equals cross-entropy)."""
+    import torch
+
+    if focal_gamma is None:
+        return torch.nn.CrossEntropyLoss(weight=class_w)
+    from monai.losses import FocalLoss
+
+    focal = FocalLoss(
+        gamma=focal_gamma, weight=class_w, use_softmax=True, to_onehot_y=True, reduction="none"
+    )
+
+    def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return focal(logits, y[:, None]).sum(dim=1).mean()
+
+    return loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +391,7 @@ def fit_tensors(
     if cfg.class_weights:
         counts = torch.bincount(y_train, minlength=len(cfg.classes)).float().clamp_min(1)
         class_w = (counts.sum() / (len(counts) * counts)).to(device)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=class_w)
+    loss_fn = _loss(cfg.focal_gamma, class_w)
 
     y_val_np = y_val.numpy()
     for epoch in range(start, cfg.epochs):
@@ -596,6 +628,7 @@ def train(
     augment: str = "light",
     balance: str | Sequence[str] | None = None,
     class_weights: bool = False,
+    focal_gamma: float | None = None,
     synthetic_fraction: float | None = None,
     patience: int | None = 3,
     calibrate: bool = True,
@@ -630,6 +663,9 @@ def train(
         balance: re-sample so groups are drawn equally often: ``"label"`` (the target), an attribute
             column (``"sex"``), or a list of columns (``["label", "sex"]``).
         class_weights: weight the loss by inverse class frequency.
+        focal_gamma: train with the focal loss (Lin et al. 2017) of this focusing parameter
+            (MONAI ``FocalLoss`` on the softmax, per image summed over classes; 2 is usual)
+            instead of cross-entropy; ``class_weights`` then act as its ``alpha``.
         synthetic_fraction: expected fraction of each epoch drawn from ``source == "synthetic"`` rows.
         patience: early stopping after this many epochs without a better validation AUC (``None``: off).
         calibrate: fit a temperature on the validation split; ECE before/after goes in ``metrics``.
@@ -749,6 +785,7 @@ def train(
             augment=augment,
             balance=list(balance) if balance else None,
             class_weights=class_weights,
+            focal_gamma=_check_gamma(focal_gamma),
             synthetic_fraction=synthetic_fraction,
             patience=patience,
             calibrate=calibrate,

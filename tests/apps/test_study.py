@@ -38,11 +38,20 @@ ARMS: tuple[Any, ...] = (
     "real",
     "reweight",
     "augment",
+    "focal",
     "synthetic-balanced",
     "synthetic-only",
     {"name": "real-again"},  # the real arm under another name: must change nothing
 )
-NAMES = ["real", "reweight", "augment", "synthetic-balanced", "synthetic-only", "real-again"]
+NAMES = [
+    "real",
+    "reweight",
+    "augment",
+    "focal",
+    "synthetic-balanced",
+    "synthetic-only",
+    "real-again",
+]
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +121,7 @@ def test_arms_train_on_the_rows_they_should(
     real = _cells(cohort.df[cohort.df["split"] == "train"])
     tc = res.training_counts
     assert tc is not None
-    for arm in ("real", "reweight", "augment", "real-again"):
+    for arm in ("real", "reweight", "augment", "focal", "real-again"):
         for seed in (0, 1):
             got = tc.xs((arm, seed), level=("arm", "seed"))
             assert got["n_real"].to_dict() == real.to_dict()
@@ -376,6 +385,8 @@ def test_arms_without_rows_and_bad_arms(cohort: Cohort, synthetic: Path) -> None
         augmentation_study(
             cohort, arms=("real", {"name": "more", "extra": extra, "weight": 0.3}), **kw
         )
+    with pytest.raises(ConfigError, match="'focal' arm trains with focal_gamma=2"):
+        augmentation_study(cohort, arms=("real", "focal"), classifier={**TINY, "focal_gamma": 1.0})
 
 
 class CopyingSynthesizer:

@@ -251,6 +251,31 @@ def test_balanced_vit_with_class_weights_trains(tiny_manifest: Path) -> None:
     assert len(clf.history) == 1
 
 
+def test_focal_loss_is_cross_entropy_at_gamma_zero_and_down_weights_easy_images() -> None:
+    import torch
+
+    from medgen.classify._train import _loss
+
+    logits = torch.tensor([[2.0, -1.0], [0.1, 0.3], [-3.0, 3.0], [0.5, -0.2]])
+    y = torch.tensor([0, 1, 1, 1])
+    w = torch.tensor([0.7, 1.3])
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    assert float(_loss(0.0, None)(logits, y)) == pytest.approx(float(ce), rel=1e-6)
+    # the definition: mean over images of (1 - p_t)^gamma * -log p_t (alpha = class weights)
+    p_t = torch.softmax(logits, 1)[torch.arange(4), y]
+    want = ((1 - p_t) ** 2 * -torch.log(p_t)).mean()
+    assert float(_loss(2.0, None)(logits, y)) == pytest.approx(float(want), rel=1e-5)
+    want_w = (w[y] * (1 - p_t) ** 2 * -torch.log(p_t)).mean()
+    assert float(_loss(2.0, w)(logits, y)) == pytest.approx(float(want_w), rel=1e-5)
+
+
+def test_focal_loss_trains_and_is_recorded(tiny_manifest: Path) -> None:
+    clf = train(tiny_manifest, **TINY_NET, epochs=1, batch_size=16, focal_gamma=2.0, progress=False)
+    assert clf.config["focal_gamma"] == 2.0 and np.isfinite(clf.history["train_loss"].iloc[0])
+    with pytest.raises(ConfigError, match="focal_gamma must be a number >= 0"):
+        train(tiny_manifest, **TINY_NET, epochs=1, focal_gamma=-1, progress=False)
+
+
 def test_early_stopping_stops_after_patience(tiny_manifest: Path) -> None:
     clf = train(
         tiny_manifest,
