@@ -37,9 +37,11 @@ def test_demo_runs_end_to_end_on_tiny(tmp_path: Path) -> None:
     for arm in ("real", "reweight", "synthetic-balanced"):
         assert (out / "study" / "predictions" / f"{arm}-seed0.csv").is_file()
         assert f"Arm: {arm}" in html
-    assert html.index("The answer, beside the injected truth") < html.index(
-        "Does augmentation help, and whom?"
-    ) < html.index("Real arm audit")
+    assert (
+        html.index("The answer, beside the injected truth")
+        < html.index("Does augmentation help, and whom?")
+        < html.index("Real arm audit")
+    )
     assert "presentation on sex=F" in html
     # the synthetic images filled the label x sex cells and are marked synthetic
     generated = pd.read_csv(out / "study" / "synthetic" / "fill" / "manifest.csv")
