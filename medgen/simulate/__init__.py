@@ -2,7 +2,10 @@
 
 - :func:`simulate` writes a cohort (images, lesion masks, manifest, ground-truth sidecar).
 - :func:`iter_subjects` yields the same subjects in memory.
-- :class:`SimulationConfig` and :func:`preset` (``"tiny"``, ``"demo"``, ``"demo3d"``) configure it.
+- :class:`SimulationConfig` and :func:`preset` (``"tiny"``, ``"demo"``, ``"demo3d"``,
+  ``"demo-underrep"``, ``"tiny-underrep"``) configure it.
+- :class:`SimulatedGenerator` is the oracle generator: new subjects of a simulation's true
+  population, conditioned on manifest values (the augmentation study's perfect generator).
 - :func:`degrade` makes (clean, degraded) pairs for paired training.
 
 See docs/simulate.md for each mechanism and its parameters. Names are imported lazily so that
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
         SplitConfig,
     )
     from medgen.simulate._degrade import DegradedPair, degrade
+    from medgen.simulate._oracle import OracleSamples, SimulatedGenerator
     from medgen.simulate._presets import PRESETS, preset
     from medgen.simulate._simulate import (
         SimulatedSubject,
@@ -57,6 +61,7 @@ _WHERE = {
         "simulate",
     ),
     "medgen.simulate._degrade": ("DegradedPair", "degrade"),
+    "medgen.simulate._oracle": ("OracleSamples", "SimulatedGenerator"),
 }
 _LAZY = {name: module for module, names in _WHERE.items() for name in names}
 
@@ -69,7 +74,9 @@ __all__ = [
     "BiasConfig",
     "DegradedPair",
     "DiseaseConfig",
+    "OracleSamples",
     "PopulationConfig",
+    "SimulatedGenerator",
     "SimulatedSubject",
     "SimulationConfig",
     "SiteConfig",

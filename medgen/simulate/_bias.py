@@ -12,12 +12,18 @@ Everything here acts on the subject table (one row per subject), before any imag
   (for atrophy, the tissue lost) is multiplied by it, lesion radius by ``(1 + presentation) / 2``.
 - ``shortcut``: a marker is burned into the image of the group's recorded positives with
   probability ``strength`` (and of its negatives with ``params['base_rate']``, default 0).
+- ``scarce_positives``: after the split, ``round(strength x m)`` of the group's ``m`` recorded
+  positives in the training split are never recruited: their rows leave the table (val and test
+  keep theirs). Drawn from a generator of its own (``default_rng([seed, 2])``), so every other
+  subject is exactly the subject drawn without the mechanism; the table's index keeps each
+  subject's number, which seeds its image (:func:`~medgen.simulate.render_subject`).
 
 The realised effect of each mechanism (counts and rates) is returned as ground truth.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -44,15 +50,36 @@ def _down_weight(dist: dict[str, float], group: str, strength: float) -> dict[st
     return {g: v / total for g, v in out.items()}
 
 
-def draw_cohort(cfg: SimulationConfig, seed: int) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+def seed_key(seed: int | Sequence[int]) -> list[int]:
+    """The entropy key of ``seed``: ``[seed]`` for an int, the integers of a sequence.
+
+    ``numpy.random.default_rng([*seed_key(seed), stream, ...])`` is then the same generator as
+    ``default_rng([seed, stream, ...])`` for an int ``seed``; a longer key (e.g. the oracle's
+    ``(tag, simulation seed, sample seed, 0, chunk)``) gives streams no cohort seed reaches.
+    """
+    if isinstance(seed, int | np.integer):
+        return [int(seed)]
+    return [int(s) for s in seed]
+
+
+def draw_cohort(
+    cfg: SimulationConfig, seed: int | Sequence[int]
+) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Draw the subject table and the realised ground truth of each bias mechanism.
+
+    ``seed``: an int (the cohort seed), or a sequence of ints (an entropy key, see
+    :func:`seed_key`).
 
     Returns:
         ``(table, ground_truth)``: one row per subject with ``subject_id``, ``sex``, ``age``,
         ``age_group``, ``site``, user attributes, ``label_true``, ``label``, ``severity``,
-        ``presentation``, ``marker``, ``split``; and one dict per configured bias.
+        ``presentation``, ``marker``, ``split``; and one dict per configured bias. The table's
+        index is each subject's number ``i`` (``subject_id`` ``sim<i>``, and the ``index`` of
+        :func:`~medgen.simulate.render_subject`): ``0..n-1``, with gaps where
+        ``scarce_positives`` left subjects out.
     """
-    rng = np.random.default_rng([seed, 0])
+    key = seed_key(seed)
+    rng = np.random.default_rng([*key, 0])
     pop = cfg.population
     n = pop.n_subjects
     biases = cfg.biases
@@ -138,8 +165,33 @@ def draw_cohort(cfg: SimulationConfig, seed: int) -> tuple[pd.DataFrame, list[di
     split[order[n_train + n_val :]] = "test"
     table["split"] = split
 
+    # -- recruitment: scarce_positives leaves training positives of the group out of the cohort.
+    # Its own generator: every other draw above is the same with or without the mechanism.
+    scarce: dict[int, dict[str, Any]] = {}
+    rng_recruit = np.random.default_rng([*key, 2])
+    for k, b in enumerate(biases):
+        if b.mechanism != "scarce_positives":
+            continue
+        in_group = (table[b.attribute] == b.group).to_numpy()
+        positive = (table["label"] == 1).to_numpy()
+        train = (table["split"] == "train").to_numpy()
+        candidates = np.flatnonzero(in_group & positive & train)
+        n_drop = round(b.strength * len(candidates))
+        dropped = np.sort(rng_recruit.choice(candidates, size=n_drop, replace=False))
+        scarce[k] = {
+            "n_positives_in_group_train": len(candidates),
+            "n_dropped": n_drop,
+            "rate": n_drop / len(candidates) if len(candidates) else None,
+        }
+        if n_drop:
+            table = table.drop(index=table.index[dropped])
+    if scarce:  # the arrays the ground truth reads, of the subjects who remain
+        label_true = table["label_true"].to_numpy()
+        label = table["label"].to_numpy()
+        marker = table["marker"].to_numpy().astype(bool)
+
     # -- ground truth: what each mechanism did, measured on the drawn table
-    for b in biases:
+    for k, b in enumerate(biases):
         in_group = (table[b.attribute] == b.group).to_numpy()
         gt: dict[str, Any] = {
             "mechanism": b.mechanism,
@@ -174,5 +226,16 @@ def draw_cohort(cfg: SimulationConfig, seed: int) -> tuple[pd.DataFrame, list[di
             gt["site_share_outside_group"] = (
                 float(at_site[~in_group].mean()) if (~in_group).any() else None
             )
+        elif b.mechanism == "scarce_positives":
+            gt.update(scarce[k])
+            positive = (table["label"] == 1).to_numpy()
+            for name in ("train", "val", "test"):
+                in_split = (table["split"] == name).to_numpy()
+                gt[f"n_positives_in_group_{name}_after"] = int(
+                    (in_group & positive & in_split).sum()
+                )
+                gt[f"n_positives_outside_group_{name}_after"] = int(
+                    (~in_group & positive & in_split).sum()
+                )
         ground_truth.append(gt)
     return table, ground_truth

@@ -18,7 +18,11 @@ def register(app: typer.Typer) -> None:
         ],
         preset_name: Annotated[
             str | None,
-            typer.Option("--preset", help="Named preset: tiny (default), demo or demo3d."),
+            typer.Option(
+                "--preset",
+                help="Named preset: tiny (default), demo, demo3d, or the study's ground-truth "
+                "presets demo-underrep and tiny-underrep (docs/simulate.md).",
+            ),
         ] = None,
         config: Annotated[
             pathlib.Path | None,

@@ -45,6 +45,10 @@ BIAS_MECHANISMS: dict[str, str] = {
         "lesion radius x (1 - strength / 2)"
     ),
     "acquisition_shift": "a fraction `strength` of the group is scanned at site `params['site']`",
+    "scarce_positives": (
+        "a fraction `strength` of the group's positives in the training split is never recruited: "
+        "left out of the cohort; the val and test splits keep them"
+    ),
 }
 
 _DISEASE_EFFECTS = ("lesions", "atrophy")
@@ -181,7 +185,9 @@ class BiasConfig:
     ``mechanism`` is one of :data:`BIAS_MECHANISMS`; ``strength`` is in ``[0, 1]`` (0 = no
     effect). ``params``: ``shortcut`` takes ``marker_size`` (pixels, default 3),
     ``marker_intensity`` (x white matter, default 1.5) and ``base_rate`` (P(marker) for the group's
-    negatives, default 0); ``acquisition_shift`` needs ``site`` (a site name).
+    negatives, default 0); ``acquisition_shift`` needs ``site`` (a site name);
+    ``scarce_positives`` takes none and acts on a subject attribute (``sex``, ``age_group`` or a
+    user attribute, not ``site``).
     """
 
     mechanism: str = "shortcut"
@@ -456,6 +462,18 @@ class SimulationConfig:
                 raise ConfigError(
                     f"{where}: under_representation acts on sex or a user attribute, not "
                     f"{b.attribute!r} (change the age distribution or site proportions instead)."
+                )
+            if b.mechanism == "scarce_positives" and b.attribute == "site":
+                subject = [a for a in groups if a != "site"]
+                raise ConfigError(
+                    f"{where}: scarce_positives acts on a subject attribute {subject}, not "
+                    "'site' (who is recruited depends on the person, not the scanner); use "
+                    "acquisition_shift or the site proportions for site effects."
+                )
+            if b.mechanism == "scarce_positives" and b.params:
+                raise ConfigError(
+                    f"{where}.params: scarce_positives takes no parameters, got "
+                    f"{sorted(b.params)}; remove them."
                 )
             if b.mechanism == "shortcut":
                 unknown = set(b.params) - {"marker_size", "marker_intensity", "base_rate"}

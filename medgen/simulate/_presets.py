@@ -1,4 +1,9 @@
-"""Named simulator presets: ``tiny`` (tests, seconds) and ``demo`` (the demo cohort, minutes)."""
+"""Named simulator presets: ``tiny`` (tests, seconds) and ``demo`` (the demo cohort, minutes).
+
+``demo`` / ``tiny`` inject a *presentation* bias (lesions subtler in women); ``demo-underrep`` /
+``tiny-underrep`` inject *scarce positives* instead (women's positives rare in training, as
+visible as men's). They are the ground truth of the augmentation study (docs/study.md).
+"""
 
 from __future__ import annotations
 
@@ -110,16 +115,58 @@ def _demo3d() -> SimulationConfig:
     return cfg
 
 
+def _underrep(base: SimulationConfig, name: str, strength: float) -> SimulationConfig:
+    base.name = name
+    base.biases = [
+        BiasConfig(mechanism="scarce_positives", attribute="sex", group="F", strength=strength)
+    ]
+    return base
+
+
+def _demo_underrep() -> SimulationConfig:
+    """``demo`` with scarce positives instead of the presentation bias: under-representation.
+
+    Injected truth: 85% of the women's positives in the *training* split are never recruited
+    (``scarce_positives`` on ``sex = F``, strength 0.85; seed 0 keeps 32 of 213, against 216
+    positive men); val and test keep every woman. There is no presentation bias: a woman's
+    lesions are exactly as visible as a man's, so the missing signal is a matter of *count*, not
+    of kind.
+
+    What a correct study concludes: a classifier trained on the real rows does worse on women
+    (the F-positive cell is nearly empty); filling that cell with *good* images (the oracle
+    :class:`~medgen.simulate.SimulatedGenerator`, or a generator that learned lesions from the
+    men's images) should shrink the sex gap (TPR/AUC of women up), and reweighting helps less
+    (it repeats the few F positives). Contrast with ``demo``: there a generator trained on the
+    same images cannot invent the missing signal, and no augmentation arm should be credited
+    with closing the gap.
+    """
+    return _underrep(_demo(), "demo-underrep", 0.85)
+
+
+def _tiny_underrep() -> SimulationConfig:
+    """``tiny`` with scarce positives on ``sex = F`` at strength 0.7 (no presentation bias).
+
+    The test-sized version of ``demo-underrep`` (same truth, same expected conclusion): with 80
+    subjects, a 70/15/15 split and prevalence 0.5 there are 9-19 positive women in training
+    (seeds 0-19); 0.7 leaves 3-6 of them (seed 0: 4 of 14, against 16 positive men), so every
+    label x sex training cell keeps >= 2 rows (0.85 would leave 1-3).
+    """
+    return _underrep(_tiny(), "tiny-underrep", 0.7)
+
+
 #: Registered presets: name -> factory returning a fresh config.
 PRESETS: dict[str, Callable[[], SimulationConfig]] = {
     "tiny": _tiny,
     "demo": _demo,
     "demo3d": _demo3d,
+    "demo-underrep": _demo_underrep,
+    "tiny-underrep": _tiny_underrep,
 }
 
 
 def preset(name: str) -> SimulationConfig:
-    """A fresh copy of a named preset config (``"tiny"``, ``"demo"``, ``"demo3d"``).
+    """A fresh copy of a named preset config (``"tiny"``, ``"demo"``, ``"demo3d"``,
+    ``"demo-underrep"``, ``"tiny-underrep"``; see :data:`PRESETS`).
 
     Raises:
         ConfigError: unknown name (lists the registered presets).

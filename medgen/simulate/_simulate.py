@@ -10,7 +10,7 @@ import math
 import os
 import pathlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,10 +22,12 @@ from medgen._internal.provenance import package_versions
 from medgen._internal.runs import mark_complete, run_lock
 from medgen.errors import ConfigError, MedgenValueError
 from medgen.simulate import _anatomy, _disease, _site
-from medgen.simulate._bias import draw_cohort
+from medgen.simulate._bias import draw_cohort, seed_key
 from medgen.simulate._config import SimulationConfig
 
 __all__ = ["SimulatedSubject", "iter_subjects", "render_subject", "simulate"]
+
+# save_subject and manifest_table are shared with medgen.simulate._oracle (not public)
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +52,17 @@ class SimulatedSubject:
 
 
 def render_subject(
-    cfg: SimulationConfig, row: Mapping[Any, Any], index: int, seed: int
+    cfg: SimulationConfig, row: Mapping[Any, Any], index: int, seed: int | Sequence[int]
 ) -> SimulatedSubject:
     """Render one subject of the cohort table (a row of :func:`draw_cohort`'s table).
 
+    ``index`` is the subject's number: its label in the table's index (``sim<index>``), not its
+    position, so leaving subjects out (``scarce_positives``) does not change anyone else's image.
     Deterministic given ``(cfg, row, index, seed)``: the subject's generator is
-    ``numpy.random.default_rng([seed, 1, index])``, independent of every other subject.
+    ``numpy.random.default_rng([seed, 1, index])``, independent of every other subject (``seed``
+    may be an entropy key, a sequence of ints, as for :func:`draw_cohort`).
     """
-    rng = np.random.default_rng([seed, 1, index])
+    rng = np.random.default_rng([*seed_key(seed), 1, int(index)])
     an = cfg.anatomy
     site = next(s for s in cfg.sites if s.name == row["site"])
     params = _anatomy.AnatomyParams.draw(an, float(row["age"]), rng)
@@ -186,8 +191,78 @@ def iter_subjects(
     config.validate()
     seed = config.seed if seed is None else seed
     table, _ = draw_cohort(config, seed)
-    for i, row in enumerate(table.to_dict(orient="records")):
-        yield render_subject(config, row, i, seed)
+    for i, row in zip(table.index, table.to_dict(orient="records"), strict=True):
+        yield render_subject(config, row, int(i), seed)
+
+
+def save_subject(
+    cfg: SimulationConfig,
+    subj: SimulatedSubject,
+    out: pathlib.Path,
+    *,
+    name: str,
+    format: str,
+    description: str,
+    source: str,
+) -> dict[str, Any]:
+    """Write one rendered subject into ``out``: ``images/<name>.nii.gz`` (or the DICOM series
+    ``images/<name>/``, ``PatientID = name``), marked synthetic with ``description``, and the mask
+    ``masks/<name>_mask.nii.gz``; return its manifest record (``subj.record`` with
+    ``subject_id = name``, ``image_id = <name>-0``, the relative paths and ``source``).
+
+    The one writer of the simulator and of :class:`~medgen.simulate.SimulatedGenerator`.
+    """
+    import medgen.io
+
+    rec = dict(subj.record)
+    rel_img = f"images/{name}.nii.gz" if format == "nifti" else f"images/{name}"
+    img = (
+        subj.image[None]
+        if cfg.anatomy.mode == "3d" or format == "nifti"
+        else subj.image[None, ..., None]
+    )
+    tags = None
+    if format == "dicom":
+        tags = {
+            "PatientID": name,
+            "PatientSex": str(rec["sex"]) if rec["sex"] in ("F", "M") else "O",
+            "PatientAge": f"{min(int(rec['age']), 999):03d}Y",
+            "InstitutionName": str(rec["site"]),
+            "Manufacturer": rec["manufacturer"],
+            "Modality": "MR",
+            "SeriesDescription": f"simulated {rec['contrast'].upper()}",
+        }
+    medgen.io.save(
+        img,
+        out / rel_img,
+        format=format,
+        affine=subj.affine,
+        dicom_tags=tags,
+        synthetic=True,
+        derivation_description=description,
+    )
+    rel_mask = f"masks/{name}_mask.nii.gz"
+    medgen.io.save(subj.mask[None], out / rel_mask, format="nifti", affine=subj.affine)
+    rec.update(
+        {
+            "subject_id": name,
+            "image_id": f"{name}-0",
+            "image_path": rel_img,
+            "mask_path": rel_mask,
+            "source": source,
+        }
+    )
+    return rec
+
+
+def manifest_table(cfg: SimulationConfig, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The manifest of :func:`save_subject` records, in the simulator's column order."""
+    manifest = pd.DataFrame(rows)
+    first = ["image_id", "image_path", "subject_id", "split", "source", "label", "severity"]
+    first += ["sex", "age", "age_group", "site"]
+    first += list(cfg.population.attributes)
+    first += ["mask_path", "label_true", "presentation", "marker"]
+    return manifest[first + [c for c in manifest.columns if c not in first]]
 
 
 _OUTPUTS = ("images", "masks", "manifest.csv", "simulation.json")
@@ -353,8 +428,6 @@ def _write_simulation(
     """The body of :func:`simulate`, in a prepared and locked ``out``."""
     from tqdm.auto import tqdm
 
-    import medgen.io
-
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
 
@@ -362,61 +435,24 @@ def _write_simulation(
     table, ground_truth = draw_cohort(cfg, seed)
     rows = []
     iterator = tqdm(
-        enumerate(table.to_dict(orient="records")),
+        zip(table.index, table.to_dict(orient="records"), strict=True),
         total=len(table),
         disable=not progress,
         desc=f"simulate {cfg.name}",
         unit="subject",
     )
+    description = f"medgen.simulate {cfg.name} seed={seed}"
     for i, row in iterator:
-        subj = render_subject(cfg, row, i, seed)
+        subj = render_subject(cfg, row, int(i), seed)
         sid = str(row["subject_id"])
-        rel_img = f"images/{sid}.nii.gz" if format == "nifti" else f"images/{sid}"
-        img = (
-            subj.image[None]
-            if cfg.anatomy.mode == "3d" or format == "nifti"
-            else subj.image[None, ..., None]
+        rows.append(
+            save_subject(
+                cfg, subj, out, name=sid, format=format, description=description, source="simulated"
+            )
         )
-        tags = None
-        if format == "dicom":
-            tags = {
-                "PatientID": sid,
-                "PatientSex": str(row["sex"]) if row["sex"] in ("F", "M") else "O",
-                "PatientAge": f"{min(int(row['age']), 999):03d}Y",
-                "InstitutionName": str(row["site"]),
-                "Manufacturer": subj.record["manufacturer"],
-                "Modality": "MR",
-                "SeriesDescription": f"simulated {subj.record['contrast'].upper()}",
-            }
-        medgen.io.save(
-            img,
-            out / rel_img,
-            format=format,
-            affine=subj.affine,
-            dicom_tags=tags,
-            synthetic=True,
-            derivation_description=f"medgen.simulate {cfg.name} seed={seed}",
-        )
-        rel_mask = f"masks/{sid}_mask.nii.gz"
-        medgen.io.save(subj.mask[None], out / rel_mask, format="nifti", affine=subj.affine)
-        rec = subj.record
-        rec.update(
-            {
-                "image_id": f"{sid}-0",
-                "image_path": rel_img,
-                "mask_path": rel_mask,
-                "source": "simulated",
-            }
-        )
-        rows.append(rec)
     elapsed = time.perf_counter() - t0
 
-    manifest = pd.DataFrame(rows)
-    first = ["image_id", "image_path", "subject_id", "split", "source", "label", "severity"]
-    first += ["sex", "age", "age_group", "site"]
-    first += list(cfg.population.attributes)
-    first += ["mask_path", "label_true", "presentation", "marker"]
-    manifest = manifest[first + [c for c in manifest.columns if c not in first]]
+    manifest = manifest_table(cfg, rows)
     manifest_path = out / "manifest.csv"
     write_text_atomic(manifest_path, manifest.to_csv(index=False))
 

@@ -79,7 +79,8 @@ def test_bad_config_writes_nothing(tmp_path: pathlib.Path) -> None:
 
 
 def test_unknown_preset_lists_names() -> None:
-    with pytest.raises(ConfigError, match=r"known presets are \['demo', 'demo3d', 'tiny'\]"):
+    known = r"\['demo', 'demo-underrep', 'demo3d', 'tiny', 'tiny-underrep'\]"
+    with pytest.raises(ConfigError, match=rf"known presets are {known}"):
         preset("tinny")
 
 
