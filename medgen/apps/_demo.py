@@ -246,7 +246,10 @@ def _run(
     timings["simulate"] = time.perf_counter() - t
     injected, truth_columns = _ground_truth(out / "cohort")
     sensitive = _categorical_attributes(cohort.df, list(cohort.attributes), exclude=truth_columns)
-    attribute = "sex" if "sex" in sensitive else sensitive[0]
+    # the cells filled and compared: the attribute the simulator biased (sex in `demo`, site in
+    # `demo-underrep`), else sex
+    biased = [a for a in injected if a in sensitive]
+    attribute = biased[0] if biased else ("sex" if "sex" in sensitive else sensitive[0])
 
     t = time.perf_counter()
     syn_opts = dict(settings["synthesizer"])

@@ -148,7 +148,8 @@ class StudyResult:
         audits: ``(arm, seed) -> medgen.audit.AuditReport``.
         settings: arms, seeds, classifier options, bootstrap settings, data sizes.
         warnings: messages worth reading (short cells, small groups are in the audits).
-        timings: seconds per stage.
+        timings: seconds per stage (``train``, ``predict``, ``analysis``, ``report``,
+            ``generate``) and per arm (``arm/<name>``: training + prediction over its seeds).
         files: names of the files written into ``out_dir`` (relative), by kind.
     """
 
@@ -758,12 +759,18 @@ def _cell_values(data: StudyData) -> dict[str, dict[str, Any]]:
     return out
 
 
-def generation_plan(data: StudyData, specs: Sequence[ArmSpec], n_seeds: int) -> pd.DataFrame:
+def generation_plan(
+    data: StudyData,
+    specs: Sequence[ArmSpec],
+    n_seeds: int,
+    *,
+    margin: tuple[float, int] = _MARGIN,
+) -> pd.DataFrame:
     """The condition rows the study asks a synthesizer for: one row per image.
 
     ``pool = "fill"``: per ``target x attributes`` cell, its deficit times the number of seeds
-    (each seed draws its own subset), plus a margin for the memorisation gate (5% + 2), when a
-    ``synthetic-balanced`` arm runs. ``pool = "tstr"``: as many images per cell as the real
+    (each seed draws its own subset), plus ``margin`` (a fraction and a count; default 5% + 2)
+    for the images a memorisation gate drops, when a ``synthetic-balanced`` arm runs. ``pool = "tstr"``: as many images per cell as the real
     training rows have (train on synthetic with the real mix), when ``synthetic-only`` runs.
     """
     import math
@@ -783,7 +790,7 @@ def generation_plan(data: StudyData, specs: Sequence[ArmSpec], n_seeds: int) -> 
         wanted = []
         if "synthetic-balanced" in kinds and int(row["deficit"]) > 0:
             need = int(row["deficit"]) * n_seeds
-            wanted.append(("fill", need + math.ceil(_MARGIN[0] * need) + _MARGIN[1]))
+            wanted.append(("fill", need + math.ceil(margin[0] * need) + margin[1]))
         if "synthetic-only" in kinds and int(row["n"]) > 0:
             wanted.append(("tstr", int(row["n"])))
         for pool, k in wanted:
@@ -1072,6 +1079,8 @@ def augmentation_study(
             out=out,
             save_models=save_models,
         )
+        if gen_info is not None:
+            result.timings["generate"] = float(gen_info["seconds"])
         result.settings.update(
             target=target,
             attributes=attrs,
@@ -1143,10 +1152,14 @@ def _run(
                 **saved,
                 **{**opts, **plan.options},
             )
-            timings["train"] += time.perf_counter() - t
+            took = time.perf_counter() - t
+            timings["train"] += took
             t = time.perf_counter()
             p = clf.predict(test_cohort, split="test", progress=progress)
             timings["predict"] += time.perf_counter() - t
+            # per arm: training and prediction seconds over its seeds
+            key = f"arm/{spec.name}"
+            timings[key] = timings.get(key, 0.0) + took + time.perf_counter() - t
             preds[(spec.name, s)] = p
             if out is not None:
                 name = f"predictions/{spec.name}-seed{s}.csv"
