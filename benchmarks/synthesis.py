@@ -23,12 +23,20 @@ Printed per model, each figure beside its named baseline:
 
 Then the targets of issue 12 with measured value and pass/fail: label-fidelity AUC >= 0.90; TSTR
 AUC within 0.05 of train-on-real; coverage >= 0.6; no near-copies written; no subgroup's FID more
-than 1.5x the best subgroup's; sampling >= 50 images/s. 3D is not benchmarked yet.
+than 1.5x the best subgroup's; sampling >= 50 images/s. 3D: ``benchmarks/synthesis3d.py``.
 
 Run in one process (CPU, 2 cores): ``python benchmarks/synthesis.py --out OUT`` (about 50-60
 min: ~2 min simulating, 20 min training per model, 2-6 min of evaluation and sampling per model);
 ``--budget-s 300`` for a shorter look; ``--quick`` for a smoke run (tiny preset, seconds of
 training, about 1-2 min). Tables (CSV) and an HTML report per model land in ``--out``.
+
+``--only-sampling``: sampling speed alone, no training to speak of (weights after 2 + 2 steps on
+a 40-subject ``demo`` cohort: speed does not depend on them). Each model of ``--models`` at
+``--size`` with the default network sizes; for the LDM each of ``--ddim-steps`` (default 20 and
+10) with classifier-free guidance computed in one batched U-Net pass (``sample_ddim``'s default)
+and in two passes (``batch_guidance=False``, the path before), ``--repeats`` interleaved timings
+of ``sample(--n-speed)`` under ``--sample-threads``: the best (the least disturbed by other
+load) and the median images/s. About 3-6 min on 2 cores.
 """
 
 from __future__ import annotations
@@ -190,6 +198,88 @@ def sampling(args: argparse.Namespace, syn: Any, kind: str) -> dict[str, Any]:
     }
 
 
+def sampling_speed(args: argparse.Namespace) -> None:
+    """``--only-sampling``: images/s of ``sample(n_speed)`` per model, DDIM steps and guidance
+    path (one batched U-Net pass per step, or two), best and median of ``--repeats``."""
+    import functools
+
+    import torch
+
+    import medgen.generative.objectives.conditional as conditional
+
+    manifest = args.cohort
+    if manifest is None:
+        from medgen.simulate import preset, simulate
+
+        folder = args.out / "cohort_sampling"
+        manifest = folder / "manifest.csv"
+        if not manifest.is_file():
+            cfg = preset("demo")
+            cfg.population.n_subjects = 40
+            manifest = Path(simulate(cfg, folder, seed=0, progress=False))
+    size = (args.size, args.size)
+    steps_list = [int(s) for s in args.ddim_steps.split(",") if s.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    # Synthesizer.sample imports sample_ddim when it runs: the two-pass path is chosen by
+    # replacing the module attribute for the timing, then restoring it
+    original = conditional.sample_ddim
+    cases: list[tuple[str, int | None, str]] = []
+    for kind in models:
+        if kind == "ldm":
+            cases += [(kind, s, p) for s in steps_list for p in ("batched", "two passes")]
+        else:
+            cases.append((kind, None, "-"))
+    trained: dict[str, Any] = {}
+    for kind in models:
+        extra = {"autoencoder_steps": 2} if kind == "ldm" else {}
+        syn = new_model(kind, size, **extra)
+        cfg = {**engine_config(args, epochs=2, budget=None), "steps_per_epoch": 2, "batch_size": 4}
+        syn.fit(manifest, config=cfg, progress=False)
+        trained[kind] = syn
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.sample_threads)
+    times: dict[tuple[str, int | None, str], list[float]] = {c: [] for c in cases}
+    try:
+        for kind, steps, path in cases:  # warm-up
+            conditional.sample_ddim = functools.partial(  # type: ignore[assignment]
+                original, batch_guidance=path != "two passes"
+            )
+            trained[kind].sample(8, seed=args.seed + 100, num_inference_steps=steps)
+        for _ in range(args.repeats):  # interleaved: a burst of other load hits every case
+            for case in cases:
+                kind, steps, path = case
+                conditional.sample_ddim = functools.partial(  # type: ignore[assignment]
+                    original, batch_guidance=path != "two passes"
+                )
+                t = time.perf_counter()
+                trained[kind].sample(args.n_speed, seed=args.seed + 2, num_inference_steps=steps)
+                times[case].append(time.perf_counter() - t)
+    finally:
+        conditional.sample_ddim = original  # type: ignore[assignment]
+        torch.set_num_threads(threads)
+    rows = []
+    for (kind, steps, path), secs in times.items():
+        rows.append(
+            {
+                "model": kind,
+                "ddim_steps": steps if steps is not None else "-",
+                "guidance": path,
+                "unet_passes": (2 * steps if path == "two passes" else steps) if steps else 0,
+                "images/s best": args.n_speed / min(secs),
+                "images/s median": args.n_speed / float(np.median(secs)),
+                "s/sample(n) all": " ".join(f"{s:.2f}" for s in secs),
+            }
+        )
+    table = pd.DataFrame(rows)
+    print(
+        f"\n== sampling speed: sample({args.n_speed}) at {size[0]}x{size[1]}, default sizes, "
+        f"{args.sample_threads} torch threads, {args.repeats} repeats =="
+    )
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    table.to_csv(args.out / "sampling_speed.csv", index=False)
+    print(f"\ntable in {args.out / 'sampling_speed.csv'}")
+
+
 def quality_view(q: pd.DataFrame) -> pd.DataFrame:
     cols = ["n"]
     for m in ("fid", "kid", "precision", "recall", "density", "coverage"):
@@ -328,6 +418,16 @@ def main() -> None:
     )
     ap.add_argument("--pilot-steps", type=int, default=20, help="steps per stage of the LDM pilot")
     ap.add_argument("--quick", action="store_true", help="tiny preset and budgets (smoke test)")
+    ap.add_argument(
+        "--only-sampling",
+        action="store_true",
+        help="time sampling only (untrained weights): DDIM steps x guidance path",
+    )
+    ap.add_argument("--size", type=int, default=64, help="--only-sampling: image edge (pixels)")
+    ap.add_argument(
+        "--ddim-steps", default="20,10", help="--only-sampling: comma-separated DDIM steps"
+    )
+    ap.add_argument("--repeats", type=int, default=5, help="--only-sampling: timings per case")
     args = ap.parse_args()
 
     import torch
@@ -345,6 +445,10 @@ def main() -> None:
     if args.out is None:
         args.out = Path(tempfile.mkdtemp(prefix="medgen_bench_synthesis_"))
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.only_sampling:
+        print(f"torch {torch.__version__}, device {args.device}")
+        sampling_speed(args)
+        return
     models = [m.strip() for m in args.models.split(",") if m.strip()]
 
     manifest, sim_s = cohort_manifest(args)

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from medgen._internal.suggest import did_you_mean
 from medgen.errors import ConfigError, MedgenFileNotFoundError, MedgenValueError
-from medgen.generative._run import CONFIG, WEIGHTS, check_loadable, prepare_save
+from medgen.generative._run import CONFIG, OWNED, WEIGHTS, check_loadable, prepare_save
 
 if TYPE_CHECKING:
     from typing import Self
@@ -252,7 +252,7 @@ class GenerativeModel:
 
         d = Path(directory).expanduser()
         what = f"{self.kind or type(self).__name__} model"
-        with run_lock(d, what=what):
+        with run_lock(d, what=what, owned=OWNED):
             prepare_save(d, overwrite=overwrite, what=what)
             self._write_model(d)
         return d

@@ -390,11 +390,11 @@ class Restorer(GenerativeModel):
         if run_dir is None:
             return self._fit(data, None, config=config, resume=resume, progress=progress)
         from medgen._internal.runs import run_lock
-        from medgen.generative._run import check_training, prepare_training
+        from medgen.generative._run import OWNED, check_training, prepare_training
 
         rd = Path(run_dir).expanduser()
         what = f"{self.task} training run"
-        with run_lock(rd, what=what):
+        with run_lock(rd, what=what, owned=OWNED):
 
             def prepare() -> None:
                 prepare_training(rd, resume=resume, overwrite=overwrite, what=what)

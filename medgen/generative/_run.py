@@ -1,7 +1,9 @@
 """The run folders of generative training and saved models: their files and their lifecycle.
 
 Every writer of a generative folder follows :mod:`medgen._internal.runs` (STYLE.md item 14):
-it holds the folder's lock (:func:`~medgen._internal.runs.run_lock`) for the whole write, calls
+it holds the folder's lock (:func:`~medgen._internal.runs.run_lock`, with ``owned=``
+:data:`OWNED`, so a folder of foreign files is refused before the lock file is made in it and
+is left exactly as it was) for the whole write, calls
 :func:`prepare_training` / :func:`prepare_save` before it writes anything (a finished folder is
 reused only with ``overwrite`` or, for training, ``resume``; an interrupted one only with
 ``resume`` or ``overwrite``; a folder holding files medgen did not write is refused), and writes

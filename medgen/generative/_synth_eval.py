@@ -7,8 +7,11 @@ Private: the public entry points are :meth:`Synthesizer.evaluate`,
 - **Features** (FID, KID, PRDC, feature-space memorisation): the synthesizer's own encoder, which
   was trained on the real train split only and is saved and hashed with the run
   (``weights_sha256``): the posterior mean of the latent, average-pooled to at most
-  :data:`POOL` cells per axis and flattened. Every image (real or generated) is first put in
-  unit intensities by its own robust range, exactly as in training.
+  :data:`POOL` cells per axis (8 in 2D, 4 in 3D: at most 64 cells per latent channel either
+  way) and flattened. Every image (real or generated) is first put in unit intensities by its
+  own robust range, exactly as in training. In 3D, 8 cells per axis would give 512 per channel:
+  far more dimensions than images (a singular covariance for FID) and an ``O(D^3)`` matrix
+  square root (minutes per table with a 3-channel latent).
 - **Classifiers** (conditioning fidelity, TSTR): a small MONAI ``DenseNet`` (the demo's:
   init_features 16, growth rate 8, blocks (2, 2, 2)) giving a 64-d embedding, with one linear
   head per condition, trained for ``classifier_epochs`` with a fixed seed: a deterministic
@@ -41,8 +44,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MemorisationGate", "SynthesisEvaluation", "build_gate", "evaluate"]
 
-#: the encoder features are the latent mean pooled to at most this many cells per axis
-POOL = 8
+#: the encoder features are the latent mean pooled to at most this many cells per axis, by
+#: spatial_dims (the same 64 cells per channel in 2D and 3D)
+POOL = {2: 8, 3: 4}
 #: the evaluation classifier's MONAI DenseNet: (init_features, growth_rate, block_config)
 CLASSIFIER_DENSENET = (16, 8, (2, 2, 2))
 #: width of its embedding, the input of the per-condition heads
@@ -91,7 +95,7 @@ def encoder_features(syn: Synthesizer, units: torch.Tensor, batch_size: int = 64
     with torch.no_grad():
         for i in range(0, len(units), batch_size):
             mu, _ = ae.encode(units[i : i + batch_size].to(syn.device))
-            size = tuple(min(POOL, s) for s in mu.shape[2:])
+            size = tuple(min(POOL[sd], s) for s in mu.shape[2:])
             out.append(pool(mu, size).flatten(1).cpu().numpy())
     return np.concatenate(out).astype(np.float64)
 
@@ -550,7 +554,7 @@ def evaluate(
         "model_id": syn.model_id,
         "weights_sha256": syn.weights_sha256,
         "feature_extractor": (
-            f"the synthesizer's encoder (posterior mean pooled to <= {POOL} per axis), "
+            f"the synthesizer's encoder (posterior mean pooled to <= {POOL[sd]} per axis), "
             f"weights_sha256 {syn.weights_sha256}"
         ),
         "classifier": f"MONAI DenseNet {CLASSIFIER_DENSENET} -> {CLASSIFIER_EMBEDDING}-d + a head "

@@ -79,6 +79,7 @@ from medgen.generative._run import (
     CHECKPOINT,
     ENGINE_KIND,
     METRICS,
+    OWNED,
     TRAIN_STATE,
     TRAIN_STATE_FORMAT,
     check_training,
@@ -531,7 +532,7 @@ def fit_objective(
         )
     rd = Path(run_dir).expanduser()
     what = f"{objective.kind or type(objective).__name__} training run"
-    with run_lock(rd, what=what):
+    with run_lock(rd, what=what, owned=OWNED):
 
         def prepare() -> None:
             prepare_training(rd, resume=resume, overwrite=overwrite, what=what)

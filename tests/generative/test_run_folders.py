@@ -374,11 +374,16 @@ def test_save_and_fit_refuse_folders_they_would_mix_or_empty(
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "my_notes.txt").write_text("the only copy")
+    before = _tree(notes)
     with pytest.raises(RunFolderError, match=r"not part of a medgen run \(my_notes\.txt\)"):
         den.save(notes)
     with pytest.raises(RunFolderError, match=r"not part of a medgen run \(my_notes\.txt\)"):
+        den.save(notes, overwrite=True)
+    with pytest.raises(RunFolderError, match=r"not part of a medgen run \(my_notes\.txt\)"):
         den.fit(list(mni_slices), run_dir=notes, config=FIT, overwrite=True)
-    assert sorted(p.name for p in notes.iterdir()) == [".medgen.lock", "my_notes.txt"]
+    with pytest.raises(RunFolderError, match=r"not part of a medgen run \(my_notes\.txt\)"):
+        den.fit(list(mni_slices), run_dir=notes, config=FIT, resume=True)
+    assert _tree(notes) == before  # refused before anything, even the lock file, was made
     with pytest.raises(RunFolderError, match="contradict each other"):
         den.fit(list(mni_slices), run_dir=d, config=FIT, resume=True, overwrite=True)
     with pytest.raises(RunFolderError, match="no training state to resume"):
@@ -439,6 +444,13 @@ def test_engine_run_folders_have_the_lifecycle(tmp_path: Path) -> None:
         fit_objective(Tiny(), config=cfg, run_dir=tmp_path / "r", progress=False)
     res = fit_objective(Tiny(), config=cfg, run_dir=tmp_path / "r", overwrite=True, progress=False)
     assert res.step == 2
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "my_notes.txt").write_text("the only copy")
+    before = _tree(notes)
+    with pytest.raises(RunFolderError, match=r"not part of a medgen run \(my_notes\.txt\)"):
+        fit_objective(Tiny(), config=cfg, run_dir=notes, overwrite=True, progress=False)
+    assert _tree(notes) == before  # no lock file left in a folder of foreign files
 
 
 def test_apply_to_dicom_writes_only_the_allow_list(
