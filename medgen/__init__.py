@@ -35,6 +35,7 @@ __all__ = [
     "__version__",
     "apps",
     "audit",
+    "batch",
     "classify",
     "cohort",
     "generative",
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 _LAZY_ATTRS = {"Cohort": "medgen.cohort"}
-_SUBMODULES = {"apps", "audit", "classify", "cohort", "generative", "io", "simulate"}
+_SUBMODULES = {"apps", "audit", "batch", "classify", "cohort", "generative", "io", "simulate"}
 
 
 def __getattr__(name: str) -> Any:

@@ -42,7 +42,7 @@ def test_cli_help_is_fast_and_does_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-ROOMS = ("apps", "audit", "classify", "cohort", "generative", "io", "simulate")
+ROOMS = ("apps", "audit", "batch", "classify", "cohort", "generative", "io", "simulate")
 
 
 @pytest.mark.parametrize("room", ROOMS)

@@ -1,4 +1,4 @@
-"""``medgen synth train|sample|interpolate|evaluate``: thin shells over :class:`medgen.generative.synthesis.Synthesizer`.
+"""``medgen synth train|sample|generate|interpolate|evaluate``: thin shells over :class:`medgen.generative.synthesis.Synthesizer`.
 
 Heavy imports happen inside the commands; commands raise medgen errors and never print them
 (the app's group class prints one ``Error: ...`` line, exit code 2).
@@ -53,7 +53,8 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``synth`` command group (``train``, ``sample``, ``interpolate``, ``evaluate``)."""
+    """Add the ``synth`` command group (``train``, ``sample``, ``generate``, ``interpolate``,
+    ``evaluate``)."""
     synth = typer.Typer(
         help="Conditional synthesis: train on a cohort, sample images for chosen conditions.",
         no_args_is_help=True,
@@ -159,6 +160,64 @@ def register(app: typer.Typer) -> None:
             f"{info['n_written']} of {n} images -> {output} (manifest {manifest.name}){note}"
         )
 
+    @synth.command("generate")
+    def synth_generate(
+        run: Annotated[
+            Path | None, typer.Argument(help="trained synthesizer run folder", show_default=False)
+        ] = None,
+        n: Annotated[int | None, typer.Option("-n", help="number of images")] = None,
+        output: Annotated[
+            Path | None,
+            typer.Option("-o", "--output", help="dataset folder: new, or this command's to resume"),
+        ] = None,
+        where: Annotated[
+            str | None, typer.Option(help="conditions of every image, e.g. label=1,sex=F")
+        ] = None,
+        balance: Annotated[
+            str | None, typer.Option(help="conditions to balance, e.g. label,sex")
+        ] = None,
+        conditions: Annotated[
+            Path | None, typer.Option(help="table (CSV/Parquet) of each image's conditions")
+        ] = None,
+        format: Annotated[str, typer.Option(help="nifti | dicom")] = "nifti",
+        shard_size: Annotated[int, typer.Option(help="images per shard (unit of resume)")] = 256,
+        batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 64,
+        workers: Annotated[
+            int | None, typer.Option(help="local Dask worker processes (pip install medgen[dask])")
+        ] = None,
+        scheduler: Annotated[
+            str | None, typer.Option(help="address of a running Dask scheduler, tcp://host:8786")
+        ] = None,
+        seed: Annotated[int, typer.Option(help="random seed")] = 0,
+        reference: Annotated[
+            Path | None,
+            typer.Option(help="training manifest for the memorisation gate (default: the run's)"),
+        ] = None,
+        evaluation: Annotated[
+            Path | None,
+            typer.Option(help="`medgen synth evaluate` output for the dataset card"),
+        ] = None,
+        split: Annotated[str, typer.Option(help="split of every row: '' or train")] = "",
+        device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+        progress: Annotated[bool, typer.Option(help="progress bar")] = True,
+        check: Annotated[
+            Path | None,
+            typer.Option("--check", help="verify a finished dataset folder (nothing else runs)"),
+        ] = None,
+    ) -> None:
+        """Generate N synthetic images from RUN into OUTPUT: sharded, resumable, the same
+        images for any number of workers; manifest.csv/.parquet, provenance.json and
+        dataset_card.md/.json. Rerunning the same command resumes an interrupted run.
+
+        `medgen synth generate --check OUTPUT` verifies a finished folder (counts, unique ids,
+        readable files, sha256s)."""
+        generate_command(
+            run, n, output, where=where, balance=balance, conditions=conditions, format=format,
+            shard_size=shard_size, batch_size=batch_size, workers=workers, scheduler=scheduler,
+            seed=seed, reference=reference, evaluation=evaluation, split=split, device=device,
+            progress=progress, check=check,
+        )  # fmt: skip
+
     @synth.command("interpolate")
     def synth_interpolate(
         run: Annotated[Path, typer.Argument(help="trained synthesizer run folder")],
@@ -223,6 +282,97 @@ EVALUATE_OWNED = (
 )
 
 
+def generate_command(
+    run: Path | None,
+    n: int | None,
+    output: Path | None,
+    *,
+    where: str | None,
+    balance: str | None,
+    conditions: Path | None,
+    format: str,
+    shard_size: int,
+    batch_size: int,
+    workers: int | None,
+    scheduler: str | None,
+    seed: int,
+    reference: Path | None,
+    evaluation: Path | None,
+    split: str,
+    device: str,
+    progress: bool,
+    check: Path | None,
+) -> None:
+    """``medgen synth generate`` (and ``--check``)."""
+    import json
+
+    from medgen.errors import ConfigError, MedgenValueError
+
+    if check is not None:
+        given = [
+            name
+            for name, value in (("RUN", run), ("-n", n), ("-o", output), ("--where", where),
+                                ("--balance", balance), ("--conditions", conditions))
+            if value is not None
+        ]  # fmt: skip
+        if given:
+            raise ConfigError(
+                f"--check OUTPUT verifies a finished dataset and takes no other arguments; drop "
+                f"{', '.join(given)} (or drop --check to generate)."
+            )
+        from medgen.batch import check_dataset
+
+        report = check_dataset(check)
+        if not report.ok:
+            raise MedgenValueError(report.message())
+        typer.echo(report.message())
+        return
+    if run is None or output is None:
+        raise ConfigError(
+            "synth generate needs RUN (a trained synthesizer run folder) and -o OUTPUT, e.g. "
+            "medgen synth generate runs/synth -n 1000 -o synthetic/ (or --check OUTPUT)."
+        )
+    if n is not None and n <= 0:
+        raise MedgenValueError(f"-n must be a positive number of images, not {n}.")
+    if n is None and conditions is None:
+        raise ConfigError(
+            "-n N is required (the number of images), unless --conditions gives a row per image."
+        )
+    from medgen.batch import generate
+
+    cols = None
+    if balance is not None:
+        cols = tuple(c.strip() for c in balance.split(",") if c.strip())
+        if not cols:
+            raise ConfigError(f"--balance must list conditions like label,sex, not {balance!r}.")
+    manifest = generate(
+        run,
+        n,
+        output,
+        where=parse_where(where) or None,
+        balance=cols,
+        conditions=conditions,
+        format=format,
+        shard_size=shard_size,
+        batch_size=batch_size,
+        workers=workers,
+        scheduler=scheduler,
+        seed=seed,
+        reference=reference,
+        evaluation=evaluation,
+        split=split,
+        device=device,
+        progress=progress,
+    )
+    card = json.loads((manifest.parent / "dataset_card.json").read_text(encoding="utf-8"))
+    g = card["generation"]
+    typer.echo(
+        f"{g['n_delivered']} images -> {manifest.parent} (manifest {manifest.name}, "
+        f"dataset_card.md); {g['n_rejected']} near-copies of training images rejected and "
+        "replaced"
+    )
+
+
 def _prepare_output(output: Path, owned: tuple[str, ...], overwrite: bool, what: str) -> None:
     from medgen._internal.runs import prepare_run_folder
 
@@ -269,7 +419,7 @@ def interpolate_command(
     a, b = load(image_a), load(image_b)
     path = syn.interpolate(a, b, steps, conditions=conditions)
     units, _ = syn._to_units(path, "interpolation")
-    with run_lock(output, what="synth interpolate output"):
+    with run_lock(output, what="synth interpolate output", owned=INTERPOLATE_OWNED):
         _prepare_output(output, INTERPOLATE_OWNED, overwrite, "synth interpolate output")
         affine = np.eye(4)
         for k, sp in enumerate(syn.spacing[:3]):
@@ -352,7 +502,7 @@ def evaluate_command(
         kid_subsets=kid_subsets,
     )
     html_text = ev.to_html()
-    with run_lock(output, what="synth evaluate output"):
+    with run_lock(output, what="synth evaluate output", owned=EVALUATE_OWNED):
         _prepare_output(output, EVALUATE_OWNED, overwrite, "synth evaluate output")
         ev.to_csv(output)
         write_text_atomic(output / "report.html", html_text)

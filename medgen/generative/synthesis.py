@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 
 from medgen._internal.suggest import did_you_mean
-from medgen.errors import ConfigError, MedgenValueError, OutputPathError
+from medgen.errors import ConfigError, MedgenRuntimeError, MedgenValueError, OutputPathError
 from medgen.generative._model import GenerativeModel, register_model_kind
 
 if TYPE_CHECKING:
@@ -81,6 +81,14 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 #: the manifest file :meth:`Synthesizer.write` writes
 MANIFEST = "manifest.csv"
+#: ``spawn_key`` streams of the per-item randomness of :meth:`Synthesizer.sample_items`: item
+#: ``i``'s draw ``r`` takes its latent noise from ``SeedSequence(seed, spawn_key=(NOISE_STREAM,
+#: i, r))`` and its drawn conditions from ``SeedSequence(seed, spawn_key=(CONDITION_STREAM, i))``
+NOISE_STREAM = 1
+CONDITION_STREAM = 2
+#: draws per item :meth:`Synthesizer.sample_items` makes before it gives up on the memorisation
+#: gate (the first draw and up to ``MAX_DRAWS - 1`` replacements)
+MAX_DRAWS = 20
 
 
 @dataclass
@@ -97,7 +105,11 @@ class SynthesisResult:
             (``sample(..., reference=...)``), else ``None``.
         sample_index: the index ``k`` of each image in the draw (its ``image_id`` suffix);
             ``None``: ``0..len-1``. :meth:`select` keeps it, so ids stay stable when images
-            are dropped.
+            are dropped. :meth:`Synthesizer.sample_items`: the item indices.
+        draw: :meth:`Synthesizer.sample_items`: the draw ``r`` each image is (0: the item's
+            first draw; ``r``: ``r`` earlier draws were near-copies and replaced), else ``None``.
+        rejected: :meth:`Synthesizer.sample_items` with a gate: one row per rejected draw
+            (``item``, ``draw`` and the gate's columns), else ``None``.
     """
 
     images: torch.Tensor
@@ -106,6 +118,8 @@ class SynthesisResult:
     guidance_scale: float | None = None
     memorisation: pd.DataFrame | None = None
     sample_index: np.ndarray | None = None
+    draw: np.ndarray | None = None
+    rejected: pd.DataFrame | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -134,6 +148,8 @@ class SynthesisResult:
             guidance_scale=self.guidance_scale,
             memorisation=memo,
             sample_index=self.indices[mask],
+            draw=None if self.draw is None else np.asarray(self.draw)[mask],
+            rejected=self.rejected,
         )
 
     def _repr_html_(self) -> str:
@@ -599,11 +615,12 @@ class Synthesizer(GenerativeModel):
         if run_dir is None:
             return self._fit(cohort, ec, None, resume=resume, progress=progress)
         from medgen._internal.runs import run_lock
-        from medgen.generative._run import check_training, prepare_training
+        from medgen.generative._run import OWNED, check_training, prepare_training
 
         rd = Path(run_dir).expanduser()
         what = "synthesizer training run"
-        with run_lock(rd, what=what):
+        # owned=: a folder of someone else's files is refused before the lock file is made there
+        with run_lock(rd, what=what, owned=OWNED):
 
             def prepare() -> None:
                 prepare_training(rd, resume=resume, overwrite=overwrite, what=what)
@@ -903,8 +920,26 @@ class Synthesizer(GenerativeModel):
         noise = torch.randn((total, *self._latent_shape()), generator=gen)
         gs = self.options["guidance_scale"] if guidance_scale is None else float(guidance_scale)
         steps = int(num_inference_steps or self.options["num_inference_steps"])
+        images = self._from_units(self._generate_units(noise, index, gs, steps, batch_size))
+        out = SynthesisResult(
+            images=images,
+            conditions=table,
+            seed=int(seed),
+            guidance_scale=gs if self.model == "ldm" else None,
+        )
+        if reference is not None and reference is not False:
+            out.memorisation = self._resolve_gate(reference, "sample").check(self, out)
+        return out
+
+    def _generate_units(
+        self, noise: torch.Tensor, index: np.ndarray, gs: float, steps: int, batch_size: int
+    ) -> torch.Tensor:
+        """Unit-intensity images ``Nx1x[SPATIAL]`` of latent ``noise`` under the condition
+        indices ``index`` (``N x K``), in consecutive batches of ``batch_size``."""
+        import torch
+
         outs = []
-        for i in range(0, total, batch_size):
+        for i in range(0, len(noise), batch_size):
             z = noise[i : i + batch_size].to(self.device)
             idx = index[i : i + batch_size]
             if self.model == "vae-gan":
@@ -922,15 +957,300 @@ class Synthesizer(GenerativeModel):
                     guidance_scale=gs,
                 )
                 outs.append(self._decode_units(lat, None))
-        images = self._from_units(torch.cat(outs))
+        return torch.cat(outs)
+
+    # ------------------------------------------------------------------ per-item sampling
+    @staticmethod
+    def _items(items: Any, what: str) -> np.ndarray:
+        arr = np.asarray(list(items) if not isinstance(items, np.ndarray) else items)
+        if arr.ndim != 1 or len(arr) == 0:
+            raise MedgenValueError(
+                f"{what}: items must be a non-empty sequence of item indices, not shape "
+                f"{arr.shape}."
+            )
+        if not np.issubdtype(arr.dtype, np.integer) or (arr < 0).any():
+            raise MedgenValueError(
+                f"{what}: items must be non-negative integers (item indices), got {arr[:5]!r}."
+            )
+        if len(np.unique(arr)) != len(arr):
+            raise MedgenValueError(f"{what}: items must not repeat an index.")
+        return arr.astype(np.int64)
+
+    @staticmethod
+    def _check_seed(seed: Any, what: str) -> int:
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise MedgenValueError(
+                f"{what}: seed must be a non-negative integer (per-item randomness is keyed by "
+                f"numpy.random.SeedSequence(seed, ...)), not {seed!r}."
+            )
+        return int(seed)
+
+    def _combination_weights(self, fixed: Mapping[int, int]) -> np.ndarray:
+        """Probabilities of the training combinations that match ``fixed`` (condition number ->
+        value index), in proportion to their counts; the marginals when none matches."""
+        combos = self.combinations
+        match = np.ones(len(combos), dtype=bool)
+        for k, v in fixed.items():
+            match &= combos[self.conditions[k]].to_numpy() == v
+        if not match.any():
+            log.warning(
+                "sample_items: the combination %s was not seen in training; drawing the other "
+                "conditions from their marginal frequencies",
+                {
+                    self.conditions[k]: self.vocabulary[self.conditions[k]][v]
+                    for k, v in fixed.items()
+                },
+            )
+            match[:] = True
+        w = combos["count"].to_numpy(float) * match
+        return w / w.sum()
+
+    def item_conditions(
+        self,
+        items: Sequence[int] | np.ndarray,
+        where: Mapping[str, Any] | pd.DataFrame | None = None,
+        *,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """The conditions of items ``items``: a pure function of ``(seed, item)``.
+
+        Conditions given by ``where`` are kept; the others are drawn from the training
+        combinations that match the given ones (in proportion to their counts) with a generator
+        seeded by ``numpy.random.SeedSequence(seed, spawn_key=(CONDITION_STREAM, item))``, so
+        item ``i`` gets the same conditions whatever other items are asked for with it.
+
+        Args:
+            items: item indices (non-negative, distinct).
+            where: ``{"label": 1}`` (every item) or a DataFrame with one row per item (missing
+                values: drawn).
+            seed: a non-negative integer.
+
+        Returns:
+            One row per item (index ``sample`` = the item), a column per condition, values
+            from :attr:`vocabulary`.
+
+        Raises:
+            MedgenValueError: an unknown condition column or value, a where of another length.
+        """
+        table, _ = self._item_conditions(items, where, seed, "item_conditions")
+        return table
+
+    def _item_conditions(
+        self, items: Any, where: Any, seed: Any, what: str
+    ) -> tuple[pd.DataFrame, np.ndarray]:
+        self._check_trained(what)
+        arr = self._items(items, what)
+        seed = self._check_seed(seed, what)
+        k_all = len(self.conditions)
+        given: dict[int, list[Any]] = {}
+        if isinstance(where, pd.DataFrame):
+            if len(where) != len(arr):
+                raise MedgenValueError(
+                    f"{what}: where has {len(where)} rows for {len(arr)} items; pass one row "
+                    "per item (or a dict for all)."
+                )
+            self._check_columns(list(where.columns), f"{what}(where=...)")
+            for col in where.columns:
+                given[self.conditions.index(col)] = where[col].tolist()
+        elif where is not None:
+            spec = dict(where)
+            self._check_columns(list(spec), f"{what}(where=...)")
+            for col, v in spec.items():
+                given[self.conditions.index(col)] = [v] * len(arr)
+        lookup: dict[tuple[int, str], int] = {}
+
+        def value_index(k: int, v: Any) -> int:
+            key = (k, str(_py(v)))
+            if key not in lookup:
+                try:
+                    lookup[key] = self._value_index(self.conditions[k], v)
+                except MedgenValueError:
+                    # an integer column that pandas made float by a missing cell: 1.0 is 1
+                    if not (isinstance(v, float | np.floating) and float(v).is_integer()):
+                        raise
+                    lookup[key] = self._value_index(self.conditions[k], int(v))
+            return lookup[key]
+
+        weights: dict[tuple[tuple[int, int], ...], np.ndarray] = {}
+        combos = self.combinations[list(self.conditions)].to_numpy(np.int64)
+        index = np.zeros((len(arr), k_all), dtype=np.int64)
+        for j, item in enumerate(arr.tolist()):
+            fixed = {
+                k: value_index(k, vals[j])
+                for k, vals in given.items()
+                if not (vals[j] is None or (isinstance(vals[j], float) and math.isnan(vals[j])))
+            }
+            if len(fixed) < k_all:
+                key = tuple(sorted(fixed.items()))
+                if key not in weights:
+                    weights[key] = self._combination_weights(fixed)
+                ss = np.random.SeedSequence(seed, spawn_key=(CONDITION_STREAM, item))
+                pick = combos[int(np.random.default_rng(ss).choice(len(combos), p=weights[key]))]
+                for k in range(k_all):
+                    index[j, k] = fixed.get(k, int(pick[k]))
+            else:
+                index[j] = [fixed[k] for k in range(k_all)]
+        table = pd.DataFrame(
+            {
+                col: [self.vocabulary[col][v] for v in index[:, k]]
+                for k, col in enumerate(self.conditions)
+            },
+            index=pd.Index(arr, name="sample"),
+        )
+        return table, index
+
+    def item_noise(
+        self, items: Sequence[int] | np.ndarray, *, seed: int = 0, draw: Any = 0
+    ) -> torch.Tensor:
+        """The latent noise ``N x [latent shape]`` of draws ``draw`` of items ``items``.
+
+        Draw ``r`` of item ``i`` is ``torch.randn`` from a ``torch.Generator`` seeded with 64
+        bits of ``numpy.random.SeedSequence(seed, spawn_key=(NOISE_STREAM, i, r))``: a pure
+        function of ``(seed, i, r)``, whatever else is drawn with it.
+
+        Args:
+            items: item indices.
+            seed: a non-negative integer.
+            draw: the draw of each item (an integer for all, or one per item); 0 is the
+                first, ``r > 0`` the ``r``-th replacement of a rejected draw.
+        """
+        import torch
+
+        arr = self._items(items, "item_noise")
+        seed = self._check_seed(seed, "item_noise")
+        draws = np.broadcast_to(np.asarray(draw, dtype=np.int64), arr.shape)
+        shape = self._latent_shape()
+        out = torch.empty((len(arr), *shape), dtype=torch.float32)
+        for j, (i, r) in enumerate(zip(arr.tolist(), draws.tolist(), strict=True)):
+            words = np.random.SeedSequence(seed, spawn_key=(NOISE_STREAM, i, r)).generate_state(
+                2, np.uint32
+            )
+            gen = torch.Generator().manual_seed(int(words[0]) | (int(words[1]) << 32))
+            out[j] = torch.randn(shape, generator=gen)
+        return out
+
+    def sample_items(
+        self,
+        items: Sequence[int] | np.ndarray,
+        conditions: Mapping[str, Any] | pd.DataFrame | None = None,
+        *,
+        seed: int = 0,
+        gate: Any = None,
+        max_draws: int = MAX_DRAWS,
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
+        batch_size: int = 64,
+    ) -> SynthesisResult:
+        """Images of items ``items``, each a pure function of ``(seed, item)``.
+
+        Where :meth:`sample` draws ``n`` images from one generator (image ``k`` depends on how
+        many were drawn before it), here item ``i``'s conditions come from
+        :meth:`item_conditions` and its noise from :meth:`item_noise`, keyed by ``(seed, i)``:
+        the basis of batch generation (:func:`medgen.batch.generate`), where the same item gets
+        the same image in any shard, on any worker, in any resumed run.
+
+        **Bytes**: the networks run in consecutive batches of ``batch_size`` items in the order
+        given, and a batched convolution can differ in the last bits with the batch's size and
+        content (and with the torch thread count: the tiny LDM's do); the same ``items`` in the
+        same order (with the same ``batch_size``, device, torch build and thread count) give
+        bitwise the same images. ``"ldm"``: DDIM with eta 0 is
+        deterministic given the noise.
+
+        **Memorisation gate** (``gate``, from :meth:`memorisation_gate`): every image is
+        checked; a near-copy of a training image is replaced by the item's next draw (same
+        conditions, noise of ``(seed, i, r + 1)``), the replacements of a round sampled
+        together in item order, until every item passes.
+
+        Args:
+            items: item indices (non-negative, distinct).
+            conditions: as ``where`` of :meth:`item_conditions` (missing conditions are drawn).
+            seed: a non-negative integer.
+            gate: a memorisation gate, or ``None`` (unchecked).
+            max_draws: draws per item before giving up (a model that keeps reproducing
+                training images for an item raises :class:`~medgen.errors.MedgenRuntimeError`).
+            guidance_scale, num_inference_steps: ``"ldm"`` (defaults: the model's).
+            batch_size: items per forward pass.
+
+        Returns:
+            :class:`SynthesisResult` with ``sample_index`` = the items, ``draw`` (the accepted
+            draw of each), and with a gate ``memorisation`` (of the accepted draws) and
+            ``rejected`` (a row per rejected draw).
+        """
+        import torch
+
+        items_arr = self._items(items, "sample_items")
+        table, index = self._item_conditions(items_arr, conditions, seed, "sample_items")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise MedgenValueError(
+                f"sample_items: batch_size must be a positive integer, not {batch_size!r}."
+            )
+        if isinstance(max_draws, bool) or not isinstance(max_draws, int) or max_draws < 1:
+            raise MedgenValueError(
+                f"sample_items: max_draws must be a positive integer, not {max_draws!r}."
+            )
+        gs = self.options["guidance_scale"] if guidance_scale is None else float(guidance_scale)
+        steps = int(num_inference_steps or self.options["num_inference_steps"])
+        draws = np.zeros(len(items_arr), dtype=np.int64)
+
+        def draw_images(pos: np.ndarray) -> torch.Tensor:
+            noise = self.item_noise(items_arr[pos], seed=seed, draw=draws[pos])
+            return self._from_units(self._generate_units(noise, index[pos], gs, steps, batch_size))
+
+        images = draw_images(np.arange(len(items_arr)))
         out = SynthesisResult(
             images=images,
             conditions=table,
             seed=int(seed),
             guidance_scale=gs if self.model == "ldm" else None,
+            sample_index=items_arr,
+            draw=draws,
         )
-        if reference is not None and reference is not False:
-            out.memorisation = self._resolve_gate(reference, "sample").check(self, out)
+        if gate is None:
+            return out
+        first = gate.check(self, out)
+        attrs = dict(first.attrs)  # the gate's settings and thresholds
+        memo = first.reset_index(drop=True)
+        rejected: list[pd.DataFrame] = []
+        while True:
+            pos = np.flatnonzero(memo["near_copy"].to_numpy(dtype=bool))
+            if len(pos) == 0:
+                break
+            rows = memo.iloc[pos].copy()
+            rows.insert(0, "item", items_arr[pos])
+            rows.insert(1, "draw", draws[pos].copy())
+            rejected.append(rows)
+            stuck = pos[draws[pos] + 1 >= max_draws]
+            if len(stuck):
+                first_stuck = {c: _py(v) for c, v in table.iloc[int(stuck[0])].items()}
+                raise MedgenRuntimeError(
+                    f"sample_items: item {int(items_arr[stuck[0]])} ({first_stuck}) was a "
+                    "near-copy of a training image in "
+                    f"all of its {max_draws} draws (and {len(stuck) - 1} other item(s) too): the "
+                    "model reproduces its training images for these conditions. Check it with "
+                    "`medgen synth evaluate`, retrain (more data, fewer steps), or raise "
+                    "max_draws."
+                )
+            draws[pos] += 1
+            sub = SynthesisResult(
+                images=draw_images(pos),
+                conditions=table.iloc[pos],
+                seed=int(seed),
+                guidance_scale=out.guidance_scale,
+            )
+            images[torch.from_numpy(pos)] = sub.images
+            sub_memo = gate.check(self, sub).reset_index(drop=True)
+            for col in memo.columns:
+                values = memo[col].to_numpy().copy()
+                values[pos] = sub_memo[col].to_numpy()
+                memo[col] = values
+        memo.index = pd.Index(items_arr, name="sample")
+        memo.attrs = dict(attrs)
+        out.memorisation = memo
+        out.rejected = (
+            pd.concat(rejected, ignore_index=True)
+            if rejected
+            else pd.DataFrame(columns=["item", "draw", *memo.columns])
+        )
         return out
 
     # ------------------------------------------------------------------ memorisation gate
@@ -1402,9 +1722,10 @@ class Synthesizer(GenerativeModel):
     def _fill_rejected(self, samples: SynthesisResult, keep: np.ndarray) -> SynthesisResult:
         """The samples :meth:`write` writes, given the gate's ``keep`` mask.
 
-        Today: the kept ones (rejected images are dropped; their draw indices ``k`` stay
-        unused, so the ids of the others do not change). The hook where batch generation
-        (issue 15) will draw deterministic replacements for the rejected indices."""
+        The kept ones: rejected images are dropped, their draw indices ``k`` stay unused, so the
+        ids of the others do not change. Batch generation delivers exactly the images asked for
+        instead: :meth:`sample_items` with ``gate=`` replaces each rejected draw of item ``i``
+        by its next draw, keyed by ``(seed, i, r)`` (:func:`medgen.batch.generate`)."""
         return samples if keep.all() else samples.select(keep)
 
     # ------------------------------------------------------------------ persistence

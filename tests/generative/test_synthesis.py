@@ -12,7 +12,7 @@ import pydicom
 import pytest
 import torch
 
-from medgen.errors import ConfigError, MedgenValueError, OutputPathError
+from medgen.errors import ConfigError, MedgenRuntimeError, MedgenValueError, OutputPathError
 from medgen.generative.synthesis import Synthesizer
 
 TINY = {
@@ -301,3 +301,95 @@ def test_cli_train_and_sample(tiny_manifest: Path, tmp_path: Path) -> None:
         ["synth", "sample", str(run), "-n", "1", "--where", "label=7", "-o", str(tmp_path / "o3")],
     )
     assert res.exit_code == 2 and "known values of 'label': [0, 1]" in res.output
+
+
+# ---------------------------------------------------------------------------------- per item
+def test_sample_items_are_a_function_of_seed_and_item(trained: Synthesizer) -> None:
+    full = trained.sample_items(range(12), {"label": 1}, seed=3, batch_size=4)
+    assert tuple(full.images.shape) == (12, 1, 32, 32)
+    assert full.indices.tolist() == list(range(12)) and full.draw.tolist() == [0] * 12
+    assert full.conditions.index.name == "sample" and set(full.conditions["label"]) == {1}
+    again = trained.sample_items(range(12), {"label": 1}, seed=3, batch_size=4)
+    assert torch.equal(full.images, again.images)
+    # the same items in the same batches, asked for alone: the same images and conditions
+    part = trained.sample_items([4, 5, 6, 7], {"label": 1}, seed=3, batch_size=4)
+    assert torch.equal(part.images, full.images[4:8])
+    pd.testing.assert_frame_equal(part.conditions, full.conditions.loc[[4, 5, 6, 7]])
+    # in other batches the conditions and noise are the same; pixels agree to float precision
+    other = trained.sample_items([9, 2], {"label": 1}, seed=3, batch_size=1)
+    assert torch.allclose(other.images, full.images[[9, 2]], rtol=1e-4, atol=1e-3)
+    assert other.conditions["sex"].tolist() == full.conditions["sex"][[9, 2]].tolist()
+    assert torch.equal(
+        trained.item_noise([9, 2], seed=3), trained.item_noise(range(12), seed=3)[[9, 2]]
+    )
+    assert not torch.equal(trained.item_noise([2], seed=3), trained.item_noise([2], seed=4))
+    assert not torch.equal(trained.item_noise([2], seed=3), trained.item_noise([2], seed=3, draw=1))
+    # drawn conditions follow the training combinations, item by item
+    drawn = trained.item_conditions(range(40), seed=1)
+    assert set(drawn["sex"]) == {"F", "M"} and set(drawn["label"]) == {0, 1}
+    pd.testing.assert_frame_equal(trained.item_conditions([7, 30], seed=1), drawn.loc[[7, 30]])
+    rows = pd.DataFrame({"label": [0, None], "sex": ["M", "F"]})
+    given = trained.item_conditions([5, 6], rows, seed=1)
+    assert given["label"].iloc[0] == 0 and given["sex"].tolist() == ["M", "F"]
+
+
+class _StubGate:
+    """Flags the even positions of the first check as near-copies (``always``: every draw)."""
+
+    def __init__(self, always: bool = False) -> None:
+        self.calls = 0
+        self.always = always
+
+    def check(self, syn: Synthesizer, samples: Any) -> pd.DataFrame:
+        self.calls += 1
+        n = len(samples)
+        flag = np.ones(n, bool) if self.always else (np.arange(n) % 2 == 0) & (self.calls == 1)
+        memo = pd.DataFrame({"near_copy": flag, "nearest_train_id": ["t0"] * n})
+        memo.attrs = {"quantile": 0.5}
+        return memo
+
+
+def test_sample_items_replace_rejected_draws(trained: Synthesizer) -> None:
+    plain = trained.sample_items(range(6), seed=2)
+    gated = trained.sample_items(range(6), seed=2, gate=_StubGate())
+    assert gated.draw.tolist() == [1, 0, 1, 0, 1, 0]
+    assert gated.rejected is not None
+    assert gated.rejected[["item", "draw"]].values.tolist() == [[0, 0], [2, 0], [4, 0]]
+    assert gated.memorisation is not None and not gated.memorisation["near_copy"].any()
+    assert gated.memorisation.attrs["quantile"] == 0.5
+    assert torch.equal(gated.images[1::2], plain.images[1::2])  # kept draws unchanged
+    assert not torch.allclose(gated.images[0], plain.images[0])
+    pd.testing.assert_frame_equal(gated.conditions, plain.conditions)  # same conditions
+    if trained.model == "vae-gan":  # the replacement is the item's draw 1
+        noise = trained.item_noise([0, 2, 4], seed=2, draw=1)
+        again = trained.decode(noise, plain.conditions.iloc[[0, 2, 4]])
+        assert torch.allclose(again, gated.images[0::2], rtol=1e-4, atol=1e-3)
+    with pytest.raises(
+        MedgenRuntimeError,
+        match=r"item 0 \(\{'label': \d, 'sex': '[FM]'\}\) was a near-copy of a training image in "
+        r"all of its 3 draws \(and 1 other item\(s\) too\)",
+    ):
+        trained.sample_items([0, 1], seed=2, gate=_StubGate(always=True), max_draws=3)
+
+
+def test_sample_items_bad_input(trained: Synthesizer) -> None:
+    with pytest.raises(MedgenValueError, match=r"seed must be a non-negative integer .*, not -1"):
+        trained.sample_items([0], seed=-1)
+    with pytest.raises(MedgenValueError, match="items must not repeat an index"):
+        trained.sample_items([1, 1])
+    with pytest.raises(MedgenValueError, match="items must be non-negative integers"):
+        trained.sample_items([-2])
+    with pytest.raises(MedgenValueError, match="where has 1 rows for 2 items"):
+        trained.item_conditions([0, 1], pd.DataFrame({"label": [1]}))
+    with pytest.raises(MedgenValueError, match=r"condition sex='X' was not seen in training"):
+        trained.sample_items([0], {"sex": "X"})
+
+
+def test_fit_refuses_foreign_files_before_locking(tiny_manifest: Path, tmp_path: Path) -> None:
+    from medgen.errors import RunFolderError
+
+    (tmp_path / "notes.txt").write_text("mine")
+    syn = Synthesizer("vae-gan", ("label",), **TINY)
+    with pytest.raises(RunFolderError, match="not part of a medgen run"):
+        syn.fit(tiny_manifest, run_dir=tmp_path, config=CONFIG, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no .medgen.lock
