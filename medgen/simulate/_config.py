@@ -186,8 +186,8 @@ class BiasConfig:
     effect). ``params``: ``shortcut`` takes ``marker_size`` (pixels, default 3),
     ``marker_intensity`` (x white matter, default 1.5) and ``base_rate`` (P(marker) for the group's
     negatives, default 0); ``acquisition_shift`` needs ``site`` (a site name);
-    ``scarce_positives`` takes none and acts on a subject attribute (``sex``, ``age_group`` or a
-    user attribute, not ``site``).
+    ``scarce_positives`` takes none and acts on any attribute, ``site`` included (a hospital that
+    contributed few positive cases to training).
     """
 
     mechanism: str = "shortcut"
@@ -462,13 +462,6 @@ class SimulationConfig:
                 raise ConfigError(
                     f"{where}: under_representation acts on sex or a user attribute, not "
                     f"{b.attribute!r} (change the age distribution or site proportions instead)."
-                )
-            if b.mechanism == "scarce_positives" and b.attribute == "site":
-                subject = [a for a in groups if a != "site"]
-                raise ConfigError(
-                    f"{where}: scarce_positives acts on a subject attribute {subject}, not "
-                    "'site' (who is recruited depends on the person, not the scanner); use "
-                    "acquisition_shift or the site proportions for site effects."
                 )
             if b.mechanism == "scarce_positives" and b.params:
                 raise ConfigError(

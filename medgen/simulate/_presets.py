@@ -1,8 +1,8 @@
 """Named simulator presets: ``tiny`` (tests, seconds) and ``demo`` (the demo cohort, minutes).
 
 ``demo`` / ``tiny`` inject a *presentation* bias (lesions subtler in women); ``demo-underrep`` /
-``tiny-underrep`` inject *scarce positives* instead (women's positives rare in training, as
-visible as men's). They are the ground truth of the augmentation study (docs/study.md).
+``tiny-underrep`` inject *scarce positives* instead (one site's positives rare in training,
+as strong as elsewhere). They are the ground truth of the augmentation study (docs/study.md).
 """
 
 from __future__ import annotations
@@ -115,10 +115,19 @@ def _demo3d() -> SimulationConfig:
     return cfg
 
 
-def _underrep(base: SimulationConfig, name: str, strength: float) -> SimulationConfig:
+def _underrep(base: SimulationConfig, name: str, site: str, strength: float) -> SimulationConfig:
     base.name = name
+    for s in base.sites:
+        if s.name == site:
+            # a T1-like site: lesions dark where the other sites show them bright, so a classifier
+            # must see this site's positives to learn them (on T2 they are nearly invisible)
+            s.contrast = "t1"
+    # lesions anywhere in white matter: on T1 and T2 a periventricular lesion merges with the
+    # ventricle beside it (both dark on T1, both bright on T2), so its visibility, not its count,
+    # would decide; in white matter it is a dark spot on T1, a bright one on FLAIR
+    base.disease.lesion_location = "uniform"
     base.biases = [
-        BiasConfig(mechanism="scarce_positives", attribute="sex", group="F", strength=strength)
+        BiasConfig(mechanism="scarce_positives", attribute="site", group=site, strength=strength)
     ]
     return base
 
@@ -126,32 +135,32 @@ def _underrep(base: SimulationConfig, name: str, strength: float) -> SimulationC
 def _demo_underrep() -> SimulationConfig:
     """``demo`` with scarce positives instead of the presentation bias: under-representation.
 
-    Injected truth: 85% of the women's positives in the *training* split are never recruited
-    (``scarce_positives`` on ``sex = F``, strength 0.85; seed 0 keeps 32 of 213, against 216
-    positive men); val and test keep every woman. There is no presentation bias: a woman's
-    lesions are exactly as visible as a man's, so the missing signal is a matter of *count*, not
-    of kind.
+    Injected truth: ``site_C`` (a quarter of the cohort) is a **T1-like** site here, where lesions
+    are dark (the FLAIR sites A and B show them bright), and 85% of its *training* positives were
+    never recruited (``scarce_positives`` on ``site = site_C``, strength 0.85); val and test keep
+    every subject. There is no presentation bias: lesions at site C are as large and as strong as
+    elsewhere, only of the other polarity, and training shows few of them. (Sex would not do:
+    the simulator renders women and men alike, so scarce female positives leave no gap; nor would
+    ``demo``'s T2 site C, whose periventricular lesions sit next to equally bright CSF and stay
+    near chance even with every positive, AUC 0.55.)
 
-    What a correct study concludes: a classifier trained on the real rows does worse on women
-    (the F-positive cell is nearly empty); filling that cell with *good* images (the oracle
-    :class:`~medgen.simulate.SimulatedGenerator`, or a generator that learned lesions from the
-    men's images) should shrink the sex gap (TPR/AUC of women up), and reweighting helps less
-    (it repeats the few F positives). Contrast with ``demo``: there a generator trained on the
-    same images cannot invent the missing signal, and no augmentation arm should be credited
-    with closing the gap.
+    What a correct study concludes: a classifier trained on the real rows does worse at site C
+    (seed 0: AUC 0.56 against 0.98-1.00 at sites A and B); filling the site-C positive cell with
+    *good* images (the oracle :class:`~medgen.simulate.SimulatedGenerator`) should shrink the
+    site gap. Measured: it narrows it (site C 0.68) but does not close it (docs/simulate.md). Contrast with ``demo``: there a generator trained on the same images cannot invent
+    the missing signal, and no augmentation arm should be credited with closing the gap.
     """
-    return _underrep(_demo(), "demo-underrep", 0.85)
+    return _underrep(_demo(), "demo-underrep", "site_C", 0.85)
 
 
 def _tiny_underrep() -> SimulationConfig:
-    """``tiny`` with scarce positives on ``sex = F`` at strength 0.7 (no presentation bias).
+    """``tiny`` with a T1-like ``site_B`` and scarce positives there (strength 0.7; no
+    presentation bias).
 
-    The test-sized version of ``demo-underrep`` (same truth, same expected conclusion): with 80
-    subjects, a 70/15/15 split and prevalence 0.5 there are 9-19 positive women in training
-    (seeds 0-19); 0.7 leaves 3-6 of them (seed 0: 4 of 14, against 16 positive men), so every
-    label x sex training cell keeps >= 2 rows (0.85 would leave 1-3).
+    The test-sized version of ``demo-underrep`` (same kind of truth): with 80 subjects, a
+    70/15/15 split and prevalence 0.5, 0.7 leaves every label x site training cell >= 2 rows.
     """
-    return _underrep(_tiny(), "tiny-underrep", 0.7)
+    return _underrep(_tiny(), "tiny-underrep", "site_B", 0.7)
 
 
 #: Registered presets: name -> factory returning a fresh config.

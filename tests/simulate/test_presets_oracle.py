@@ -105,18 +105,14 @@ def test_scarce_positives_strength_0_and_1() -> None:
     assert len(table) == 80 and gt[0]["n_dropped"] == 0
     cfg.biases[0].strength = 1.0
     table, gt = draw_cohort(cfg, seed=0)
-    f_pos_train = (table["sex"] == "F") & (table["label"] == 1) & (table["split"] == "train")
-    assert not f_pos_train.any() and gt[0]["rate"] == 1.0
-    assert ((table["sex"] == "F") & (table["label"] == 1) & (table["split"] == "test")).any()
+    b_pos = (table["site"] == "site_B") & (table["label"] == 1)
+    assert not (b_pos & (table["split"] == "train")).any() and gt[0]["rate"] == 1.0
+    assert (b_pos & (table["split"] == "test")).any()
 
 
 @pytest.mark.parametrize(
     ("bias", "message"),
     [
-        (
-            {"mechanism": "scarce_positives", "attribute": "site", "group": "site_A"},
-            "scarce_positives acts on a subject attribute",
-        ),
         (
             {"mechanism": "scarce_positives", "attribute": "sex", "group": "F", "strength": 1.5},
             "biases[0].strength must be in [0, 1], not 1.5",
@@ -144,12 +140,12 @@ def test_scarce_positives_validation(bias: dict, message: str) -> None:
 
 # ------------------------------------------------------------------ presets
 def test_presets_validate_and_inject_what_they_say() -> None:
-    for name in ("demo-underrep", "tiny-underrep"):
+    for name, site in (("demo-underrep", "site_C"), ("tiny-underrep", "site_B")):
         assert name in PRESETS
         cfg = preset(name)
         assert SimulationConfig.from_dict(cfg.to_dict()) == cfg
         assert [(b.mechanism, b.attribute, b.group) for b in cfg.biases] == [
-            ("scarce_positives", "sex", "F")
+            ("scarce_positives", "site", site)
         ]
     assert preset("demo-underrep").biases[0].strength == 0.85
     # the presentation presets are unchanged
@@ -162,21 +158,24 @@ def test_presets_validate_and_inject_what_they_say() -> None:
     )
     # demo-underrep is demo without the presentation bias, with scarce positives
     demo, under = preset("demo").to_dict(), preset("demo-underrep").to_dict()
+    # ... with its scarce site T1-like and lesions anywhere in white matter
+    assert [x["contrast"] for x in under["sites"]] == ["flair", "flair", "t1"]
+    assert under["disease"]["lesion_location"] == "uniform"
     for d in (demo, under):
         d.pop("name"), d.pop("biases")
+        d["sites"][2].pop("contrast"), d["disease"].pop("lesion_location")
     assert demo == under
-    # demo-underrep: F positives rare in training only
+    # demo-underrep: site-C positives rare in training only (per subject of the site)
     table, gt = draw_cohort(preset("demo-underrep"), seed=0)
-    pos = table[table["label"] == 1]
-    counts = pos.groupby(["split", "sex"]).size()
-    assert counts["train", "F"] < 0.2 * counts["train", "M"]
-    assert counts["test", "F"] > 0.8 * counts["test", "M"]
+    rate = table.assign(c=table["site"] == "site_C").groupby(["split", "c"])["label"].mean()
+    assert rate["train", True] < 0.25 * rate["train", False]
+    assert rate["test", True] > 0.7 * rate["test", False]
     assert gt[0]["rate"] == pytest.approx(0.85, abs=0.01)
     assert (table["presentation"] == 1.0).all()
-    # tiny-underrep keeps at least 2 positive women in training, whatever the seed
+    # tiny-underrep keeps at least 2 positives of site B in training, whatever the seed
     for seed in range(10):
         t, _ = draw_cohort(preset("tiny-underrep"), seed=seed)
-        assert ((t["sex"] == "F") & (t["label"] == 1) & (t["split"] == "train")).sum() >= 2
+        assert ((t["site"] == "site_B") & (t["label"] == 1) & (t["split"] == "train")).sum() >= 2
 
 
 def test_tiny_underrep_end_to_end_and_other_images_unchanged(underrep: pathlib.Path) -> None:
@@ -188,8 +187,8 @@ def test_tiny_underrep_end_to_end_and_other_images_unchanged(underrep: pathlib.P
     (g,) = side["ground_truth"]["biases"]
     assert g["mechanism"] == "scarce_positives" and g["n_dropped"] > 0
     assert len(m) == len(cohort.df) == 80 - g["n_dropped"] == side["n_subjects"]
-    f_pos = m[(m["sex"] == "F") & (m["label"] == 1)]
-    assert (f_pos["split"] == "train").sum() == g["n_positives_in_group_train_after"] >= 2
+    b_pos = m[(m["site"] == "site_B") & (m["label"] == 1)]
+    assert (b_pos["split"] == "train").sum() == g["n_positives_in_group_train_after"] >= 2
     # each remaining subject's image is bitwise the image it has without the mechanism
     cfg0 = _without_scarcity(preset("tiny-underrep"))
     full, _ = draw_cohort(cfg0, seed=0)
