@@ -724,20 +724,9 @@ class Synthesizer(GenerativeModel):
         """``(condition rows, indices N x K)`` of ``where`` (dict, DataFrame or ``None``); the
         unspecified conditions of a row are drawn from the training combinations that match its
         specified ones (their frequencies), deterministically from ``seed``."""
-        if isinstance(where, pd.DataFrame):
-            if n is not None and n != len(where):
-                raise MedgenValueError(
-                    f"sample: n={n} but where has {len(where)} rows; pass n=None (one image per "
-                    "row) or a where with n rows."
-                )
-            rows = where.reset_index(drop=True)
-        else:
-            if n is None or isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
-                raise MedgenValueError(f"sample: n must be a positive number of images, not {n!r}.")
-            spec = dict(where or {})
-            rows = pd.DataFrame([spec] * int(n)) if spec else pd.DataFrame(index=range(int(n)))
-        if len(rows) == 0:
-            raise MedgenValueError("sample: where has no rows; pass at least one condition row.")
+        from medgen._internal.conditions import condition_rows
+
+        rows = condition_rows(n, where, unit="images")
         self._check_columns(list(rows.columns), "sample(where=...)")
         rng = np.random.default_rng([int(seed), 12])
         combos = self.combinations

@@ -431,27 +431,9 @@ class SimulatedGenerator:
     def _condition_rows(
         self, n: int | None, where: Mapping[str, Any] | pd.DataFrame | None
     ) -> pd.DataFrame:
-        if isinstance(where, pd.DataFrame):
-            if n is not None and n != len(where):
-                raise MedgenValueError(
-                    f"sample: n={n} but where has {len(where)} rows; pass n=None (one subject "
-                    "per row) or a where with n rows."
-                )
-            rows = where.reset_index(drop=True)
-        else:
-            if n is None or isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
-                raise MedgenValueError(
-                    f"sample: n must be a positive number of subjects, not {n!r}."
-                )
-            if where is not None and not isinstance(where, Mapping):
-                raise MedgenValueError(
-                    f"sample: where must be a dict of conditions, a DataFrame of condition rows "
-                    f"or None, not {type(where).__name__}."
-                )
-            spec = dict(where or {})
-            rows = pd.DataFrame([spec] * int(n)) if spec else pd.DataFrame(index=range(int(n)))
-        if len(rows) == 0:
-            raise MedgenValueError("sample: where has no rows; pass at least one condition row.")
+        from medgen._internal.conditions import condition_rows
+
+        rows = condition_rows(n, where, unit="subjects")
         unknown = [str(c) for c in rows.columns if c not in self.vocabulary]
         if unknown:
             raise MedgenValueError(
