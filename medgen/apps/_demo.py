@@ -396,8 +396,38 @@ def _answer(study: Any, *, attribute: str, seed: int) -> list[dict[str, Any]]:
                 float(d.loc[wkey, "delta"]) if arm != "real" and wkey in d.index else 0.0
             ),
         }
+        gd = study.worst_group_deltas
+        gkey = (arm, attribute, "auc", "gap")
+        if arm != "real" and gd is not None and gkey in gd.index:
+            g = gd.loc[gkey]
+            row["gap_ci"] = [float(g["delta_low"]), float(g["delta_high"])]
+            row["gap_significant"] = bool(g["significant"])
         rows.append(row)
     return rows
+
+
+def _answer_sentence(answer: list[dict[str, Any]], attribute: str) -> str:
+    """One line per arm: its gap against real's, with the paired CI and whether it counts."""
+    parts = []
+    for r in answer:
+        if r["arm"] == "real" or "gap_ci" not in r:
+            continue
+        lo, hi = r["gap_ci"]
+        verdict = (
+            ("narrowed it" if r["gap_delta"] < 0 else "widened it")
+            if r.get("gap_significant")
+            else "no significant change"
+        )
+        parts.append(
+            f"{r['arm']}: {attribute} AUC gap {r['gap']:.3f} (Δ {r['gap_delta']:+.3f} "
+            f"[{lo:+.3f}, {hi:+.3f}], {verdict}; overall AUC {r['auc_delta']:+.3f})"
+        )
+    real = next(r for r in answer if r["arm"] == "real")
+    return (
+        f"Answer: the real arm's {attribute} AUC gap is {real['gap']:.3f}; "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 def _render(
@@ -426,7 +456,8 @@ def _render(
         rows.append((cells, "significant" if r["worst_group_significant"] else ""))
     found = [a for a, f in flagged.items() if f]
     note = (
-        "Injected by the simulator: "
+        _answer_sentence(answer, attribute)
+        + " Injected by the simulator: "
         + ("; ".join(truth) if truth else "nothing")
         + f". The real arm's audit flags: {', '.join(found) or 'nothing'} "
         "(significant after multiplicity adjustment). "
