@@ -19,6 +19,9 @@
 - :mod:`~medgen.generative.synthesis_metrics`: FID, KID, precision/recall/density/coverage,
   memorisation (near-copy gate), conditioning fidelity and per-subgroup quality tables read
   against the real-vs-real floor (docs/synthesis_metrics.md).
+- :class:`Translator` / :func:`evaluate_translation`: image-to-image translation between groups
+  (site harmonisation: histogram matching, Nyul standardisation, CycleGAN) scored against the
+  simulator's counterfactual truth (docs/translation.md).
 
 Names are imported lazily so ``import medgen.generative`` does not import torch. See
 docs/restoration.md and docs/engine.md.
@@ -65,6 +68,7 @@ if TYPE_CHECKING:
         quality_table,
         real_vs_real_floor,
     )
+    from medgen.generative.translation import Translator, evaluate_translation
 
 __all__ = [
     "PRDC",
@@ -84,10 +88,12 @@ __all__ = [
     "Synthesizer",
     "TrainConfig",
     "TrainResult",
+    "Translator",
     "available_generators",
     "conditioning_fidelity",
     "count_near_copies",
     "evaluate",
+    "evaluate_translation",
     "fit_objective",
     "frechet_distance",
     "get_model_kind",
@@ -132,6 +138,8 @@ _LAZY = {
     "SynthesisResult": "medgen.generative.synthesis",
     "SynthesisEvaluation": "medgen.generative._synth_eval",
     "MemorisationGate": "medgen.generative._synth_eval",
+    "Translator": "medgen.generative.translation",
+    "evaluate_translation": "medgen.generative.translation",
     **{
         name: "medgen.generative.synthesis_metrics"
         for name in (

@@ -85,6 +85,7 @@ _BUILTIN_KINDS = {
     "denoise": "medgen.generative.denoise",
     "superres": "medgen.generative.superres",
     "synthesizer": "medgen.generative.synthesis",
+    "translator": "medgen.generative.translation",
 }
 
 T = TypeVar("T", bound="GenerativeModel")

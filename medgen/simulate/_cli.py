@@ -42,6 +42,15 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option("--overwrite", help="Replace a previous simulation in the output folder."),
         ] = False,
+        counterfactual: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--counterfactual",
+                help="Also render every subject at every other value of this attribute (site): "
+                "same anatomy and lesions, linked by the manifest's counterfactual_of column "
+                "(ground truth for translation; docs/simulate.md). Repeatable.",
+            ),
+        ] = None,
     ) -> None:
         """Simulate a cohort with known disease, site and bias effects on MNI152 anatomy."""
         from medgen.simulate import SimulationConfig, preset, simulate
@@ -53,6 +62,12 @@ def register(app: typer.Typer) -> None:
         if n_subjects is not None:
             cfg.population.n_subjects = n_subjects
         manifest = simulate(
-            cfg, out_dir, seed=seed, progress=progress, format=fmt, overwrite=overwrite
+            cfg,
+            out_dir,
+            seed=seed,
+            progress=progress,
+            format=fmt,
+            overwrite=overwrite,
+            counterfactual=tuple(counterfactual or ()),
         )
         typer.echo(f"wrote {manifest}")

@@ -52,7 +52,12 @@ class SimulatedSubject:
 
 
 def render_subject(
-    cfg: SimulationConfig, row: Mapping[Any, Any], index: int, seed: int | Sequence[int]
+    cfg: SimulationConfig,
+    row: Mapping[Any, Any],
+    index: int,
+    seed: int | Sequence[int],
+    *,
+    site: str | None = None,
 ) -> SimulatedSubject:
     """Render one subject of the cohort table (a row of :func:`draw_cohort`'s table).
 
@@ -61,10 +66,26 @@ def render_subject(
     Deterministic given ``(cfg, row, index, seed)``: the subject's generator is
     ``numpy.random.default_rng([seed, 1, index])``, independent of every other subject (``seed``
     may be an entropy key, a sequence of ints, as for :func:`draw_cohort`).
+
+    ``site``: render the subject as scanned at this site instead of ``row["site"]`` (a
+    counterfactual): the same generator, anatomy, tissue jitter, lesions, mask and 2D slice
+    geometry (partial volume over the factual site's ``slice_thickness_mm``); the site's
+    contrast, bias field, blur, noise and intensity units. ``None`` (or the row's own site) is
+    the factual render, unchanged.
     """
     rng = np.random.default_rng([*seed_key(seed), 1, int(index)])
     an = cfg.anatomy
-    site = next(s for s in cfg.sites if s.name == row["site"])
+    geometry = next(s for s in cfg.sites if s.name == row["site"])
+    if site is None or site == row["site"]:
+        site_cfg = geometry
+    else:
+        found = [s for s in cfg.sites if s.name == site]
+        if not found:
+            raise ConfigError(
+                f"render_subject: site {site!r} is not a site of the config; its sites are "
+                f"{[s.name for s in cfg.sites]}."
+            )
+        site_cfg = found[0]
     params = _anatomy.AnatomyParams.draw(an, float(row["age"]), rng)
     severity = float(row["severity"])
     presentation = float(row["presentation"])
@@ -72,7 +93,7 @@ def render_subject(
     if an.mode == "2d":
         z_mm = float(rng.uniform(*an.slice_band_mm))
         shape, affine = _anatomy.output_grid(an, z_mm)
-        t = site.slice_thickness_mm
+        t = geometry.slice_thickness_mm
         nz = 1 if t <= 0 else int(min(5, max(1, math.ceil(t / 1.5))))
         z_offsets = (np.arange(nz) + 0.5) / nz * t - t / 2 if nz > 1 else np.zeros(1)
         spacing: tuple[float, ...] = (float(affine[0, 0]), float(affine[1, 1]))
@@ -93,7 +114,7 @@ def render_subject(
         region_loss=cfg.disease.atrophy_strength * severity * presentation,
         regular_grid=an.mode == "3d",
     )
-    base = _site.TISSUE_INTENSITIES[site.contrast]
+    base = _site.TISSUE_INTENSITIES[site_cfg.contrast]
     jitter = {k: float(1.0 + an.intensity_jitter * rng.standard_normal()) for k in base}
     inten = {k: base[k] * jitter[k] for k in base}
     image = tissues.gm * inten["gm"] + tissues.wm * inten["wm"] + tissues.csf * inten["csf"]
@@ -110,7 +131,7 @@ def render_subject(
             presentation,
             candidates,
             rng,
-            z_jitter_mm=max(site.slice_thickness_mm, 2.0) if an.mode == "2d" else 0.0,
+            z_jitter_mm=max(geometry.slice_thickness_mm, 2.0) if an.mode == "2d" else 0.0,
         )
         tissue = np.clip(2.0 * tissues.wm + 0.3 * tissues.gm, 0.0, 1.0)
         occupancy = _disease.render_lesions(
@@ -133,12 +154,12 @@ def render_subject(
     else:
         mask = occupancy > 0.5
 
-    coeffs = _site.draw_bias_coefficients(site, image.ndim, rng)
-    if site.bias_field > 0:
+    coeffs = _site.draw_bias_coefficients(site_cfg, image.ndim, rng)
+    if site_cfg.bias_field > 0:
         image = image * _site.bias_field(image.shape, coeffs)
-    fwhm = (site.blur_fwhm_mm,) * image.ndim
-    if an.mode == "3d" and site.slice_thickness_mm > an.spacing_mm:
-        fwhm = (site.blur_fwhm_mm, site.blur_fwhm_mm, site.slice_thickness_mm)
+    fwhm = (site_cfg.blur_fwhm_mm,) * image.ndim
+    if an.mode == "3d" and site_cfg.slice_thickness_mm > an.spacing_mm:
+        fwhm = (site_cfg.blur_fwhm_mm, site_cfg.blur_fwhm_mm, site_cfg.slice_thickness_mm)
     image = _site.blur(image, fwhm, spacing)
 
     marker_params: dict[str, Any] = {}
@@ -148,14 +169,15 @@ def render_subject(
         value = float(shortcut.params.get("marker_intensity", 1.5))
         image[2 : 2 + m, -2 - m : -2, ...] = value
         marker_params = {"marker_size": m, "marker_intensity": value, "corner": "low-x high-y"}
-    image = _site.rician(image, site.noise_sigma, rng)
-    image = image * site.intensity_scale + site.intensity_offset
+    image = _site.rician(image, site_cfg.noise_sigma, rng)
+    image = image * site_cfg.intensity_scale + site_cfg.intensity_offset
 
     record = dict(row)
     record.update(
         {
-            "contrast": site.contrast,
-            "manufacturer": site.manufacturer,
+            "site": site_cfg.name,
+            "contrast": site_cfg.contrast,
+            "manufacturer": site_cfg.manufacturer,
             "slice_z_mm": None if an.mode == "3d" else round(z_mm, 3),
             "lesion_count": len(lesions),
             "lesion_fraction": round(float(mask.mean()), 6),
@@ -204,11 +226,14 @@ def save_subject(
     format: str,
     description: str,
     source: str,
+    subject_id: str | None = None,
 ) -> dict[str, Any]:
     """Write one rendered subject into ``out``: ``images/<name>.nii.gz`` (or the DICOM series
     ``images/<name>/``, ``PatientID = name``), marked synthetic with ``description``, and the mask
     ``masks/<name>_mask.nii.gz``; return its manifest record (``subj.record`` with
     ``subject_id = name``, ``image_id = <name>-0``, the relative paths and ``source``).
+    ``subject_id`` (default ``name``) names the person when the files are named otherwise (a
+    counterfactual render): the record's ``subject_id`` and the DICOM ``PatientID``.
 
     The one writer of the simulator and of :class:`~medgen.simulate.SimulatedGenerator`.
     """
@@ -224,7 +249,7 @@ def save_subject(
     tags = None
     if format == "dicom":
         tags = {
-            "PatientID": name,
+            "PatientID": name if subject_id is None else subject_id,
             "PatientSex": str(rec["sex"]) if rec["sex"] in ("F", "M") else "O",
             "PatientAge": f"{min(int(rec['age']), 999):03d}Y",
             "InstitutionName": str(rec["site"]),
@@ -245,7 +270,7 @@ def save_subject(
     medgen.io.save(subj.mask[None], out / rel_mask, format="nifti", affine=subj.affine)
     rec.update(
         {
-            "subject_id": name,
+            "subject_id": name if subject_id is None else subject_id,
             "image_id": f"{name}-0",
             "image_path": rel_img,
             "mask_path": rel_mask,
@@ -323,8 +348,8 @@ def _prepare_out_dir(out: pathlib.Path, *, overwrite: bool, fingerprint: dict[st
         if before != json.loads(json.dumps(fingerprint, default=_json_default)) and not overwrite:
             raise MedgenValueError(
                 f"simulate: out_dir {str(out)!r} holds an interrupted simulation with other "
-                "settings (config, seed or format differ). Rerun with those settings to finish "
-                "it, or pass overwrite=True (CLI: --overwrite) to replace it."
+                "settings (config, seed, format or counterfactual differ). Rerun with those "
+                "settings to finish it, or pass overwrite=True (CLI: --overwrite) to replace it."
             )
         logger.info("simulate: restarting the interrupted simulation in %s", out)
     else:
@@ -353,6 +378,7 @@ def simulate(
     progress: bool = True,
     format: str = "nifti",
     overwrite: bool = False,
+    counterfactual: str | Sequence[str] = (),
 ) -> pathlib.Path:
     """Simulate a cohort and write it to ``out_dir``; return the manifest path.
 
@@ -374,6 +400,16 @@ def simulate(
         seed: overrides ``config.seed`` (recorded in the sidecar).
         progress: show a tqdm progress bar.
         format: ``"nifti"`` or ``"dicom"``.
+        counterfactual: attributes to render counterfactuals of; ``("site",)`` (or ``"site"``)
+            renders every subject additionally at every other site of the config: same
+            anatomy, lesions, mask and subject seed, that site's contrast and scanner effects
+            (:func:`render_subject` with ``site=``). Each is an extra manifest row
+            (``source = simulated``, the same ``subject_id`` and ``split``, the render's
+            ``site``, ``image_id = <subject>-cf-<site>``) whose ``counterfactual_of`` column
+            names the factual ``image_id`` (empty on factual rows). Counterfactual rows are
+            ground truth for evaluating translation, not training data:
+            ``cohort.select(counterfactual_of=None)`` is the factual cohort. The default
+            ``()`` writes exactly what earlier versions wrote (no extra column).
 
     Returns:
         ``out_dir / "manifest.csv"``.
@@ -409,21 +445,59 @@ def simulate(
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ConfigError(f"simulate: seed must be a non-negative integer, not {seed!r}.")
     seed = cfg.seed if seed is None else seed
+    attrs = _counterfactual_attributes(counterfactual)
     out = pathlib.Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise MedgenValueError(f"simulate: out_dir {str(out)!r} exists and is not a directory.")
-    fingerprint = {"config": cfg.to_dict(), "seed": seed, "format": format}
+    fingerprint: dict[str, Any] = {"config": cfg.to_dict(), "seed": seed, "format": format}
+    if attrs:  # absent by default: fingerprints of earlier versions stay valid
+        fingerprint["counterfactual"] = list(attrs)
     if out.is_dir() and any(out.iterdir()) and not _holds_simulation(out):
         # refused before the lock file is made: a folder that is not ours stays untouched
         _prepare_out_dir(out, overwrite=overwrite, fingerprint=fingerprint)
     with run_lock(out, what="simulation"):
         _prepare_out_dir(out, overwrite=overwrite, fingerprint=fingerprint)
         write_text_atomic(out / _STARTED, json.dumps(fingerprint, indent=1, default=_json_default))
-        return _write_simulation(cfg, out, seed=seed, format=format, progress=progress)
+        return _write_simulation(
+            cfg, out, seed=seed, format=format, progress=progress, counterfactual=attrs
+        )
+
+
+#: the attributes :func:`simulate` can render counterfactuals of
+COUNTERFACTUAL_ATTRIBUTES = ("site",)
+
+
+def _counterfactual_attributes(value: Any) -> tuple[str, ...]:
+    """``simulate``'s ``counterfactual`` argument as a tuple of known attribute names."""
+    from medgen._internal.suggest import did_you_mean
+
+    items = [value] if isinstance(value, str) else value
+    try:
+        attrs = tuple(items)
+    except TypeError:
+        raise ConfigError(
+            f"simulate: counterfactual must be a sequence of attribute names such as "
+            f"('site',), not {value!r}."
+        ) from None
+    for a in attrs:
+        if a not in COUNTERFACTUAL_ATTRIBUTES:
+            hint = did_you_mean(str(a), COUNTERFACTUAL_ATTRIBUTES) if isinstance(a, str) else ""
+            raise ConfigError(
+                f"simulate: counterfactual attribute {a!r} is not supported; supported: "
+                f"{list(COUNTERFACTUAL_ATTRIBUTES)} (contrast is a property of the site: "
+                f"a site counterfactual changes it).{hint}"
+            )
+    return tuple(dict.fromkeys(attrs))
 
 
 def _write_simulation(
-    cfg: SimulationConfig, out: pathlib.Path, *, seed: int, format: str, progress: bool
+    cfg: SimulationConfig,
+    out: pathlib.Path,
+    *,
+    seed: int,
+    format: str,
+    progress: bool,
+    counterfactual: tuple[str, ...] = (),
 ) -> pathlib.Path:
     """The body of :func:`simulate`, in a prepared and locked ``out``."""
     from tqdm.auto import tqdm
@@ -434,6 +508,7 @@ def _write_simulation(
     t0 = time.perf_counter()
     table, ground_truth = draw_cohort(cfg, seed)
     rows = []
+    extra: list[dict[str, Any]] = []  # counterfactual rows, after the factual ones
     iterator = tqdm(
         zip(table.index, table.to_dict(orient="records"), strict=True),
         total=len(table),
@@ -450,9 +525,15 @@ def _write_simulation(
                 cfg, subj, out, name=sid, format=format, description=description, source="simulated"
             )
         )
+        if "site" in counterfactual:
+            extra.extend(_site_counterfactuals(cfg, row, int(i), seed, out, rows[-1], format))
     elapsed = time.perf_counter() - t0
 
-    manifest = manifest_table(cfg, rows)
+    if counterfactual:
+        for rec in rows:
+            rec["counterfactual_of"] = None
+    n_factual = len(rows)
+    manifest = manifest_table(cfg, rows + extra)
     manifest_path = out / "manifest.csv"
     write_text_atomic(manifest_path, manifest.to_csv(index=False))
 
@@ -461,14 +542,14 @@ def _write_simulation(
         "config": cfg.to_dict(),
         "seed": seed,
         "format": format,
-        "n_subjects": len(manifest),
+        "n_subjects": n_factual,
         "versions": package_versions(),
         "ground_truth": {
             "biases": ground_truth,
             "prevalence": {
                 "requested": cfg.disease.prevalence,
                 "requested_by": cfg.disease.prevalence_by,
-                "realised": float(manifest["label_true"].mean()),
+                "realised": float(manifest["label_true"].iloc[:n_factual].mean()),
             },
             "columns": {
                 "label": "recorded diagnosis (after under_diagnosis)",
@@ -478,6 +559,19 @@ def _write_simulation(
                 "marker": "1 where the shortcut marker was burned into the image",
             },
         },
+        **(
+            {
+                "counterfactual": {
+                    "attributes": list(counterfactual),
+                    "n_images": len(extra),
+                    "column": "counterfactual_of (the image_id of the factual image)",
+                    "kept": "anatomy, tissue jitter, lesions, mask, 2D slice geometry",
+                    "changed": "contrast, bias field, blur, noise, intensity units",
+                }
+            }
+            if counterfactual
+            else {}
+        ),
         "manifest_sha256": hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "wall_time_s": round(elapsed, 3),
@@ -487,6 +581,40 @@ def _write_simulation(
     (out / _STARTED).unlink(missing_ok=True)
     logger.info("simulated %d subjects into %s in %.1f s", len(manifest), out, elapsed)
     return manifest_path
+
+
+def _site_counterfactuals(
+    cfg: SimulationConfig,
+    row: Mapping[str, Any],
+    index: int,
+    seed: int,
+    out: pathlib.Path,
+    factual: Mapping[str, Any],
+    format: str,
+) -> list[dict[str, Any]]:
+    """Render and write subject ``index`` at every site but its own; their manifest records."""
+    from medgen._internal.paths import safe_file_name
+
+    sid = str(row["subject_id"])
+    recs = []
+    for site in cfg.sites:
+        if site.name == row["site"]:
+            continue
+        subj = render_subject(cfg, row, index, seed, site=site.name)
+        rec = save_subject(
+            cfg,
+            subj,
+            out,
+            name=f"{sid}_cf_{safe_file_name(site.name, what='site')}",
+            format=format,
+            description=f"medgen.simulate {cfg.name} seed={seed} counterfactual site={site.name}",
+            source="simulated",
+            subject_id=sid,
+        )
+        rec["image_id"] = f"{sid}-cf-{site.name}"
+        rec["counterfactual_of"] = factual["image_id"]
+        recs.append(rec)
+    return recs
 
 
 def _json_default(obj: Any) -> Any:
