@@ -55,6 +55,7 @@ import pandas as pd
 from medgen._internal.suggest import did_you_mean
 from medgen.errors import ConfigError, MedgenRuntimeError, MedgenValueError, OutputPathError
 from medgen.generative._model import GenerativeModel, register_model_kind
+from medgen.generative._restorer import robust_range
 
 if TYPE_CHECKING:
     from typing import Self
@@ -265,13 +266,6 @@ def _resize(arr: np.ndarray, size: Sequence[int]) -> np.ndarray:
         t, size=tuple(size), mode=mode, align_corners=False, antialias=down and arr.ndim == 2
     )
     return np.asarray(out[0, 0].numpy(), dtype=np.float32)
-
-
-def _robust_range(arr: np.ndarray) -> tuple[float, float]:
-    lo, hi = (float(v) for v in np.percentile(arr, NORM_PERCENTILES))
-    if not hi > lo:
-        hi = lo + 1.0
-    return lo, hi
 
 
 def _slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
@@ -545,7 +539,7 @@ class Synthesizer(GenerativeModel):
             sp += [1.0] * (sd - len(sp))
             spacings.append([s * a / b for s, a, b in zip(sp, arr.shape, size, strict=True)])
             arr = _resize(arr, size)
-            lo, hi = _robust_range(arr)
+            lo, hi = robust_range(arr, NORM_PERCENTILES)
             images.append((arr - lo) / (hi - lo))
             lows.append(lo)
             highs.append(hi)
@@ -833,7 +827,7 @@ class Synthesizer(GenerativeModel):
                     "and the model was built with resize=False; resize the image first."
                 )
             a = _resize(a, self.image_size)
-            lo, hi = _robust_range(a)
+            lo, hi = robust_range(a, NORM_PERCENTILES)
             arrs.append((a - lo) / (hi - lo))
             ranges.append((lo, hi))
         x = torch.from_numpy(np.stack(arrs)[:, None].astype(np.float32)).to(self.device)

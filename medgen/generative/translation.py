@@ -69,10 +69,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 def robust_range(arr: np.ndarray) -> tuple[float, float]:
     """``(low, high)``: the 0.5th and 99.5th percentiles of ``arr`` (``high = low + 1`` when
     they coincide)."""
-    lo, hi = (float(v) for v in np.percentile(arr, NORM_PERCENTILES))
-    if not hi > lo:
-        hi = lo + 1.0
-    return lo, hi
+    from medgen.generative._restorer import robust_range as percentile_range
+
+    return percentile_range(arr, NORM_PERCENTILES)
 
 
 def _scaled(arr: np.ndarray) -> np.ndarray:

@@ -102,7 +102,7 @@ def foreground_slices(arr: np.ndarray) -> list[np.ndarray]:
 
 def unit_range(arr: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
     """``arr`` scaled so its ``percentiles`` map to 0 and 1 (float32)."""
-    lo, hi = (float(v) for v in np.percentile(arr, percentiles))
-    if not hi > lo:
-        hi = lo + 1.0
+    from medgen.generative._restorer import robust_range
+
+    lo, hi = robust_range(arr, percentiles)
     return ((arr - lo) / (hi - lo)).astype(np.float32)
