@@ -1,4 +1,4 @@
-"""The ``sample(n, where)`` argument every generator takes, as one table of condition rows.
+"""The arguments every generator's ``sample(n, where)`` and ``write(samples, out_dir, ...)`` take.
 
 Shared by :class:`medgen.generative.Synthesizer` and :class:`medgen.simulate.SimulatedGenerator`
 (the two generators of the augmentation study's protocol), so both accept and refuse the same.
@@ -6,15 +6,21 @@ Shared by :class:`medgen.generative.Synthesizer` and :class:`medgen.simulate.Sim
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medgen.errors import MedgenValueError
+from medgen._internal.suggest import did_you_mean
+from medgen.errors import MedgenValueError, OutputPathError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["condition_rows"]
+__all__ = ["check_write_target", "condition_rows"]
+
+#: the formats a generator writes
+WRITE_FORMATS = ("nifti", "dicom")
 
 
 def condition_rows(n: int | None, where: Any, *, unit: str = "images") -> pd.DataFrame:
@@ -52,3 +58,31 @@ def condition_rows(n: int | None, where: Any, *, unit: str = "images") -> pd.Dat
     if len(rows) == 0:
         raise MedgenValueError("sample: where has no rows; pass at least one condition row.")
     return rows
+
+
+def check_write_target(
+    out_dir: str | os.PathLike[str], *, format: str, split: str, what: str = "samples"
+) -> Path:
+    """The folder a generator's ``write`` fills, after checking ``format`` and ``split``.
+
+    Raises:
+        MedgenValueError: ``format`` not nifti/dicom; ``split`` not ``""`` or ``"train"``.
+        OutputPathError: ``out_dir`` exists and is not an empty folder.
+    """
+    if format not in WRITE_FORMATS:
+        raise MedgenValueError(
+            f"write: format must be 'nifti' or 'dicom', not {format!r}."
+            + did_you_mean(str(format), WRITE_FORMATS)
+        )
+    if split not in ("", "train"):
+        raise MedgenValueError(
+            f"write: split must be '' (unassigned) or 'train', not {split!r}; synthetic "
+            "images never enter the val or test splits."
+        )
+    out = Path(out_dir).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputPathError(
+            f"write: {str(out)!r} exists and is not an empty folder; write {what} into a new "
+            "or empty folder (medgen never mixes them with other files)."
+        )
+    return out

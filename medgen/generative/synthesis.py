@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 
 from medgen._internal.suggest import did_you_mean
-from medgen.errors import ConfigError, MedgenRuntimeError, MedgenValueError, OutputPathError
+from medgen.errors import ConfigError, MedgenRuntimeError, MedgenValueError
 from medgen.generative._model import GenerativeModel, register_model_kind
 from medgen.generative._restorer import robust_range
 
@@ -1584,26 +1584,13 @@ class Synthesizer(GenerativeModel):
         """
         import json
 
+        from medgen._internal.conditions import check_write_target
         from medgen._internal.files import write_table, write_text_atomic
         from medgen._internal.paths import confined, safe_file_name
         from medgen._internal.provenance import package_versions
         from medgen.io import save
 
-        if format not in ("nifti", "dicom"):
-            raise MedgenValueError(
-                f"write: format must be 'nifti' or 'dicom', not {format!r}."
-                f"{did_you_mean(str(format), ('nifti', 'dicom'))}"
-            )
-        if split not in ("", "train"):
-            raise MedgenValueError(
-                f"write: split must be '' (unassigned) or 'train', not {split!r}."
-            )
-        out = Path(out_dir).expanduser()
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise OutputPathError(
-                f"write: {str(out)!r} exists and is not an empty folder; write samples into a "
-                "new or empty folder (medgen never mixes them with other files)."
-            )
+        out = check_write_target(out_dir, format=format, split=split, what="samples")
         memo = samples.memorisation
         if memo is None:
             try:

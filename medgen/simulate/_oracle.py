@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from medgen._internal.suggest import did_you_mean
-from medgen.errors import ConfigError, MedgenFileNotFoundError, MedgenValueError, OutputPathError
+from medgen.errors import ConfigError, MedgenFileNotFoundError, MedgenValueError
 from medgen.simulate._config import SimulationConfig, age_group_labels
 
 __all__ = ["OracleSamples", "SimulatedGenerator"]
@@ -348,22 +348,9 @@ class SimulatedGenerator:
                 "write: these samples were drawn by another SimulatedGenerator (other config or "
                 "simulation seed); write them with the generator that drew them."
             )
-        if split not in ("", "train"):
-            raise MedgenValueError(
-                f"write: split must be '' (unassigned) or 'train', not {split!r}; synthetic "
-                "images never enter the val or test splits."
-            )
-        if format not in ("nifti", "dicom"):
-            raise MedgenValueError(
-                f"write: format must be 'nifti' or 'dicom', not {format!r}."
-                + did_you_mean(str(format), ("nifti", "dicom"))
-            )
-        out = pathlib.Path(out_dir).expanduser()
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise OutputPathError(
-                f"write: {str(out)!r} exists and is not an empty folder; write oracle samples "
-                "into a new or empty folder (medgen never mixes them with other files)."
-            )
+        from medgen._internal.conditions import check_write_target
+
+        out = check_write_target(out_dir, format=format, split=split, what="oracle samples")
         cfg = samples.config
         description = (
             f"medgen simulator oracle seed={samples.seed} sim_seed={self.simulation_seed} "
