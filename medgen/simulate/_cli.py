@@ -46,9 +46,11 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(
                 "--counterfactual",
-                help="Also render every subject at every other value of this attribute (site): "
-                "same anatomy and lesions, linked by the manifest's counterfactual_of column "
-                "(ground truth for translation; docs/simulate.md). Repeatable.",
+                help="Also render every subject at every other value of this attribute: site "
+                "(the other scanners), contrast (t1/t2/flair at its own site) or severity (0, "
+                "0.5, 1: lesions scaled, none at 0). Same anatomy, linked by the manifest's "
+                "counterfactual_of column (ground truth for translation; docs/simulate.md). "
+                "Repeatable.",
             ),
         ] = None,
     ) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 from medgen.simulate._anatomy import VENTRICLE_CENTER_MM
 from medgen.simulate._config import DiseaseConfig
 
-__all__ = ["Lesion", "draw_lesions", "render_lesions"]
+__all__ = ["Lesion", "draw_lesions", "render_lesions", "scale_lesions"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +68,15 @@ def render_lesions(
         d = np.linalg.norm(points_mm - np.asarray(les.center_mm), axis=-1)
         occ = np.maximum(occ, 1.0 / (1.0 + np.exp((d - les.radius_mm) / edge_mm)))
     return occ * tissue
+
+
+def scale_lesions(
+    cfg: DiseaseConfig, lesions: list[Lesion], from_severity: float, to_severity: float
+) -> list[Lesion]:
+    """The same lesions at another severity: the same centres, radii scaled by the ratio of
+    the radius range at the two severities (``lo + (hi - lo) * severity``); none at 0."""
+    if to_severity <= 0:
+        return []
+    lo, hi = cfg.lesion_radius_mm
+    factor = (lo + (hi - lo) * to_severity) / (lo + (hi - lo) * from_severity)
+    return [Lesion(center_mm=les.center_mm, radius_mm=les.radius_mm * factor) for les in lesions]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -58,6 +59,8 @@ def render_subject(
     seed: int | Sequence[int],
     *,
     site: str | None = None,
+    contrast: str | None = None,
+    severity: float | None = None,
 ) -> SimulatedSubject:
     """Render one subject of the cohort table (a row of :func:`draw_cohort`'s table).
 
@@ -72,6 +75,20 @@ def render_subject(
     geometry (partial volume over the factual site's ``slice_thickness_mm``); the site's
     contrast, bias field, blur, noise and intensity units. ``None`` (or the row's own site) is
     the factual render, unchanged.
+
+    ``contrast``: render it with this tissue contrast (``"t1"``, ``"t2"``, ``"flair"``) at its
+    site instead of the site's own (a contrast counterfactual): everything else as the factual
+    render, the same noise and bias field included.
+
+    ``severity``: render it at this disease severity (0..1; 0 = healthy) instead of
+    ``row["severity"]`` (a severity counterfactual, disease progression): the same anatomy,
+    noise, bias field and site. Lesions keep their centres; their radii scale with severity as
+    the simulator's radius range does, and their contrast follows the severity; at 0 there are
+    none. A subject healthy in fact gets the lesions a second stream of its own generator draws
+    at severity 1 (``default_rng([seed, 1, index, 1])``), scaled likewise, so its renders at
+    several severities are nested. Atrophy follows the severity directly. The record's
+    ``severity`` is the new value and ``label`` = ``label_true`` = ``severity > 0``; the
+    shortcut marker (an artefact of the recorded label) stays as in the factual image.
     """
     rng = np.random.default_rng([*seed_key(seed), 1, int(index)])
     an = cfg.anatomy
@@ -86,8 +103,24 @@ def render_subject(
                 f"{[s.name for s in cfg.sites]}."
             )
         site_cfg = found[0]
+    if contrast is not None and contrast != site_cfg.contrast:
+        from medgen.simulate._config import CONTRASTS
+
+        if contrast not in CONTRASTS:
+            raise ConfigError(
+                f"render_subject: contrast {contrast!r} is not a contrast of the simulator; "
+                f"its contrasts are {list(CONTRASTS)}."
+            )
+        site_cfg = dataclasses.replace(site_cfg, contrast=contrast)
     params = _anatomy.AnatomyParams.draw(an, float(row["age"]), rng)
-    severity = float(row["severity"])
+    factual_severity = float(row["severity"])
+    if severity is not None and (
+        isinstance(severity, bool)
+        or not isinstance(severity, int | float)
+        or not 0.0 <= float(severity) <= 1.0
+    ):
+        raise ConfigError(f"render_subject: severity must be a number in [0, 1], not {severity!r}.")
+    sev = factual_severity if severity is None else float(severity)
     presentation = float(row["presentation"])
 
     if an.mode == "2d":
@@ -111,7 +144,7 @@ def render_subject(
         fov_mm=an.fov_mm,
         region_center_mm=np.asarray(cfg.disease.atrophy_center_mm) if atrophy_disease else None,
         region_radius_mm=cfg.disease.atrophy_radius_mm,
-        region_loss=cfg.disease.atrophy_strength * severity * presentation,
+        region_loss=cfg.disease.atrophy_strength * sev * presentation,
         regular_grid=an.mode == "3d",
     )
     base = _site.TISSUE_INTENSITIES[site_cfg.contrast]
@@ -121,24 +154,31 @@ def render_subject(
 
     lesions: list[_disease.Lesion] = []
     occupancy = np.zeros(image.shape)
-    if cfg.disease.effect == "lesions" and severity > 0:
+    if cfg.disease.effect == "lesions" and (factual_severity > 0 or sev > 0):
         mid = points[len(points) // 2] if an.mode == "2d" else points
         wm_mid = tissues.wm[len(points) // 2] if an.mode == "2d" else tissues.wm
         candidates = mid[wm_mid > 0.7]
-        lesions = _disease.draw_lesions(
-            cfg.disease,
-            severity,
-            presentation,
-            candidates,
-            rng,
-            z_jitter_mm=max(geometry.slice_thickness_mm, 2.0) if an.mode == "2d" else 0.0,
-        )
+        z_jitter = max(geometry.slice_thickness_mm, 2.0) if an.mode == "2d" else 0.0
+        if factual_severity > 0:  # drawn as in fact: the generator's stream stays the same
+            lesions = _disease.draw_lesions(
+                cfg.disease, factual_severity, presentation, candidates, rng, z_jitter_mm=z_jitter
+            )
+            drawn_at = factual_severity
+        else:  # healthy in fact: the lesions of a second stream of the subject's generator
+            side = np.random.default_rng([*seed_key(seed), 1, int(index), 1])
+            lesions = _disease.draw_lesions(
+                cfg.disease, 1.0, presentation, candidates, side, z_jitter_mm=z_jitter
+            )
+            drawn_at = 1.0
+        if sev != drawn_at:
+            lesions = _disease.scale_lesions(cfg.disease, lesions, drawn_at, sev)
+    if lesions:
         tissue = np.clip(2.0 * tissues.wm + 0.3 * tissues.gm, 0.0, 1.0)
         occupancy = _disease.render_lesions(
             points, lesions, edge_mm=0.25 * min(spacing), tissue=tissue
         )
-        contrast = cfg.disease.lesion_contrast * (0.4 + 0.6 * severity) * presentation
-        image = image * (1.0 - contrast * occupancy) + contrast * occupancy * inten["lesion"]
+        strength = cfg.disease.lesion_contrast * (0.4 + 0.6 * sev) * presentation
+        image = image * (1.0 - strength * occupancy) + strength * occupancy * inten["lesion"]
     if an.mode == "2d":  # partial volume through the slice thickness
         image = image.mean(axis=0)
         occupancy = occupancy.mean(axis=0)
@@ -147,9 +187,7 @@ def render_subject(
         region = tissues.region
     if atrophy_disease:
         mask = (
-            (region > 0.5) & (severity > 0)
-            if region is not None
-            else np.zeros(image.shape, dtype=bool)
+            (region > 0.5) & (sev > 0) if region is not None else np.zeros(image.shape, dtype=bool)
         )
     else:
         mask = occupancy > 0.5
@@ -173,6 +211,8 @@ def render_subject(
     image = image * site_cfg.intensity_scale + site_cfg.intensity_offset
 
     record = dict(row)
+    if severity is not None:
+        record.update({"severity": sev, "label": int(sev > 0), "label_true": int(sev > 0)})
     record.update(
         {
             "site": site_cfg.name,
@@ -410,6 +450,13 @@ def simulate(
             ground truth for evaluating translation, not training data:
             ``cohort.select(counterfactual_of=None)`` is the factual cohort. The default
             ``()`` writes exactly what earlier versions wrote (no extra column).
+            ``"contrast"`` renders every subject at its own site with every other tissue
+            contrast (``t1``, ``t2``, ``flair``; ``image_id = <subject>-cf-contrast-<c>``);
+            ``"severity"`` at every severity of :data:`SEVERITY_LEVELS` (0, 0.5, 1) but its
+            own, with its lesions scaled (none at 0) and ``label`` = ``label_true`` =
+            ``severity > 0`` (``<subject>-cf-severity-<s>``): disease progression on the same
+            anatomy (:func:`render_subject`). Several attributes give the renders of each,
+            not their combinations.
 
     Returns:
         ``out_dir / "manifest.csv"``.
@@ -464,7 +511,27 @@ def simulate(
 
 
 #: the attributes :func:`simulate` can render counterfactuals of
-COUNTERFACTUAL_ATTRIBUTES = ("site",)
+COUNTERFACTUAL_ATTRIBUTES = ("site", "contrast", "severity")
+#: the severities a ``severity`` counterfactual renders every subject at (but its own)
+SEVERITY_LEVELS = (0.0, 0.5, 1.0)
+#: what each kind of counterfactual keeps and changes (``simulation.json``)
+_CF_EFFECTS = {
+    "site": {
+        "kept": "anatomy, tissue jitter, lesions, mask, 2D slice geometry",
+        "changed": "contrast, bias field, blur, noise, intensity units (the other site's)",
+    },
+    "contrast": {
+        "kept": "site, anatomy, tissue jitter, lesions, mask, bias field, blur, noise",
+        "changed": "tissue contrast (t1, t2, flair: every one but the site's)",
+    },
+    "severity": {
+        "kept": "site, anatomy, tissue jitter, lesion centres, bias field, blur, noise, marker",
+        "changed": (
+            f"severity (each of {list(SEVERITY_LEVELS)} but the subject's own): lesion radii "
+            "and contrast (none at 0), atrophy; mask, label and label_true follow"
+        ),
+    },
+}
 
 
 def _counterfactual_attributes(value: Any) -> tuple[str, ...]:
@@ -484,8 +551,7 @@ def _counterfactual_attributes(value: Any) -> tuple[str, ...]:
             hint = did_you_mean(str(a), COUNTERFACTUAL_ATTRIBUTES) if isinstance(a, str) else ""
             raise ConfigError(
                 f"simulate: counterfactual attribute {a!r} is not supported; supported: "
-                f"{list(COUNTERFACTUAL_ATTRIBUTES)} (contrast is a property of the site: "
-                f"a site counterfactual changes it).{hint}"
+                f"{list(COUNTERFACTUAL_ATTRIBUTES)}.{hint}"
             )
     return tuple(dict.fromkeys(attrs))
 
@@ -527,6 +593,13 @@ def _write_simulation(
         )
         if "site" in counterfactual:
             extra.extend(_site_counterfactuals(cfg, row, int(i), seed, out, rows[-1], format))
+        for attribute in ("contrast", "severity"):
+            if attribute in counterfactual:
+                extra.extend(
+                    _other_counterfactuals(
+                        cfg, row, int(i), seed, out, rows[-1], format, attribute=attribute
+                    )
+                )
     elapsed = time.perf_counter() - t0
 
     if counterfactual:
@@ -567,6 +640,7 @@ def _write_simulation(
                     "column": "counterfactual_of (the image_id of the factual image)",
                     "kept": "anatomy, tissue jitter, lesions, mask, 2D slice geometry",
                     "changed": "contrast, bias field, blur, noise, intensity units",
+                    "by_attribute": {a: _CF_EFFECTS[a] for a in counterfactual},
                 }
             }
             if counterfactual
@@ -612,6 +686,55 @@ def _site_counterfactuals(
             subject_id=sid,
         )
         rec["image_id"] = f"{sid}-cf-{site.name}"
+        rec["counterfactual_of"] = factual["image_id"]
+        recs.append(rec)
+    return recs
+
+
+def _other_counterfactuals(
+    cfg: SimulationConfig,
+    row: Mapping[str, Any],
+    index: int,
+    seed: int,
+    out: pathlib.Path,
+    factual: Mapping[str, Any],
+    format: str,
+    *,
+    attribute: str,
+) -> list[dict[str, Any]]:
+    """Render and write subject ``index`` at every other contrast (``attribute="contrast"``,
+    at its own site) or at every :data:`SEVERITY_LEVELS` value but its own
+    (``"severity"``); their manifest records (``image_id = <subject>-cf-contrast-<c>`` /
+    ``<subject>-cf-severity-<s>``)."""
+    from medgen.simulate._config import CONTRASTS
+
+    sid = str(row["subject_id"])
+    own_contrast = next(s.contrast for s in cfg.sites if s.name == row["site"])
+    values: list[Any]
+    if attribute == "contrast":
+        values = [c for c in CONTRASTS if c != own_contrast]
+    else:
+        values = [v for v in SEVERITY_LEVELS if not math.isclose(v, float(row["severity"]))]
+    recs = []
+    for value in values:
+        if attribute == "contrast":
+            subj = render_subject(cfg, row, index, seed, contrast=value)
+            tag, file_tag = f"contrast-{value}", f"contrast_{value}"
+        else:
+            subj = render_subject(cfg, row, index, seed, severity=value)
+            tag, file_tag = f"severity-{value:g}", f"severity_{round(100 * value):03d}"
+        rec = save_subject(
+            cfg,
+            subj,
+            out,
+            name=f"{sid}_cf_{file_tag}",
+            format=format,
+            description=f"medgen.simulate {cfg.name} seed={seed} counterfactual {attribute}="
+            f"{value}",
+            source="simulated",
+            subject_id=sid,
+        )
+        rec["image_id"] = f"{sid}-cf-{tag}"
         rec["counterfactual_of"] = factual["image_id"]
         recs.append(rec)
     return recs

@@ -17,14 +17,20 @@ optimisers and learning rates.
 :class:`~medgen.generative.Denoiser` and :class:`~medgen.generative.SuperResolver` train with
 it; :func:`medgen.generative.train` with a :class:`~medgen.generative.TrainConfig` is the
 shorthand (engine options + these options in one recipe).
+
+:class:`Pix2PixConfig` (the objective's options plus its networks: a residual U-Net generator and
+a conditional PatchGAN, :func:`build_pix2pix_networks`) and :func:`paired_patches` (the same
+random patch cut from both images of an aligned pair) are what
+:class:`~medgen.generative.Translator` ``model="pix2pix"`` trains with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,7 +44,15 @@ if TYPE_CHECKING:
 
     from medgen.generative._nets import GeneratorOutput
 
-__all__ = ["PAIRED_LOG_KEYS", "PairedConfig", "PairedObjective", "check_paired_options"]
+__all__ = [
+    "PAIRED_LOG_KEYS",
+    "PairedConfig",
+    "PairedObjective",
+    "Pix2PixConfig",
+    "build_pix2pix_networks",
+    "check_paired_options",
+    "paired_patches",
+]
 
 #: the columns of ``metrics.csv`` a paired run always has
 PAIRED_LOG_KEYS = ("loss_g", "l1", "mse", "ssim", "kl", "adv", "loss_d")
@@ -80,6 +94,84 @@ class PairedConfig:
 
     def __post_init__(self) -> None:
         check_paired_options(self, "PairedConfig")
+
+
+@dataclass
+class Pix2PixConfig(PairedConfig):
+    """Options of a pix2pix translator (Isola et al. 2017): the paired objective's losses plus
+    its networks.
+
+    Attributes:
+        spatial_dims: 2 or 3.
+        channels: generator (residual U-Net, starting at the identity) widths per level.
+        num_res_units: residual units per generator level.
+        discriminator_channels: width of the conditional PatchGAN's first layer.
+        num_layers_d: discriminator depth (receptive field).
+        patch_size: training patch edge (pixels/voxels), divisible by ``2**(len(channels)-1)``.
+
+    The loss options are :class:`PairedConfig`'s, with pix2pix's balance by default: L1 plus
+    ``adv_weight = 0.01`` LSGAN (the paper's lambda = 100 for L1 against 1 for the GAN), Adam
+    betas (0.5, 0.999), no SSIM or KL term.
+    """
+
+    spatial_dims: int = 2
+    channels: tuple[int, ...] = (16, 32, 64)
+    num_res_units: int = 1
+    discriminator_channels: int = 16
+    num_layers_d: int = 2
+    patch_size: int = 64
+    betas: tuple[float, float] = (0.5, 0.999)
+    ssim_weight: float = 0.0
+    kl_weight: float = 0.0
+    adv_weight: float = 0.01
+
+    def __post_init__(self) -> None:
+        owner = "Pix2PixConfig"
+        check_paired_options(self, owner)
+        _checks.check_network(self, owner)
+        _checks.check_patch_size(self, owner)
+        _checks.check_int(self, owner, ("num_res_units", "num_layers_d"), minimum=0)
+        _checks.check_int(self, owner, ("discriminator_channels",), minimum=1)
+
+
+def build_pix2pix_networks(config: Pix2PixConfig) -> dict[str, nn.Module]:
+    """Untrained ``generator`` (one channel in and out) and ``discriminator`` (conditional:
+    ``cat([input, image])``, two channels) of ``config``."""
+    from medgen.generative._nets import build_discriminator, build_generator
+
+    c = config
+    return {
+        "generator": build_generator(
+            "unet", spatial_dims=c.spatial_dims, channels=c.channels, num_res_units=c.num_res_units
+        ),
+        "discriminator": build_discriminator(
+            spatial_dims=c.spatial_dims,
+            in_channels=2,
+            channels=c.discriminator_channels,
+            num_layers_d=c.num_layers_d,
+        ),
+    }
+
+
+def paired_patches(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    n: int,
+    patch_size: int,
+    rng: np.random.Generator,
+) -> dict[str, torch.Tensor]:
+    """``n`` random patches of aligned pairs (uniform pair, uniform corner; the same window in
+    both images): ``{"input": Bx1x[P]*D, "target": Bx1x[P]*D}`` float32."""
+    xs, ys = [], []
+    for _ in range(int(n)):
+        a, b = pairs[int(rng.integers(len(pairs)))]
+        starts = [int(rng.integers(s - patch_size + 1)) for s in a.shape]
+        window = tuple(slice(s, s + patch_size) for s in starts)
+        xs.append(a[window])
+        ys.append(b[window])
+    return {
+        "input": torch.from_numpy(np.stack(xs)[:, None].astype(np.float32)),
+        "target": torch.from_numpy(np.stack(ys)[:, None].astype(np.float32)),
+    }
 
 
 class PairedObjective(Objective):
