@@ -20,8 +20,11 @@
   memorisation (near-copy gate), conditioning fidelity and per-subgroup quality tables read
   against the real-vs-real floor (docs/synthesis_metrics.md).
 - :class:`Translator` / :func:`evaluate_translation`: image-to-image translation between groups
-  (site harmonisation: histogram matching, Nyul standardisation, CycleGAN) scored against the
-  simulator's counterfactual truth (docs/translation.md).
+  (site harmonisation, contrast transfer, disease progression: histogram matching, Nyul
+  standardisation, CycleGAN, pix2pix) scored against the simulator's counterfactual truth;
+  :func:`transfer_style` (to one reference image), :func:`counterfactual_score_test` (does a
+  classifier's score follow the translated disease?) and :func:`train_target_classifier`
+  (docs/translation.md).
 
 Names are imported lazily so ``import medgen.generative`` does not import torch. See
 docs/restoration.md and docs/engine.md.
@@ -68,7 +71,14 @@ if TYPE_CHECKING:
         quality_table,
         real_vs_real_floor,
     )
-    from medgen.generative.translation import Translator, evaluate_translation
+    from medgen.generative.translation import (
+        TargetClassifier,
+        Translator,
+        counterfactual_score_test,
+        evaluate_translation,
+        train_target_classifier,
+        transfer_style,
+    )
 
 __all__ = [
     "PRDC",
@@ -86,12 +96,14 @@ __all__ = [
     "SynthesisEvaluation",
     "SynthesisResult",
     "Synthesizer",
+    "TargetClassifier",
     "TrainConfig",
     "TrainResult",
     "Translator",
     "available_generators",
     "conditioning_fidelity",
     "count_near_copies",
+    "counterfactual_score_test",
     "evaluate",
     "evaluate_translation",
     "fit_objective",
@@ -109,6 +121,8 @@ __all__ = [
     "register_model_kind",
     "summarize",
     "train",
+    "train_target_classifier",
+    "transfer_style",
 ]
 
 _LAZY = {
@@ -138,8 +152,17 @@ _LAZY = {
     "SynthesisResult": "medgen.generative.synthesis",
     "SynthesisEvaluation": "medgen.generative._synth_eval",
     "MemorisationGate": "medgen.generative._synth_eval",
-    "Translator": "medgen.generative.translation",
-    "evaluate_translation": "medgen.generative.translation",
+    **{
+        name: "medgen.generative.translation"
+        for name in (
+            "TargetClassifier",
+            "Translator",
+            "counterfactual_score_test",
+            "evaluate_translation",
+            "train_target_classifier",
+            "transfer_style",
+        )
+    },
     **{
         name: "medgen.generative.synthesis_metrics"
         for name in (
