@@ -2,7 +2,8 @@
 
 Writes (a) the MNI152 T1 template (nilearn, 1 mm, 197x233x189) as .nii.gz and (b) a 100-slice
 256x256 DICOM series (uint16 + RescaleSlope/Intercept, shuffled file names) to a temp folder,
-then times each loader in one process and prints volumes/s and ratios.
+then times each loader in one process (calls interleaved round by round, median per loader, so
+a change of machine load hits every loader alike) and prints volumes/s and ratios.
 
 Targets (issue 2): medgen.io.load at least as fast as MONAI LoadImage (ratio >= 1.0) and within
 1.2x of the plain library (ratio to plain >= 0.83).
@@ -16,8 +17,14 @@ each, real MR header fields from pydicom's ``MR_small.dcm``): files/s against a 
 and peak Python memory (tracemalloc) per size. Targets (issue 11): at least 1,000 files/s, peak
 memory at 20,000 files within 1.2x of 2,000.
 
+Real files (issue 18): nibabel's Siemens MOSAIC ``siemens_dwi_1000.dcm.gz`` (48 slices of
+128x128 in one 896x896 image; plain library: ``nibabel.nicom.dicomwrappers`` ``get_data``) and
+pydicom-data's 2-frame enhanced CT ``eCT_Supplemental.dcm`` (plain: ``pydicom`` ``pixel_array``
+plus rescale). MONAI's ``PydicomReader`` reads the mosaic as one 896x896 slice (wrong
+geometry), so its row times a different, wrong result. Same targets.
+
 Run: ``python benchmarks/io.py [--repeats 7] [--cohort-volumes 100] [--scan-sizes 2000,20000]
-[--only-scan]``
+[--only-scan] [--only-real] [--real-files-table]``
 """
 
 from __future__ import annotations
@@ -77,6 +84,196 @@ def plain_pydicom(folder: Path) -> np.ndarray:
     return vol * slopes + inters
 
 
+def _time_interleaved(
+    loaders: list[tuple[str, Callable[[], object]]], repeats: int
+) -> dict[str, float]:
+    """Median seconds per call of each loader, calls interleaved round by round (one warm-up
+    each), so a change of machine load hits every loader alike."""
+    times: dict[str, list[float]] = {name: [] for name, _ in loaders}
+    for _, fn in loaders:
+        fn()
+    for _ in range(repeats):
+        for name, fn in loaders:
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def _print_rates(cases: dict[str, list[tuple[str, Callable[[], object]]]], repeats: int) -> None:
+    print(f"{'case':<24} {'loader':<30} {'vol/s':>8} {'medgen/this':>12}")
+    for case, loaders in cases.items():
+        rates = {name: 1.0 / t for name, t in _time_interleaved(loaders, repeats).items()}
+        ours = rates["medgen.io.load"]
+        for name, rate in rates.items():
+            print(f"{case:<24} {name:<30} {rate:8.2f} {ours / rate:12.2f}")
+
+
+def _real_cases(tmp: Path) -> dict[str, list[tuple[str, Callable[[], object]]]]:
+    """Issue 18 rows: a 48-slice Siemens mosaic and a 2-frame enhanced CT, real files."""
+    import os
+
+    from monai.transforms import LoadImage
+    from nibabel.nicom import dicomwrappers
+    from pydicom.data import get_testdata_file
+
+    from medgen.io import load
+
+    mosaic = tmp / "siemens_dwi_1000.dcm"
+    src = Path(os.path.dirname(nib.__file__)) / "nicom" / "tests" / "data" / (mosaic.name + ".gz")
+    with gzip.open(src) as fh:
+        mosaic.write_bytes(fh.read())
+    ect = Path(str(get_testdata_file("eCT_Supplemental.dcm")))
+
+    def plain_mosaic() -> np.ndarray:
+        return np.asarray(dicomwrappers.wrapper_from_file(str(mosaic)).get_data(), np.float32)
+
+    def plain_enhanced() -> np.ndarray:
+        ds = pydicom.dcmread(ect)
+        pvt = ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
+        return ds.pixel_array.astype(np.float32) * float(pvt.RescaleSlope) + float(
+            pvt.RescaleIntercept
+        )
+
+    monai_dicom = LoadImage(image_only=True, ensure_channel_first=True, reader="PydicomReader")
+    assert tuple(load(mosaic).shape) == (1, 128, 128, 48)
+    return {
+        "Siemens mosaic 48x128²": [
+            ("medgen.io.load", lambda: load(mosaic)),
+            ("plain nibabel dicomwrappers", plain_mosaic),
+            ("MONAI LoadImage (1 slice)", lambda: monai_dicom(str(mosaic))),
+        ],
+        "enhanced CT 2x512²": [
+            ("medgen.io.load", lambda: load(ect)),
+            ("plain pydicom + rescale", plain_enhanced),
+            ("MONAI LoadImage", lambda: monai_dicom(str(ect))),
+        ],
+    }
+
+
+#: short forms of medgen's error messages for the real-files table
+_SHORT_REASONS = {
+    "no pixel data": "no pixel data",
+    "without an image": "no image (non-image object)",
+    "no Rows/Columns": "not an image",
+    "holds no DICOM image": "folder holds no image",
+    "PixelSpacing is": "zero PixelSpacing, no fallback: pass `spacing=`",
+    "contiguous blocks": "gap: split into blocks, pick `part=`",
+    "share a position": "repeated positions no tag tells apart",
+    "DICOM series; pick one": "several series: pick `series=`",
+    "does not fit": "inconsistent mosaic (tiles do not fit)",
+    "truncated": "truncated pixel data",
+    "all available plugins": "no installed decoder succeeds",
+    "invalid literal": "corrupt header value",
+    "mixes multi-frame": "mixes multi-frame and single files",
+    "neither ImagePositionPatient nor InstanceNumber": "no positions, no InstanceNumber",
+    "different orientations": "slices in several orientations (localizer / radial)",
+    "different PixelSpacing": "slices with different pixel sizes",
+}
+
+
+def real_files_table() -> str:
+    """The markdown table of docs/io.md "Real files tested": every file of pydicom-data,
+    pydicom's test files, their folders (as series) and nibabel's nicom data, with what
+    ``medgen.io.load`` returns for each."""
+    import os
+    import re
+
+    from pydicom.data import get_testdata_files
+
+    from medgen.errors import MedgenError
+    from medgen.io import load
+
+    nicom = Path(os.path.dirname(nib.__file__)) / "nicom" / "tests" / "data"
+    tmp = Path(tempfile.mkdtemp(prefix="medgen-real-"))
+    files = [Path(p) for p in get_testdata_files()]
+    files += [p.parent for p in files if p.is_file() and p.parent.name != "test_files"]
+    files = list(dict.fromkeys(p for p in files if p.is_file() or any(p.iterdir())))
+    for p in sorted(nicom.iterdir()):
+        if p.name.endswith(".dcm.gz"):
+            out = tmp / p.name[:-3]
+            with gzip.open(p) as fh:
+                out.write_bytes(fh.read())
+            files.append(out)
+        elif p.suffix == ".dcm":
+            files.append(p)
+
+    def label(p: Path) -> str:
+        s = str(p)
+        if str(nicom) in s or str(tmp) in s:
+            return "nibabel: " + p.name + (".gz" if str(tmp) in s else "")
+        m = re.search(r"(test_files|data_store/data)/(.*)$", s.replace(os.sep, "/"))
+        where = "pydicom: " if "test_files" in s else "pydicom-data: "
+        return where + (m.group(2) if m else p.name)
+
+    def describe(p: Path) -> str:
+        try:
+            f = p if p.is_file() else sorted(q for q in p.iterdir() if q.is_file())[0]
+            ds = pydicom.dcmread(f, force=True, stop_before_pixels=True)
+            meta = getattr(ds, "file_meta", None)
+            ts = meta.get("TransferSyntaxUID") if meta is not None else None
+            sop, n = ds.get("SOPClassUID"), int(ds.get("NumberOfFrames") or 1)
+        except Exception as err:
+            return f"unreadable header ({type(err).__name__})"
+        bits = [str(ds.get("Modality", "") or "")]
+        if sop is not None:
+            bits.append(getattr(sop, "name", str(sop)).replace(" Storage", ""))
+        if ds.get("PhotometricInterpretation"):
+            bits.append(str(ds.PhotometricInterpretation))
+        if n > 1:
+            bits.append(f"{n} frames")
+        if ts is not None:
+            bits.append(getattr(ts, "name", str(ts)))
+        elif "Rows" in ds:
+            bits.append("no file meta")
+        if not p.is_file():
+            bits.append(f"folder of {sum(1 for q in p.iterdir() if q.is_file())} files")
+        return ", ".join(b for b in bits if b)
+
+    def outcome(p: Path) -> str:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                img = load(p)
+            except MedgenError as err:
+                msg = str(err)
+                reason = next((v for k, v in _SHORT_REASONS.items() if k in msg), msg[:80])
+                return f"`{type(err).__name__}`: {reason}"
+        sp = "x".join(f"{v:.4g}" for v in img.meta["spacing"])
+        notes = []
+        if img.meta.get("geometry_assumed"):
+            notes.append("no patient geometry")
+        if img.meta.get("spacing_source") not in (None, "PixelSpacing"):
+            notes.append(f"pixel size: {img.meta['spacing_source']}")
+        if img.meta.get("monochrome1_inverted"):
+            notes.append("MONOCHROME1 inverted")
+        if img.meta.get("mosaic"):
+            notes.append("mosaic unpacked")
+        if img.meta.get("source_photometric"):
+            notes.append(f"{img.meta['source_photometric']} -> RGB")
+        if any("file meta" in str(w.message) for w in caught):
+            notes.append("force-read, warned")
+        return f"`{tuple(img.shape)}`, {sp} mm" + (f" ({'; '.join(notes)})" if notes else "")
+
+    rows, refused = [], []
+    for p in sorted(files, key=label):
+        if p.is_file() and p.suffix.lower() in (".txt", ".json", ".icc", ".dump", ".gz"):
+            refused.append(label(p).split(": ", 1)[1])
+            continue
+        rows.append(f"| {label(p)} | {describe(p)} | {outcome(p)} |")
+    return "\n".join(
+        [
+            "| file | what it is | what `load` returns |",
+            "| --- | --- | --- |",
+            *rows,
+            "",
+            "Not DICOM, refused by suffix (`ImageReadError`): "
+            + ", ".join(sorted(set(refused)))
+            + ".",
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -92,10 +289,25 @@ def main() -> None:
         help="comma-separated archive sizes (files) for the scan benchmark ('' skips it)",
     )
     parser.add_argument("--only-scan", action="store_true", help="run only the scan benchmark")
+    parser.add_argument(
+        "--only-real", action="store_true", help="run only the real-file rows (mosaic, enhanced CT)"
+    )
+    parser.add_argument(
+        "--real-files-table",
+        action="store_true",
+        help="print the docs/io.md table of every real DICOM file tested, then exit",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.real_files_table:
+        print(real_files_table())
+        return
     if args.only_scan:
         _scan_benchmark([int(v) for v in args.scan_sizes.split(",") if v])
+        return
+    if args.only_real:
+        warnings.filterwarnings("ignore")
+        _print_rates(_real_cases(Path(tempfile.mkdtemp(prefix="medgen-bench-io-"))), args.repeats)
         return
     warnings.filterwarnings("ignore")
     from monai.transforms import LoadImage
@@ -128,12 +340,8 @@ def main() -> None:
             ("MONAI LoadImage", lambda: monai_dicom(str(series))),
         ],
     }
-    print(f"{'case':<20} {'loader':<30} {'vol/s':>8} {'medgen/this':>12}")
-    for case, loaders in cases.items():
-        rates = {name: 1.0 / _time(fn, args.repeats) for name, fn in loaders}
-        ours = rates["medgen.io.load"]
-        for name, rate in rates.items():
-            print(f"{case:<20} {name:<30} {rate:8.2f} {ours / rate:12.2f}")
+    cases.update(_real_cases(tmp))
+    _print_rates(cases, args.repeats)
     # sanity: everyone read the same voxels
     a, b = load(nii)[0].numpy(), plain_nibabel(nii)
     assert np.array_equal(a, b), "medgen and nibabel disagree on the MNI152 voxels"

@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DicomError",
+    "DicomReadWarning",
     "ImageReadError",
     "ManifestError",
     "MedgenError",
@@ -67,6 +68,11 @@ class SeriesGeometryError(DicomError):
 
 class SeriesGeometryWarning(UserWarning):
     """A DICOM series loads but its geometry is suspect (missing slices, uneven slice spacing)."""
+
+
+class DicomReadWarning(UserWarning):
+    """A DICOM file was read with a repair or an assumption (no file meta, a header value that
+    is not valid DICOM and was dropped); the message says which."""
 
 
 class ManifestError(MedgenValueError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,16 @@ logger = logging.getLogger(__name__)
 _FORMATS = ("nifti", "dicom")
 
 
-def load(path: str | os.PathLike[str], *, series: str | int | None = None) -> MetaTensor:
+def load(
+    path: str | os.PathLike[str],
+    *,
+    series: str | int | None = None,
+    part: str | int | None = None,
+    spacing: Sequence[float] | None = None,
+    resample_gaps: bool = False,
+    invert_monochrome1: bool = True,
+    voi_lut: bool = False,
+) -> MetaTensor:
     """Load a NIfTI file, a DICOM file or a folder holding a DICOM series.
 
     Args:
@@ -29,6 +38,26 @@ def load(path: str | os.PathLike[str], *, series: str | int | None = None) -> Me
             files (one per slice).
         series: when the folder holds several series, the ``SeriesInstanceUID`` (or
             ``SeriesNumber``) of the one to load.
+        part: DICOM only. When a series holds several volumes, the one to load: its label
+            (``"block=2"`` for the second contiguous block of a series with gaps,
+            ``"EchoNumbers=2"`` for one echo of slices that share positions, or both,
+            ``"EchoNumbers=2,block=1"``; :func:`scan` lists each as its own row with this
+            ``part``) or a 0-based index. Without it such a series raises an error that lists
+            the labels.
+        spacing: DICOM only. The in-plane pixel size ``(x, y)`` in mm (between columns, between
+            rows), used instead of the header's; needed for images whose PixelSpacing is zero or
+            missing with neither ImagerPixelSpacing nor NominalScannedPixelSpacing to fall back on.
+        resample_gaps: DICOM only. Interpolate a series with gaps or uneven slice steps linearly
+            along the slice direction onto a regular grid at the median step (first to last
+            slice), instead of splitting it into blocks; ``meta["resampled_gaps"]`` records the
+            source positions.
+        invert_monochrome1: DICOM only. Invert MONOCHROME1 images (higher value = darker) to
+            MONOCHROME2 semantics: ``value = meta["monochrome1_offset"] - stored`` (after
+            rescale), where the offset is the sum of the smallest and largest storable values;
+            ``meta["monochrome1_inverted"]`` says it was done. Apply the same formula to undo it.
+        voi_lut: DICOM only. Apply the VOI LUT / window (WindowCenter/WindowWidth, or the
+            enhanced Frame VOI LUT) to the rescaled values; off by default, so values stay in
+            modality units (HU for CT). ``meta["voi_lut_applied"]`` says it was done.
 
     Returns:
         A float32 ``monai.data.MetaTensor``, channel first: ``(C, X, Y)`` for 2D NIfTI,
@@ -43,12 +72,24 @@ def load(path: str | os.PathLike[str], *, series: str | int | None = None) -> Me
     Raises:
         MedgenFileNotFoundError: ``path`` does not exist.
         ImageReadError: unsupported suffix, empty, truncated or corrupt file.
-        DicomError: unreadable DICOM; ``MultipleSeriesError`` when a folder holds several series
-            and ``series`` is not given; ``SeriesGeometryError`` for mixed orientations or
-            duplicate slice positions.
+        DicomError: unreadable DICOM; no valid pixel size (and no ``spacing=``);
+            ``MultipleSeriesError`` when a folder holds several series and ``series`` is not
+            given; ``SeriesGeometryError`` for mixed orientations, duplicate slice positions no
+            tag tells apart, or a series of several volumes without ``part=``.
+
+    Geometry of a DICOM series: slices are sorted along the slice normal and every slice is
+    placed where its ImagePositionPatient says, within 0.1 mm or 10% of the step, whichever is
+    smaller (:func:`medgen.io._dicom.grid_tolerance`). A series with gaps or uneven steps is
+    split into contiguous blocks (pick one with ``part=``) unless ``resample_gaps=True``; slices
+    sharing positions are split by EchoNumbers, TemporalPositionIdentifier,
+    TemporalPositionIndex, StackID, EffectiveEchoTime, AcquisitionNumber or TriggerTime.
+    Siemens MOSAIC files are unpacked into their slices (CSA header, read with nibabel);
+    enhanced multi-frame files take each frame's geometry from its functional groups.
 
     Warns:
-        SeriesGeometryWarning: missing slices or uneven slice spacing in a DICOM series.
+        SeriesGeometryWarning: a pixel size taken from ImagerPixelSpacing/NominalScannedPixelSpacing,
+            a series split into volumes or resampled (``meta["geometry_notes"]`` keeps the text).
+        DicomReadWarning: a file without file meta information, force-read.
 
     Example:
         >>> import numpy as np, tempfile, pathlib
@@ -65,11 +106,25 @@ def load(path: str | os.PathLike[str], *, series: str | int | None = None) -> Me
         from medgen.io._nifti import load_nifti
 
         return load_nifti(p)
-    from medgen.io._dicom import load_dicom_dir, load_dicom_file
+    from medgen.io._dicom import LoadOptions, load_dicom_dir, load_dicom_file
 
+    if spacing is not None:
+        sp = tuple(float(v) for v in spacing)
+        if len(sp) not in (2, 3) or not all(np.isfinite(v) and v > 0 for v in sp):
+            raise MedgenValueError(
+                f"load: spacing={spacing!r} must be 2 positive numbers (x, y) in mm: the pixel "
+                "size between columns and between rows."
+            )
+    options = LoadOptions(
+        spacing=None if spacing is None else sp,
+        resample_gaps=bool(resample_gaps),
+        part=part,
+        invert_monochrome1=bool(invert_monochrome1),
+        voi_lut=bool(voi_lut),
+    )
     if p.is_dir():
-        return load_dicom_dir(p, series=series)
-    return load_dicom_file(p)
+        return load_dicom_dir(p, series=series, options=options)
+    return load_dicom_file(p, options=options)
 
 
 def _infer_format(path: Path, format: str | None) -> str:

@@ -13,6 +13,7 @@ from medgen.errors import ImageReadError, MedgenFileNotFoundError, MedgenValueEr
 if TYPE_CHECKING:
     from monai.data import MetaTensor
 
+
 #: suffixes read as NIfTI
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: suffixes read as DICOM (files without a suffix are tried as DICOM too)

@@ -7,6 +7,14 @@ and takes the slice spacing from the mean absolute difference of the *z* coordin
 Here slices are sorted by their position projected on the slice normal
 (``cross(row direction, column direction)`` from ``ImageOrientationPatient``), the slice step is
 taken from the positions, and RescaleSlope/Intercept are applied per slice.
+
+Issue 18 (real clinical files): every slice is placed where its header says. Series with gaps or
+uneven steps are split into contiguous blocks (:func:`series_parts`; ``resample_gaps`` opts into
+interpolation), slices sharing positions are split by echo/time/stack tags, Siemens MOSAIC images
+are unpacked (:func:`_mosaic_frames`, CSA header via nibabel), enhanced multi-frame files take
+each frame's geometry from the functional groups, a zero or missing PixelSpacing falls back to
+ImagerPixelSpacing/NominalScannedPixelSpacing or is an error (:func:`pixel_spacing_of`), files
+without file meta are force-read, and MONOCHROME1 is inverted reversibly.
 """
 
 from __future__ import annotations
@@ -22,11 +30,17 @@ import numpy as np
 
 from medgen.errors import (
     DicomError,
+    DicomReadWarning,
     MultipleSeriesError,
     SeriesGeometryError,
     SeriesGeometryWarning,
 )
-from medgen.io._common import LPS_TO_RAS, SYNTHETIC_MARK, has_pixel_data, make_metatensor
+from medgen.io._common import (
+    LPS_TO_RAS,
+    SYNTHETIC_MARK,
+    has_pixel_data,
+    make_metatensor,
+)
 
 if TYPE_CHECKING:
     from monai.data import MetaTensor
@@ -69,9 +83,31 @@ META_KEYWORDS = (
 )
 
 
+#: tags that tell apart several volumes sharing slice positions in one series (echoes, time
+#: points, repeated acquisitions, stacks of an enhanced multi-frame file), tried in this order
+SPLIT_KEYWORDS = (
+    "EchoNumbers",
+    "TemporalPositionIdentifier",
+    "TemporalPositionIndex",
+    "StackID",
+    "EffectiveEchoTime",
+    "AcquisitionNumber",
+    "TriggerTime",
+)
+
+#: a slice lies on its block's regular grid when its ImagePositionPatient is within this many mm
+#: of where the grid puts it ...
+GRID_TOLERANCE_MM = 0.1
+#: ... and within this fraction of the slice step (the smaller of the two applies)
+GRID_TOLERANCE_FRACTION = 0.1
+
+#: pixel size tags tried, in order, when PixelSpacing is missing or zero
+SPACING_FALLBACKS = ("ImagerPixelSpacing", "NominalScannedPixelSpacing")
+
+
 @dataclass
 class Frame:
-    """One 2D image plane: a single-frame file or one frame of a multi-frame file."""
+    """One 2D image plane: a single-frame file, one frame of a multi-frame file, one mosaic tile."""
 
     path: Path
     ds: Dataset
@@ -82,6 +118,19 @@ class Frame:
     slope: float
     intercept: float
     slice_step: float | None  # SpacingBetweenSlices / SliceThickness, for single planes
+    #: values of :data:`SPLIT_KEYWORDS` present for this plane, as (keyword, text) pairs
+    split_tags: tuple[tuple[str, str], ...] = ()
+    #: mosaic tile (row0, col0, rows, cols) inside the stored image; None for whole planes
+    tile: tuple[int, int, int, int] | None = None
+    #: the tag the pixel spacing came from ("PixelSpacing", a fallback, "spacing=" or "assumed")
+    spacing_source: str = "PixelSpacing"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, columns) of the plane."""
+        if self.tile is not None:
+            return self.tile[2], self.tile[3]
+        return int(self.ds.Rows), int(self.ds.Columns)
 
 
 def _plain(value: Any) -> Any:
@@ -113,8 +162,15 @@ def is_synthetic(ds: Dataset) -> bool:
     return SYNTHETIC_MARK in text
 
 
-def header_meta(ds: Dataset) -> dict[str, Any]:
-    """The :data:`META_KEYWORDS` present in ``ds`` as plain python values."""
+def header_meta(ds: Dataset, where: str = "") -> dict[str, Any]:
+    """The :data:`META_KEYWORDS` present in ``ds`` as plain python values.
+
+    PatientSex is normalised to ``F``/``M``/``O`` (dropped otherwise, e.g. ``N/A``); a PatientAge
+    that is not a DICOM age with its unit (``"099"``) is dropped with a warning, so neither a
+    manifest nor a written header carries a guess.
+    """
+    from medgen.io._scan import normalise_sex, parse_age
+
     out: dict[str, Any] = {}
     for kw in META_KEYWORDS:
         if kw in ds:
@@ -122,6 +178,14 @@ def header_meta(ds: Dataset) -> dict[str, Any]:
                 out[kw] = _plain(ds[kw].value)
             except Exception:  # a malformed optional field never blocks loading
                 logger.debug("skipping malformed %s", kw)
+    if "PatientSex" in out:
+        sex = normalise_sex(out.pop("PatientSex"))
+        if sex is not None:
+            out["PatientSex"] = sex
+    if "PatientAge" in out:
+        age = str(out.pop("PatientAge") or "").strip()
+        if age and parse_age(age, warn=True, where=where or "PatientAge") is not None:
+            out["PatientAge"] = age
     return out
 
 
@@ -160,7 +224,39 @@ def read_dataset(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
             )
             + " Remove it from the image folder or point medgen at an image file."
         )
+    _fix_transfer_syntax(ds, path)
     return ds
+
+
+def _fix_transfer_syntax(ds: Dataset, path: Path) -> None:
+    """Give a file without file meta (no preamble / group 0002) the transfer syntax its data set
+    was read with, so its pixels decode; warn that it was force-read."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = getattr(ds, "original_encoding", None) or (
+        ds.is_implicit_VR,
+        ds.is_little_endian,
+    )
+    if implicit is None or little is None:
+        return
+    syntax = (
+        ImplicitVRLittleEndian
+        if implicit
+        else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    )
+    if meta is None:
+        meta = ds.file_meta = FileMetaDataset()
+    meta.TransferSyntaxUID = syntax
+    warnings.warn(
+        f"{path}: no DICOM file meta information (no transfer syntax); force-read as "
+        f"{syntax.name}. Re-export the file with a standard header if its pixels look wrong.",
+        DicomReadWarning,
+        stacklevel=3,
+    )
 
 
 def _raw_text(ds: Any, keyword: str) -> list[str] | None:
@@ -227,16 +323,192 @@ def _scalar(ds: Any, keyword: str, default: float | None) -> float | None:
         return default
 
 
-def frames_of(ds: Dataset, path: Path) -> list[Frame]:
-    """Split a dataset into its image planes with their geometry and rescale parameters."""
+def _spacing_pair(node: Any, keyword: str) -> tuple[float, float] | None:
+    """Two positive finite numbers from ``keyword`` of ``node``; None when absent, zero or junk."""
+    raw = _raw_text(node, keyword)
+    if raw is None:
+        return None
+    try:
+        vals = [float(v) for v in raw]
+    except (TypeError, ValueError):
+        return None
+    if len(vals) != 2 or not all(np.isfinite(v) and v > 0 for v in vals):
+        return None
+    return vals[0], vals[1]
+
+
+def pixel_spacing_of(
+    nodes: Sequence[Any],
+    path: Path,
+    *,
+    spacing: Sequence[float] | None = None,
+    positioned: bool = False,
+) -> tuple[tuple[float, float], str]:
+    """(between rows, between columns) in mm and the tag it came from.
+
+    ``nodes`` are searched in order (a per-frame Pixel Measures item, the shared one, the dataset)
+    for PixelSpacing, then for the :data:`SPACING_FALLBACKS`. An explicit ``spacing`` (x, y) =
+    (between columns, between rows) in mm wins over the header. A file without any of these tags
+    and without patient geometry (secondary capture, ultrasound, photographs) gets 1 x 1 "mm"
+    pixel units (source ``"assumed"``); a positioned image (``positioned``) or a zero/invalid
+    PixelSpacing without a fallback is an error, never a singular affine.
+
+    Raises:
+        DicomError: PixelSpacing is zero, invalid or missing on a positioned image, no fallback
+            tag holds a valid size and ``spacing`` was not given.
+    """
+    if spacing is not None:
+        sx, sy = (float(v) for v in list(spacing)[:2])
+        return (sy, sx), "spacing="
+    present = None
+    for node in nodes:
+        if node is None:
+            continue
+        found = _spacing_pair(node, "PixelSpacing")
+        if found is not None:
+            return found, "PixelSpacing"
+        raw = _raw_text(node, "PixelSpacing")
+        if raw is not None and present is None:
+            present = raw
+    for kw in SPACING_FALLBACKS:
+        for node in nodes:
+            found = _spacing_pair(node, kw) if node is not None else None
+            if found is not None:
+                return found, kw
+    if present is None and not positioned:
+        return (1.0, 1.0), "assumed"
+    what = (
+        f"PixelSpacing is {chr(92).join(present)!r}"
+        if present is not None
+        else "PixelSpacing is missing"
+    )
+    raise DicomError(
+        f"{path}: {what} and neither {' nor '.join(SPACING_FALLBACKS)} holds a pixel size, so "
+        "the image has no valid size in mm. Pass the pixel size yourself: "
+        "medgen.io.load(path, spacing=(x_mm, y_mm))."
+    )
+
+
+def _split_values(*nodes: Any) -> tuple[tuple[str, str], ...]:
+    out: dict[str, str] = {}
+    for node in nodes:
+        if node is None:
+            continue
+        for kw in SPLIT_KEYWORDS:
+            if kw in out:
+                continue
+            raw = _raw_text(node, kw)
+            if raw:
+                out[kw] = "\\".join(raw)
+    return tuple(out.items())
+
+
+def _is_mosaic(ds: Any) -> bool:
+    image_type = ds.get("ImageType") or []
+    if isinstance(image_type, str):
+        image_type = image_type.split("\\")
+    return "MOSAIC" in [str(v).upper() for v in image_type] and (0x0029, 0x1010) in ds
+
+
+def _mosaic_frames(
+    ds: Dataset, path: Path, slope: float, intercept: float, spacing: Sequence[float] | None
+) -> list[Frame]:
+    """The tiles of a Siemens MOSAIC image as frames, with nibabel's geometry.
+
+    NumberOfImagesInMosaic and SliceNormalVector come from the CSA image header (read with
+    ``nibabel.nicom.csareader``), else from (0019,100A) and the cross product of the
+    orientation; the origin is corrected as nibabel's ``MosaicWrapper.image_position`` does
+    (ImagePositionPatient of a mosaic is the corner of the whole stored image, not of tile 0).
+    """
+    import warnings as _w
+
+    iop = _floats(ds, "ImageOrientationPatient", 6, path)
+    ipp = _floats(ds, "ImagePositionPatient", 3, path)
+    if iop is None or ipp is None:
+        raise DicomError(
+            f"{path}: a Siemens MOSAIC image without ImagePositionPatient/ImageOrientationPatient; "
+            "its slices cannot be placed."
+        )
+    try:
+        with _w.catch_warnings():
+            _w.simplefilter("ignore")
+            from nibabel.nicom import csareader
+
+            csa = csareader.get_csa_header(ds, "image")
+            n = csareader.get_n_mosaic(csa) if csa else None
+            csa_normal = csareader.get_slice_normal(csa) if csa else None
+    except Exception as err:
+        raise DicomError(
+            f"{path}: a Siemens MOSAIC image whose CSA header (0029,1010) cannot be read "
+            f"({type(err).__name__}: {err}); NumberOfImagesInMosaic and the slice normal are "
+            "unknown. Re-export the series as one file per slice."
+        ) from err
+    if not n:
+        n = int(_scalar(ds, "NumberOfImagesInMosaic", 0) or 0) or None
+        if n is None and (0x0019, 0x100A) in ds:
+            n = int(ds[0x0019, 0x100A].value)
+    if not n:
+        raise DicomError(
+            f"{path}: a Siemens MOSAIC image without NumberOfImagesInMosaic (CSA header or "
+            "(0019,100A)); the number of slices is unknown. Re-export the series."
+        )
+    n = int(n)
+    mosaic_size = int(np.ceil(np.sqrt(n)))
+    md_rc = np.array([int(ds.Rows), int(ds.Columns)], dtype=np.float64)
+    rows, cols = (int(v) for v in md_rc // mosaic_size)
+    (dr, dc), source = pixel_spacing_of([ds], path, spacing=spacing, positioned=True)
+    row_dir, col_dir = iop[:3], iop[3:]
+    fix_r, fix_c = (md_rc - md_rc / mosaic_size) / 2
+    origin = ipp + col_dir * dr * fix_r + row_dir * dc * fix_c
+    normal = (
+        np.asarray(csa_normal, dtype=np.float64)
+        if csa_normal is not None
+        else np.cross(row_dir, col_dir)
+    )
+    step = _scalar(ds, "SpacingBetweenSlices", None) or _scalar(ds, "SliceThickness", None) or 1.0
+    slice_vec = normal * step
+    tags = _split_values(ds)
+    grid = mosaic_size
+    if grid * rows != int(ds.Rows) or grid * cols != int(ds.Columns):
+        raise DicomError(
+            f"{path}: MOSAIC of {n} tiles of {rows}x{cols} does not fit the stored "
+            f"{ds.Rows}x{ds.Columns} image (NumberOfImagesInMosaic / AcquisitionMatrix disagree)."
+        )
+    return [
+        Frame(
+            path,
+            ds,
+            k,
+            origin + k * slice_vec,
+            iop,
+            (dr, dc),
+            slope,
+            intercept,
+            step,
+            split_tags=tags,
+            tile=((k // grid) * rows, (k % grid) * cols, rows, cols),
+            spacing_source=source,
+        )
+        for k in range(n)
+    ]
+
+
+def frames_of(ds: Dataset, path: Path, *, spacing: Sequence[float] | None = None) -> list[Frame]:
+    """Split a dataset into its image planes with their geometry and rescale parameters.
+
+    Single-frame files give one plane; classic multi-frame files one per frame (RT Dose's
+    GridFrameOffsetVector, else evenly spaced); enhanced multi-frame files one per frame with the
+    geometry of its Per-Frame (else Shared) Functional Groups; Siemens MOSAIC images one per tile.
+    ``spacing``: the caller's in-plane pixel size (x, y) mm (see :func:`pixel_spacing_of`).
+
+    Raises:
+        DicomError: invalid geometry tags, an enhanced frame with no position, no valid pixel size.
+    """
     n_frames = int(_scalar(ds, "NumberOfFrames", 1) or 1)
     slope = _scalar(ds, "RescaleSlope", 1.0) or 1.0
     intercept = _scalar(ds, "RescaleIntercept", 0.0) or 0.0
     if "DoseGridScaling" in ds:  # RT Dose stores dose = pixel * DoseGridScaling
         slope *= _scalar(ds, "DoseGridScaling", 1.0) or 1.0
-    ps = _floats(ds, "PixelSpacing", 2, path)
-    if ps is None:
-        ps = _floats(ds, "ImagerPixelSpacing", 2, path)
     step = _scalar(ds, "SpacingBetweenSlices", None) or _scalar(ds, "SliceThickness", None)
     iop = _floats(ds, "ImageOrientationPatient", 6, path)
     ipp = _floats(ds, "ImagePositionPatient", 3, path)
@@ -244,8 +516,15 @@ def frames_of(ds: Dataset, path: Path) -> list[Frame]:
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame:  # enhanced multi-frame: geometry in functional groups
         shared = _first_item(ds, "SharedFunctionalGroupsSequence")
+        items = list(per_frame)
+        if len(items) < n_frames:
+            raise DicomError(
+                f"{path}: NumberOfFrames is {n_frames} but the Per-Frame Functional Groups "
+                f"Sequence has {len(items)} items; the file is inconsistent. Re-export it."
+            )
         frames = []
-        for i, fg in enumerate(list(per_frame)[:n_frames]):
+        missing_pos: list[int] = []
+        for i, fg in enumerate(items[:n_frames]):
 
             def pick(*kws: str, fg: Any = fg) -> Any:
                 item = _first_item(fg, *kws)
@@ -257,7 +536,11 @@ def frames_of(ds: Dataset, path: Path) -> list[Frame]:
             pvt = pick("PixelValueTransformationSequence")
             f_iop = _floats(orient, "ImageOrientationPatient", 6, path) if orient else iop
             f_ipp = _floats(pos, "ImagePositionPatient", 3, path) if pos else None
-            f_ps = _floats(meas, "PixelSpacing", 2, path) if meas else ps
+            if f_ipp is None and f_iop is not None:
+                missing_pos.append(i + 1)
+            f_ps, source = pixel_spacing_of(
+                [meas, ds], path, spacing=spacing, positioned=f_iop is not None
+            )
             f_step = (
                 (
                     _scalar(meas, "SpacingBetweenSlices", None)
@@ -266,6 +549,8 @@ def frames_of(ds: Dataset, path: Path) -> list[Frame]:
                 if meas
                 else step
             )
+            content = pick("FrameContentSequence")
+            echo = pick("MREchoSequence")
             frames.append(
                 Frame(
                     path=path,
@@ -273,17 +558,35 @@ def frames_of(ds: Dataset, path: Path) -> list[Frame]:
                     index=i,
                     ipp=f_ipp,
                     iop=f_iop,
-                    pixel_spacing=tuple(f_ps) if f_ps is not None else (1.0, 1.0),  # type: ignore[arg-type]
+                    pixel_spacing=f_ps,
                     slope=_scalar(pvt, "RescaleSlope", slope) or slope,
                     intercept=_scalar(pvt, "RescaleIntercept", intercept) or 0.0,
                     slice_step=f_step or step,
+                    split_tags=_split_values(content, echo),
+                    spacing_source=source,
                 )
+            )
+        if missing_pos:
+            raise DicomError(
+                f"{path}: enhanced multi-frame frame(s) {missing_pos[:10]} of {n_frames} have "
+                "ImageOrientationPatient but no PlanePositionSequence > ImagePositionPatient "
+                "(per-frame or shared), so where they lie is unknown. Re-export the file."
             )
         return frames
 
-    pixel_spacing = (float(ps[0]), float(ps[1])) if ps is not None else (1.0, 1.0)
+    if _is_mosaic(ds):
+        return _mosaic_frames(ds, path, slope, intercept, spacing)
+
+    pixel_spacing, source = pixel_spacing_of(
+        [ds], path, spacing=spacing, positioned=iop is not None and ipp is not None
+    )
+    tags = _split_values(ds)
     if n_frames == 1 and "NumberOfFrames" not in ds:
-        return [Frame(path, ds, None, ipp, iop, pixel_spacing, slope, intercept, step)]
+        return [
+            Frame(
+                path, ds, None, ipp, iop, pixel_spacing, slope, intercept, step, tags, None, source
+            )
+        ]
 
     # classic multi-frame: RT Dose's GridFrameOffsetVector, else evenly spaced along the normal
     positions: list[np.ndarray | None]
@@ -300,7 +603,20 @@ def frames_of(ds: Dataset, path: Path) -> list[Frame]:
     else:
         positions = [None] * n_frames
     return [
-        Frame(path, ds, k, positions[k], iop, pixel_spacing, slope, intercept, step)
+        Frame(
+            path,
+            ds,
+            k,
+            positions[k],
+            iop,
+            pixel_spacing,
+            slope,
+            intercept,
+            step,
+            tags,
+            None,
+            source,
+        )
         for k in range(n_frames)
     ]
 
@@ -313,23 +629,33 @@ class Geometry:
     affine: np.ndarray  # 4x4, voxel (x=column, y=row, z=slice) -> RAS mm
     spacing: tuple[float, float, float]
     assumed: bool  # True when the files carry no position/orientation (identity assumed)
+    #: resample_gaps: (positions of the ordered slices, positions of the output grid) along the
+    #: slice direction in mm from the first slice; None when the slices are the grid
+    resample: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def stack_geometry(frames: Sequence[Frame], where: str) -> Geometry:
-    """Sort ``frames`` along the slice normal and build the affine, checking consistency.
+@dataclass
+class Part:
+    """One loadable volume of a series: a group told apart by :data:`SPLIT_KEYWORDS` and/or a
+    contiguous block of slices between gaps."""
 
-    Raises:
-        SeriesGeometryError: mixed orientations, pixel spacings or duplicate positions.
+    label: str  # "" for a series that is one volume; e.g. "block=2", "EchoNumbers=2,block=1"
+    frames: list[Frame]
+    geometry: Geometry
 
-    Warns:
-        SeriesGeometryWarning: missing slices or uneven slice spacing.
-    """
+
+def _positions(frames: Sequence[Frame], where: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(IOP, LPS positions (n, 3), assumed): checks one orientation and one pixel spacing."""
     n = len(frames)
     have_iop = [f.iop is not None for f in frames]
     have_ipp = [f.ipp is not None for f in frames]
     assumed = not (all(have_iop) and all(have_ipp))
     if assumed and n > 1 and (any(have_iop) or any(have_ipp)):
-        missing = [str(f.path) for f in frames if f.iop is None or f.ipp is None][:5]
+        missing = [
+            str(f.path) + (f" frame {f.index + 1}" if f.index is not None else "")
+            for f in frames
+            if f.iop is None or f.ipp is None
+        ][:5]
         raise SeriesGeometryError(
             f"{where}: some slices lack ImagePositionPatient/ImageOrientationPatient ({missing}); "
             "cannot order the series. Remove those files or fix their headers."
@@ -353,13 +679,13 @@ def stack_geometry(frames: Sequence[Frame], where: str) -> Geometry:
                 "InstanceNumber with an assumed identity orientation and "
                 f"{frames[0].slice_step or 1.0} mm steps.",
                 SeriesGeometryWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         ipps[:, 2] = rank * (frames[0].slice_step or 1.0)
     else:
         iops = np.stack([f.iop for f in frames])  # type: ignore[misc]
         iop = iops[0]
-        if not np.allclose(iops, iop, atol=1e-4):
+        if float(np.max(np.abs(iops - iop))) > 1e-4:
             distinct = np.unique(np.round(iops, 4), axis=0)
             raise SeriesGeometryError(
                 f"{where}: the slices have {len(distinct)} different orientations "
@@ -368,20 +694,66 @@ def stack_geometry(frames: Sequence[Frame], where: str) -> Geometry:
             )
         ipps = np.stack([f.ipp for f in frames])  # type: ignore[misc]
     spacings = np.asarray([f.pixel_spacing for f in frames])
-    if not np.allclose(spacings, spacings[0], rtol=1e-4):
+    if float(np.max(np.abs(spacings - spacings[0]))) > 1e-4 * float(np.max(spacings[0])):
         raise SeriesGeometryError(
             f"{where}: the slices have different PixelSpacing values "
             f"{np.unique(spacings, axis=0).tolist()}; resample them to one grid first."
         )
-    row_dir, col_dir = iop[:3], iop[3:]
-    normal = np.cross(row_dir, col_dir)
+    if len({(f.tile is None) for f in frames}) > 1:
+        mosaic = next(f.path for f in frames if f.tile is not None)
+        raise SeriesGeometryError(
+            f"{where}: the series mixes a Siemens MOSAIC file ({mosaic}) with plain slices; "
+            "load the mosaic file on its own."
+        )
+    return iop, ipps, assumed
+
+
+def _normal(iop: np.ndarray, where: str) -> np.ndarray:
+    normal = np.cross(iop[:3], iop[3:])
     norm = np.linalg.norm(normal)
     if norm < 1e-6:
         raise SeriesGeometryError(f"{where}: ImageOrientationPatient {iop.tolist()} is degenerate.")
-    normal = normal / norm
+    return np.asarray(normal / norm)
+
+
+def _affine(
+    iop: np.ndarray,
+    spacing_rc: tuple[float, float],
+    step_vec: np.ndarray,
+    origin: np.ndarray,
+) -> np.ndarray:
+    dr, dc = spacing_rc
+    lps = np.eye(4)
+    lps[:3, 0] = iop[:3] * dc
+    lps[:3, 1] = iop[3:] * dr
+    lps[:3, 2] = step_vec
+    lps[:3, 3] = origin
+    return np.asarray(LPS_TO_RAS @ lps)
+
+
+def stack_geometry(
+    frames: Sequence[Frame],
+    where: str,
+    *,
+    checked: tuple[np.ndarray, np.ndarray, bool] | None = None,
+) -> Geometry:
+    """Sort ``frames`` along the slice normal and build the affine, checking consistency.
+
+    Meant for one contiguous block (see :func:`series_parts`); slices of a series with gaps are
+    stacked with a mean step (and a warning), which misplaces them.
+
+    Raises:
+        SeriesGeometryError: mixed orientations, pixel spacings or duplicate positions.
+
+    Warns:
+        SeriesGeometryWarning: missing slices or uneven slice spacing.
+    """
+    n = len(frames)
+    iop, ipps, assumed = checked if checked is not None else _positions(frames, where)
+    normal = _normal(iop, where)
     proj = ipps @ normal
     order = np.argsort(proj, kind="stable")
-    dr, dc = (float(v) for v in spacings[0])
+    dr, dc = (float(v) for v in frames[0].pixel_spacing)
     if n > 1:
         sp = proj[order]
         diffs = np.diff(sp)
@@ -390,10 +762,20 @@ def stack_geometry(frames: Sequence[Frame], where: str) -> Geometry:
             raise SeriesGeometryError(
                 f"{where}: {int(np.sum(diffs < 1e-3))} slices share a position with another "
                 f"(positions along the normal, mm: {np.round(dup, 3).tolist()}). The series holds several "
-                "volumes (time points, echoes or duplicates); split them into separate folders."
+                "volumes (time points, echoes or duplicates) and none of "
+                f"{', '.join(SPLIT_KEYWORDS)} tells them apart; split them into separate folders."
             )
         step_vec = (ipps[order[-1]] - ipps[order[0]]) / (n - 1)
         med = float(np.median(diffs))
+        declared = _scalar(frames[0].ds, "SpacingBetweenSlices", None)
+        step_len = float(np.linalg.norm(step_vec))
+        if declared and abs(abs(declared) - step_len) > grid_tolerance(step_len):
+            warnings.warn(
+                f"{where}: SpacingBetweenSlices says {abs(declared):.4g} mm but the slices' "
+                f"ImagePositionPatient values are {step_len:.4g} mm apart; the positions are used.",
+                SeriesGeometryWarning,
+                stacklevel=3,
+            )
         gaps = diffs > 1.5 * med
         if np.any(gaps):
             warnings.warn(
@@ -413,14 +795,232 @@ def stack_geometry(frames: Sequence[Frame], where: str) -> Geometry:
             )
     else:
         step_vec = normal * float(frames[0].slice_step or 1.0)
-    lps = np.eye(4)
-    lps[:3, 0] = row_dir * dc
-    lps[:3, 1] = col_dir * dr
-    lps[:3, 2] = step_vec
-    lps[:3, 3] = ipps[order[0]]
-    affine = LPS_TO_RAS @ lps
+    affine = _affine(iop, (dr, dc), step_vec, ipps[order[0]])
     spacing = (dc, dr, float(np.linalg.norm(step_vec)))
     return Geometry(order=order, affine=affine, spacing=spacing, assumed=assumed)
+
+
+def grid_tolerance(step: float) -> float:
+    """How far (mm) a slice may lie from its block's regular grid: the smaller of
+    :data:`GRID_TOLERANCE_MM` and :data:`GRID_TOLERANCE_FRACTION` of the step (at least 1 µm)."""
+    return max(1e-3, min(GRID_TOLERANCE_MM, GRID_TOLERANCE_FRACTION * abs(step)))
+
+
+def _contiguous_blocks(pos: np.ndarray) -> list[tuple[int, int]]:
+    """Split sorted positions (n, 3) into [start, stop) runs that each lie on a regular grid.
+
+    A step that differs from the median step by more than :func:`grid_tolerance` ends a run
+    (a gap or an uneven step); inside a run, a slice farther than the tolerance from the line
+    from the run's first to its last slice at equal steps starts a new run (slow drift).
+    """
+    n = len(pos)
+    if n < 3:
+        return [(0, n)]
+    steps = np.linalg.norm(np.diff(pos, axis=0), axis=1)
+    med = float(np.median(steps))
+    tol = grid_tolerance(med)
+    breaks = {i + 1 for i, d in enumerate(steps) if abs(d - med) > tol}
+    if not breaks:  # the common case: one regular run, checked in one pass
+        grid = pos[0] + np.arange(n)[:, None] * ((pos[-1] - pos[0]) / (n - 1))
+        if float(np.max(np.linalg.norm(pos - grid, axis=1))) <= tol:
+            return [(0, n)]
+    blocks = []
+    start = 0
+    while start < n:
+        stop = start + 1
+        while stop < n and stop not in breaks:
+            cand = pos[start : stop + 1]
+            k = len(cand) - 1
+            step_vec = (cand[-1] - cand[0]) / k
+            grid = cand[0] + np.arange(k + 1)[:, None] * step_vec
+            if float(np.max(np.linalg.norm(cand - grid, axis=1))) > tol:
+                break
+            stop += 1
+        blocks.append((start, stop))
+        start = stop
+    return blocks
+
+
+def _split_by_tags(frames: list[Frame], normal: np.ndarray) -> list[tuple[str, list[Frame]]] | None:
+    """Groups of frames told apart by :data:`SPLIT_KEYWORDS` when positions repeat; None when
+    no tag (nor pair of tags) gives groups without repeated positions."""
+    import itertools
+
+    def key_pos(f: Frame) -> float:
+        return round(float(np.asarray(f.ipp) @ normal), 3)
+
+    values = [dict(f.split_tags) for f in frames]
+    candidates = [kw for kw in SPLIT_KEYWORDS if len({v.get(kw) for v in values}) > 1]
+    for r in (1, 2):
+        for kws in itertools.combinations(candidates, r):
+            groups: dict[tuple[str | None, ...], list[Frame]] = {}
+            for f, v in zip(frames, values, strict=True):
+                groups.setdefault(tuple(v.get(kw) for kw in kws), []).append(f)
+            if all(len({key_pos(f) for f in g}) == len(g) for g in groups.values()):
+
+                def sort_key(k: tuple[str | None, ...]) -> tuple[Any, ...]:
+                    out: list[Any] = []
+                    for v in k:
+                        try:
+                            out.append((0, float(v or "nan"), ""))
+                        except ValueError:
+                            out.append((1, 0.0, str(v)))
+                    return tuple(out)
+
+                return [
+                    (
+                        ",".join(
+                            f"{kw}={v if v is not None else ''}"
+                            for kw, v in zip(kws, k, strict=True)
+                        ),
+                        groups[k],
+                    )
+                    for k in sorted(groups, key=sort_key)
+                ]
+    return None
+
+
+def series_parts(
+    frames: Sequence[Frame], where: str, *, resample_gaps: bool = False
+) -> tuple[list[Part], list[str]]:
+    """Split a series' frames into loadable volumes, each with a geometry that puts every slice
+    where its header says (within :func:`grid_tolerance`).
+
+    Slices sharing positions are split by the first of :data:`SPLIT_KEYWORDS` (or pair of them)
+    that tells them apart (echoes, time points, stacks). Each group is then cut at gaps and
+    uneven steps into contiguous blocks (labels ``block=1``, ``block=2``, ...), or, with
+    ``resample_gaps``, kept whole and later interpolated onto a regular grid of the median step.
+
+    Returns:
+        ``(parts, notes)``: notes say what was split or resampled and why (for warnings and the
+        manifest's ``geometry_warning``).
+
+    Raises:
+        SeriesGeometryError: mixed orientations or pixel spacings, slices missing positions,
+            repeated positions no tag tells apart.
+    """
+    frames = list(frames)
+    notes: list[str] = []
+    sources = {f.spacing_source for f in frames} - {"PixelSpacing", "spacing=", "assumed"}
+    if sources:
+        notes.append(
+            f"PixelSpacing is missing or zero; the pixel size is taken from {', '.join(sorted(sources))} "
+            "(for projection X-ray: the size at the detector, not corrected for magnification)"
+        )
+    checked = _positions(frames, where)
+    iop, ipps, assumed = checked
+    if assumed or len(frames) == 1:
+        return [Part("", frames, stack_geometry(frames, where, checked=checked))], notes
+    normal = _normal(iop, where)
+    proj = np.round(ipps @ normal, 3)
+    groups: list[tuple[str, list[Frame]]] = [("", frames)]
+    if len(np.unique(proj)) < len(proj):
+        split = _split_by_tags(frames, normal)
+        if split is not None:
+            groups = split
+            tag_names = sorted({lab.split("=")[0] for lab, _ in split})
+            notes.append(
+                f"slices share positions: the series holds {len(split)} volumes told apart by "
+                f"{', '.join(tag_names)} ({', '.join(lab for lab, _ in split)})"
+            )
+        # else: stack_geometry below raises the duplicate-position error
+    parts: list[Part] = []
+    for label, group in groups:
+        gw = f"{where} [{label}]" if label else where
+        g_checked = checked if group is frames else _positions(group, gw)
+        g_iop, g_ipps, _ = g_checked
+        g_proj = g_ipps @ normal
+        order = np.argsort(g_proj, kind="stable")
+        if len(group) > 1 and np.any(np.diff(g_proj[order]) < 1e-3):
+            stack_geometry(group, gw)  # raises the duplicate-position error
+        pos = g_ipps[order]
+        blocks = _contiguous_blocks(pos)
+        if len(blocks) == 1:
+            parts.append(Part(label, group, stack_geometry(group, gw, checked=g_checked)))
+            continue
+        diffs = np.diff(g_proj[order])
+        med = float(np.median(diffs))
+        if resample_gaps:
+            geom = _resampled_geometry(group, g_iop, pos, order, med)
+            notes.append(
+                f"{label + ': ' if label else ''}slice positions have {len(blocks) - 1} gap(s) or uneven "
+                f"steps (from {diffs.min():.4g} to {diffs.max():.4g} mm); resample_gaps=True "
+                f"interpolated {len(group)} slices linearly onto a regular grid of "
+                f"{len(geom.resample[1]) if geom.resample else 0} slices at the median step "
+                f"{med:.4g} mm"
+            )
+            parts.append(Part(label, group, geom))
+            continue
+        desc = []
+        for b, (i, j) in enumerate(blocks, start=1):
+            sub = [group[int(k)] for k in order[i:j]]
+            blabel = f"{label + ',' if label else ''}block={b}"
+            desc.append(
+                f"block={b}: {j - i} slice(s) from {g_proj[order[i]]:.4g} to "
+                f"{g_proj[order[j - 1]]:.4g} mm"
+            )
+            parts.append(Part(blabel, sub, stack_geometry(sub, f"{gw} [{blabel}]")))
+        notes.append(
+            f"{label + ': ' if label else ''}{len(blocks) - 1} gap(s) or uneven step(s) in the slice "
+            f"positions (steps from {diffs.min():.4g} to {diffs.max():.4g} mm, median {med:.4g} mm; "
+            f"tolerance {grid_tolerance(med):.3g} mm): slices are missing or unevenly spaced, so "
+            f"the series splits into {len(blocks)} contiguous blocks ({'; '.join(desc)})"
+        )
+    return parts, notes
+
+
+def _resampled_geometry(
+    frames: Sequence[Frame], iop: np.ndarray, pos: np.ndarray, order: np.ndarray, step: float
+) -> Geometry:
+    """Geometry of a regular grid from the first to the last slice at ``step`` mm."""
+    line = pos[-1] - pos[0]
+    length = float(np.linalg.norm(line))
+    direction = line / length
+    t = (pos - pos[0]) @ direction
+    n_out = round(length / step) + 1
+    step_out = length / (n_out - 1)
+    grid = np.arange(n_out) * step_out
+    dr, dc = (float(v) for v in frames[0].pixel_spacing)
+    affine = _affine(iop, (dr, dc), direction * step_out, pos[0])
+    return Geometry(
+        order=order,
+        affine=affine,
+        spacing=(dc, dr, step_out),
+        assumed=False,
+        resample=(np.asarray(t), grid),
+    )
+
+
+def choose_part(parts: list[Part], part: str | int | None, where: str, notes: list[str]) -> Part:
+    """The part named by ``part`` (a label or a 0-based index); the only one when ``None``.
+
+    Raises:
+        SeriesGeometryError: several parts and ``part`` is None, or ``part`` matches none.
+    """
+    labels = [p.label for p in parts]
+    if part is None:
+        if len(parts) == 1:
+            return parts[0]
+        raise SeriesGeometryError(
+            f"{where}: {'; '.join(notes)}. No slice is placed where its header does not say: load "
+            f"one volume with load(path, part=<label>) from {labels} (medgen.io.scan lists each "
+            "as its own row), or pass resample_gaps=True to interpolate across gaps."
+        )
+    if isinstance(part, int) and not isinstance(part, bool):
+        if 0 <= part < len(parts):
+            return parts[part]
+    else:
+        for p in parts:
+            if p.label == str(part):
+                return p
+    if labels == [""]:
+        raise SeriesGeometryError(
+            f"{where}: part={part!r} given, but the series is one volume; leave part out."
+        )
+    raise SeriesGeometryError(
+        f"{where}: part={part!r} is not one of this series' volumes {labels} "
+        f"(or an index 0..{len(parts) - 1})."
+    )
 
 
 def _decode(ds: Dataset, path: Path) -> np.ndarray:
@@ -451,26 +1051,76 @@ def _decode(ds: Dataset, path: Path) -> np.ndarray:
         ) from err
 
 
-def build_volume(frames: Sequence[Frame], where: str, source: str) -> MetaTensor:
-    """Decode and stack ``frames`` into a (C, X, Y, Z) float32 MetaTensor."""
-    geom = stack_geometry(frames, where)
+@dataclass
+class LoadOptions:
+    """The options of :func:`medgen.io.load` that reach the DICOM reader."""
+
+    spacing: tuple[float, ...] | None = None
+    resample_gaps: bool = False
+    part: str | int | None = None
+    invert_monochrome1: bool = True
+    voi_lut: bool = False
+
+
+def _monochrome1_offset(ds: Any, slope: float, intercept: float) -> float:
+    """The constant ``c`` with MONOCHROME2 value = ``c`` - MONOCHROME1 value: the sum of the
+    smallest and largest storable values (BitsStored, PixelRepresentation) after rescaling."""
+    bits = int(_scalar(ds, "BitsStored", None) or _scalar(ds, "BitsAllocated", 16) or 16)
+    signed = int(_scalar(ds, "PixelRepresentation", 0) or 0) == 1
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    return float(slope * lo + intercept + slope * hi + intercept)
+
+
+def build_volume(
+    frames: Sequence[Frame],
+    where: str,
+    source: str,
+    *,
+    options: LoadOptions | None = None,
+) -> MetaTensor:
+    """Decode and stack ``frames`` into a (C, X, Y, Z) float32 MetaTensor.
+
+    The frames are first split into volumes (:func:`series_parts`); ``options.part`` picks one
+    when there are several. Geometry notes (split, resampled, fallback pixel size) are warned as
+    :class:`SeriesGeometryWarning` and kept in ``meta["geometry_notes"]``.
+    """
+    opts = options or LoadOptions()
+    parts, notes = series_parts(frames, where, resample_gaps=opts.resample_gaps)
+    chosen = choose_part(parts, opts.part, where, notes)
+    frames, geom = chosen.frames, chosen.geometry
+    for note in notes:
+        warnings.warn(f"{where}: {note}.", SeriesGeometryWarning, stacklevel=4)
     first = frames[0].ds
-    rows, cols = int(first.Rows), int(first.Columns)
+    rows, cols = frames[0].shape
     samples = int(first.get("SamplesPerPixel", 1) or 1)
-    palette = str(first.get("PhotometricInterpretation", "")) == "PALETTE COLOR"
+    photometric = str(first.get("PhotometricInterpretation", "") or "").strip().upper()
+    palette = photometric == "PALETTE COLOR"
     if palette:
         samples = 3  # indices are mapped through the palette to RGB
     for f in frames:
-        if int(f.ds.Rows) != rows or int(f.ds.Columns) != cols:
+        if f.shape != (rows, cols):
             raise SeriesGeometryError(
-                f"{where}: {f.path} is {f.ds.Rows}x{f.ds.Columns} but the series is {rows}x{cols}; "
+                f"{where}: {f.path} is {f.shape[0]}x{f.shape[1]} but the series is {rows}x{cols}; "
                 "a volume needs one slice size. Move the odd file out."
             )
     n = len(frames)
     shape = (n, rows, cols) if samples == 1 else (n, rows, cols, samples)
     out = np.empty(shape, dtype=np.float32)
     cache: dict[int, np.ndarray] = {}
+    voi_applied = False
+    if frames[0].tile is not None and not opts.voi_lut:  # a mosaic: cut all tiles at once
+        f0 = frames[0]
+        stored = _decode(f0.ds, f0.path)
+        m = int(np.ceil(np.sqrt(len(frames))))
+        tiles = stored.reshape(m, rows, m, cols).swapaxes(1, 2).reshape(-1, rows, cols)
+        np.copyto(out, tiles[[frames[int(i)].index or 0 for i in geom.order]], casting="unsafe")
+        if f0.slope != 1.0:
+            out *= np.float32(f0.slope)
+        if f0.intercept != 0.0:
+            out += np.float32(f0.intercept)
     for k, idx in enumerate(geom.order):
+        if frames[0].tile is not None and not opts.voi_lut:
+            break
         f = frames[int(idx)]
         key = id(f.ds)
         px = cache.get(key)
@@ -486,12 +1136,16 @@ def build_volume(frames: Sequence[Frame], where: str, source: str) -> MetaTensor
                 px = np.asarray(apply_modality_lut(px, f.ds), dtype=np.float32)
             if f.index is not None:
                 cache[key] = px
-        single = px.ndim == (2 if samples == 1 else 3)
-        plane = px if single else px[f.index or 0]
-        if single and f.index:
-            raise DicomError(
-                f"{f.path}: frame {f.index} requested but the pixel data holds one frame."
-            )
+        if f.tile is not None:
+            r0, c0, tr, tc = f.tile
+            plane = px[r0 : r0 + tr, c0 : c0 + tc]
+        else:
+            single = px.ndim == (2 if samples == 1 else 3)
+            plane = px if single else px[f.index or 0]
+            if single and f.index:
+                raise DicomError(
+                    f"{f.path}: frame {f.index} requested but the pixel data holds one frame."
+                )
         if plane.shape[:2] != (rows, cols):
             raise DicomError(
                 f"{f.path}: decoded frame shape {plane.shape} does not match Rows/Columns {rows}x{cols}."
@@ -502,20 +1156,67 @@ def build_volume(frames: Sequence[Frame], where: str, source: str) -> MetaTensor
             dst *= np.float32(f.slope)
         if f.intercept != 0.0:
             dst += np.float32(f.intercept)
+        if opts.voi_lut and samples == 1:
+            from pydicom.pixels import apply_voi_lut
+
+            voi_ds = first
+            if f.index is not None and "PerFrameFunctionalGroupsSequence" in f.ds:
+                voi = _first_item(
+                    f.ds.PerFrameFunctionalGroupsSequence[f.index], "FrameVOILUTSequence"
+                ) or _first_item(
+                    _first_item(f.ds, "SharedFunctionalGroupsSequence"), "FrameVOILUTSequence"
+                )
+                if voi is not None:
+                    voi_ds = voi
+            if "WindowCenter" in voi_ds or "VOILUTSequence" in voi_ds:
+                dst[...] = np.asarray(apply_voi_lut(dst.astype(np.float64), voi_ds))
+                voi_applied = True
+    meta = header_meta(first, where)
+    if photometric == "MONOCHROME1" and samples == 1:
+        if opts.invert_monochrome1:
+            c = _monochrome1_offset(first, frames[0].slope, frames[0].intercept)
+            np.subtract(np.float32(c), out, out=out)
+            meta["PhotometricInterpretation"] = "MONOCHROME2"
+            meta["monochrome1_inverted"] = True
+            meta["monochrome1_offset"] = c
+        else:
+            meta["monochrome1_inverted"] = False
+    if samples == 3 and photometric not in ("RGB", ""):
+        # pydicom maps palettes and YBR to RGB; the meta says what the array holds
+        meta["PhotometricInterpretation"] = "RGB"
+        meta["source_photometric"] = photometric
+    if geom.resample is not None:
+        t_src, t_out = geom.resample
+        i = np.clip(np.searchsorted(t_src, t_out, side="right") - 1, 0, len(t_src) - 2)
+        w = ((t_out - t_src[i]) / (t_src[i + 1] - t_src[i])).astype(np.float32)
+        w = w.reshape((-1,) + (1,) * (out.ndim - 1))
+        out = out[i] * (1 - w) + out[i + 1] * w
+        meta["resampled_gaps"] = {
+            "source_positions_mm": [round(float(v), 4) for v in t_src],
+            "grid_step_mm": float(t_out[1] - t_out[0]) if len(t_out) > 1 else 0.0,
+        }
     # (Z, Y, X[, C]) in memory -> (C, X, Y, Z) view: x = column index, y = row index, z = slice
     arr = out.transpose(2, 1, 0)[None] if samples == 1 else out.transpose(3, 2, 1, 0)
-    meta = header_meta(first)
     meta.update(
         filename_or_obj=source,
         format="dicom",
         spacing=geom.spacing,
-        n_slices=n,
+        n_slices=int(arr.shape[-1]),
         geometry_assumed=geom.assumed,
+        spacing_source=frames[0].spacing_source,
         synthetic=is_synthetic(first),
         filenames=[str(frames[int(i)].path) for i in geom.order]
         if frames[0].index is None
         else [str(frames[0].path)],
     )
+    if chosen.label:
+        meta["part"] = chosen.label
+    if notes:
+        meta["geometry_notes"] = list(notes)
+    if voi_applied:
+        meta["voi_lut_applied"] = True
+    if frames[0].tile is not None:
+        meta["mosaic"] = True
     return make_metatensor(arr, geom.affine, meta)
 
 
@@ -536,10 +1237,13 @@ def list_candidate_files(folder: Path) -> list[Path]:
     return out
 
 
-def load_dicom_dir(folder: Path, *, series: str | int | None) -> MetaTensor:
+def load_dicom_dir(
+    folder: Path, *, series: str | int | None, options: LoadOptions | None = None
+) -> MetaTensor:
     """Load the DICOM series held in ``folder`` (``series`` picks one when there are several)."""
     from medgen.io._common import DICOM_SUFFIXES
 
+    opts = options or LoadOptions()
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
     for p in list_candidate_files(folder):
         try:
@@ -586,14 +1290,15 @@ def load_dicom_dir(folder: Path, *, series: str | int | None) -> MetaTensor:
     items = groups[key]
     frames: list[Frame] = []
     for p, ds in items:
-        fs = frames_of(ds, p)
+        fs = frames_of(ds, p, spacing=opts.spacing)
         if len(items) > 1 and len(fs) > 1:
+            what = "a Siemens MOSAIC file" if fs[0].tile is not None else "multi-frame files"
             raise DicomError(
-                f"{folder}: series {key} mixes multi-frame files ({p}) with other files; "
-                "load the multi-frame file on its own."
+                f"{folder}: series {key} mixes {what} ({p}) with other files; "
+                "load that file on its own."
             )
         frames.extend(fs)
-    return build_volume(frames, where=f"{folder} (series {key})", source=str(folder))
+    return build_volume(frames, where=f"{folder} (series {key})", source=str(folder), options=opts)
 
 
 def _describe(groups: dict[str, list[tuple[Path, Dataset]]]) -> str:
@@ -607,12 +1312,14 @@ def _describe(groups: dict[str, list[tuple[Path, Dataset]]]) -> str:
     return "\n".join(lines)
 
 
-def load_dicom_file(path: Path) -> MetaTensor:
+def load_dicom_file(path: Path, *, options: LoadOptions | None = None) -> MetaTensor:
     """Load one DICOM file (single-frame -> (C, X, Y, 1); multi-frame -> (C, X, Y, frames))."""
+    opts = options or LoadOptions()
     ds = read_dataset(path)
     if not has_pixel_data(ds):
         raise DicomError(
             f"Cannot load {path}: the DICOM file has no pixel data (Modality {ds.get('Modality', '?')}). "
             "Point medgen at an image file."
         )
-    return build_volume(frames_of(ds, path), where=str(path), source=str(path))
+    frames = frames_of(ds, path, spacing=opts.spacing)
+    return build_volume(frames, where=str(path), source=str(path), options=opts)

@@ -230,7 +230,8 @@ def save_dicom(
     copy_identity: bool,
     retain: tuple[str, ...] = (),
 ) -> Path:
-    """Write channel-first ``array`` ((1, X, Y) or (1, X, Y, Z)) as a DICOM series in directory ``path``.
+    """Write channel-first ``array`` ((C, X, Y) or (C, X, Y, Z), C = 1, or 3 for RGB with integer
+    values 0..255) as a DICOM series in directory ``path``.
 
     Of ``meta`` (the source header) only allow-listed fields are written (``retain`` options
     included), plus patient identity when ``copy_identity``. ``dicom_tags`` are written as given,
@@ -239,13 +240,29 @@ def save_dicom(
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
-    if array.shape[0] != 1:
+    rgb = array.shape[0] == 3
+    if array.shape[0] != 1 and not rgb:
         raise MedgenValueError(
-            f"save: DICOM output takes one channel, img has {array.shape[0]} (shape {array.shape}). "
-            "Save each channel separately (img[c:c+1]) or write NIfTI."
+            f"save: DICOM output takes one channel, img has {array.shape[0]} (shape "
+            f"{array.shape}); three channels are written as RGB. Save each channel separately "
+            "(img[c:c+1]) or write NIfTI."
         )
-    vol = array[0] if array.ndim == 4 else array[0][..., None]
-    vol = np.asarray(vol)
+    if rgb:
+        values = np.asarray(array)
+        if not (
+            np.all(np.isfinite(values))
+            and np.array_equal(values, np.round(values))
+            and values.min() >= 0
+            and values.max() <= 255
+        ):
+            raise MedgenValueError(
+                f"save: a 3-channel image is written as RGB DICOM, which holds integers 0..255; "
+                f"img ranges {float(np.nanmin(values)):.4g}..{float(np.nanmax(values)):.4g}. "
+                "Scale it to 0..255, or write NIfTI."
+            )
+    # (C, X, Y[, Z]) -> (X, Y, Z[, C]): channels last for RGB, dropped for one channel
+    vol = np.moveaxis(array if array.ndim == 4 else array[..., None], 0, -1)
+    vol = np.asarray(vol if rgb else vol[..., 0])
     if vol.dtype == np.bool_:
         vol = vol.astype(np.uint8)
     if not np.all(np.isfinite(vol)):
@@ -273,8 +290,11 @@ def save_dicom(
             f"save: the affine's x and y axes are not perpendicular (cosine {row_dir @ col_dir:.3g}); "
             "DICOM cannot store sheared slices. Resample the image or write NIfTI."
         )
-    nx, ny, nz = vol.shape
-    stored, slope, intercept, signed = choose_rescale(vol)
+    nx, ny, nz = vol.shape[:3]
+    if rgb:
+        stored, slope, intercept, signed = vol.astype(np.uint8), 1.0, 0.0, False
+    else:
+        stored, slope, intercept, signed = choose_rescale(vol)
     modality = str(dicom_tags.get("Modality", meta.get("Modality", "OT")) or "OT")
     sop_class = UID(_SOP_CLASSES.get(modality, _SECONDARY_CAPTURE))
     study_uid, for_uid = _new_uid(meta, "StudyInstanceUID"), _new_uid(meta, "FrameOfReferenceUID")
@@ -336,18 +356,27 @@ def save_dicom(
             ds.SliceThickness = _ds(np.linalg.norm(step))
             ds.SpacingBetweenSlices = _ds(np.linalg.norm(step))
             ds.SliceLocation = _ds(float(ipp @ normal))
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
             ds.Rows, ds.Columns = ny, nx
-            ds.BitsAllocated = ds.BitsStored = 16
-            ds.HighBit = 15
-            ds.PixelRepresentation = 1 if signed else 0
-            ds.RescaleSlope = _ds(slope)
-            ds.RescaleIntercept = _ds(intercept)
-            ds.RescaleType = "US"
+            if rgb:  # interleaved R, G, B bytes per pixel (PlanarConfiguration 0)
+                ds.SamplesPerPixel = 3
+                ds.PhotometricInterpretation = "RGB"
+                ds.PlanarConfiguration = 0
+                ds.BitsAllocated = ds.BitsStored = 8
+                ds.HighBit = 7
+                ds.PixelRepresentation = 0
+            else:
+                ds.SamplesPerPixel = 1
+                ds.PhotometricInterpretation = "MONOCHROME2"
+                ds.BitsAllocated = ds.BitsStored = 16
+                ds.HighBit = 15
+                ds.PixelRepresentation = 1 if signed else 0
+                ds.RescaleSlope = _ds(slope)
+                ds.RescaleIntercept = _ds(intercept)
+                ds.RescaleType = "US"
             for kw, value in dicom_tags.items():
                 setattr(ds, kw, value)
-            ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
+            plane = stored[:, :, k]  # (X, Y[, C]) -> rows = Y, columns = X
+            ds.PixelData = np.ascontiguousarray(np.swapaxes(plane, 0, 1)).tobytes()
             ds.save_as(tmp_dir / f"{k + 1:05d}.dcm", enforce_file_format=True)
     logger.debug(
         "wrote DICOM series %s: %d slices, slope=%g intercept=%g", path, nz, slope, intercept

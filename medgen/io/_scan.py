@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medgen._internal.deid import allowed_keywords, keyed_id, project_secret, remap_uid
-from medgen.errors import DicomError, MedgenValueError
+from medgen.errors import DicomError, DicomReadWarning, MedgenValueError
 from medgen.io._common import (
     DICOM_SUFFIXES,
     NIFTI_SUFFIXES,
@@ -54,6 +54,7 @@ MANIFEST_COLUMNS = (
     "site",
     "series_description",
     "series_uid",
+    "part",
     "geometry_warning",
 )
 #: files never considered images
@@ -72,22 +73,63 @@ _SKIP_SUFFIXES = (
 )
 
 _AGE_RE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
-_AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25, "": 1.0}
+_AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
 
 
-def parse_age(value: Any) -> float | None:
-    """DICOM PatientAge (``"045Y"``, ``"006M"``, ``"010W"``, ``"003D"``) in years; None if absent/invalid.
+def parse_age(value: Any, *, warn: bool = False, where: str = "") -> float | None:
+    """DICOM PatientAge (``"045Y"``, ``"006M"``, ``"010W"``, ``"003D"``) in years.
+
+    None when absent or invalid. A number without its unit (``"99"``) is not guessed: it could be
+    years, months, weeks or days, so it is missing too (with a :class:`DicomReadWarning` naming
+    ``where`` when ``warn``).
 
     Example:
-        >>> parse_age("045Y"), parse_age("006M"), parse_age(""), parse_age("abc")
-        (45.0, 0.5, None, None)
+        >>> parse_age("045Y"), parse_age("006M"), parse_age(""), parse_age("abc"), parse_age("99")
+        (45.0, 0.5, None, None, None)
     """
     if value is None:
         return None
-    m = _AGE_RE.match(str(value))
+    text = str(value).strip()
+    m = _AGE_RE.match(text)
     if not m:
+        if text and warn:
+            warnings.warn(
+                f"{where}: PatientAge {text!r} is not a DICOM age (nnnY/M/W/D); age left missing.",
+                DicomReadWarning,
+                stacklevel=2,
+            )
         return None
-    return round(int(m.group(1)) * _AGE_UNITS[m.group(2).upper()], 4)
+    unit = m.group(2).upper()
+    if not unit:
+        if warn:
+            warnings.warn(
+                f"{where}: PatientAge {text!r} has no unit (Y, M, W or D); it is not taken as "
+                "years: age left missing.",
+                DicomReadWarning,
+                stacklevel=2,
+            )
+        return None
+    return round(int(m.group(1)) * _AGE_UNITS[unit], 4)
+
+
+#: PatientSex values kept (DICOM's defined terms); anything else is missing
+SEX_VALUES = ("F", "M", "O")
+
+
+def normalise_sex(value: Any) -> str | None:
+    """DICOM PatientSex as ``"F"``, ``"M"`` or ``"O"``; None for empty or anything else
+    (``"N/A"``, ``"U"``, ``"unknown"``). Full words (``"female"``, ``"male"``, ``"other"``) map to
+    their letter.
+
+    Example:
+        >>> normalise_sex("f"), normalise_sex(" M "), normalise_sex("Female"), normalise_sex("N/A")
+        ('F', 'M', 'F', None)
+    """
+    if value is None:
+        return None
+    text = str(value).strip().upper()
+    text = {"FEMALE": "F", "MALE": "M", "OTHER": "O"}.get(text, text)
+    return text if text in SEX_VALUES else None
 
 
 def _age_from_dates(ds: Any) -> float | None:
@@ -214,14 +256,15 @@ def _summarise(ds: Any, path: Path, series: _Series | None) -> _Series:
         return series
     # the stacker orders plain files by InstanceNumber: keep that, drop the rest of the header
     stub = Dataset()
-    if "InstanceNumber" in ds:
-        stub.InstanceNumber = ds.InstanceNumber
+    for kw in ("InstanceNumber", "Rows", "Columns", "SpacingBetweenSlices"):
+        if kw in ds:
+            setattr(stub, kw, ds[kw].value)
     series.frames.extend(dataclasses.replace(f, ds=stub) for f in frames)
     series.n_multiframe += len(frames) > 1
     return series
 
 
-def _dicom_row(
+def _dicom_rows(
     series: _Series,
     folder: Path,
     root: Path,
@@ -229,9 +272,10 @@ def _dicom_row(
     single_series_dir: bool,
     secret: bytes,
     retain: tuple[str, ...],
-) -> dict[str, Any]:
-    """One manifest row for one series inside one directory (de-identified)."""
-    from medgen.io._dicom import stack_geometry
+) -> list[dict[str, Any]]:
+    """The manifest rows of one series inside one directory (de-identified): one per volume
+    (:func:`medgen.io._dicom.series_parts`: echoes/time points, blocks between gaps)."""
+    from medgen.io._dicom import series_parts
 
     if series.error is not None:
         raise DicomError(series.error)
@@ -240,9 +284,11 @@ def _dicom_row(
     if n > 1 and series.n_multiframe:
         raise DicomError("series mixes multi-frame files with other files")
     uid = str(h.get("SeriesInstanceUID") or "")
+    where = str(folder if n > 1 else series.first)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        geom = stack_geometry(series.frames, where=str(folder if n > 1 else series.first))
+        parts, notes = series_parts(series.frames, where=where)
+    age = parse_age(h.get("PatientAge"), warn=True, where=where)
     image = series.first if n == 1 else folder
     rel = image.relative_to(root).as_posix() if image != root else "."
     pid = str(h.get("PatientID") or "").strip()
@@ -253,10 +299,9 @@ def _dicom_row(
         subject = keyed_id(
             "study:" + study if study else "series:" + uid + "|" + rel, secret=secret
         )
-    age = parse_age(h.get("PatientAge"))
     if age is None:
         age = _age_from_dates(h)
-    sex = str(h.get("PatientSex") or "").strip().upper() or None
+    sex = normalise_sex(h.get("PatientSex"))
 
     def text(kw: str) -> str | None:
         v = str(h.get(kw) or "").strip()
@@ -265,28 +310,38 @@ def _dicom_row(
     institution = text("InstitutionName")
     if institution is not None and "institution_identity" not in retain:
         institution = keyed_id("site:" + institution, secret=secret, prefix="site-", length=8)
-    return {
-        "image_path": rel,
-        "subject_id": subject,
-        "format": "dicom",
-        "modality": text("Modality"),
-        "shape": f"{int(h['Columns'])}x{int(h['Rows'])}x{len(series.frames)}",
-        "channels": int(h.get("SamplesPerPixel") or 1),
-        "spacing": geom.spacing,
-        "n_files": n,
-        "sex": sex,
-        "age": age,
-        "manufacturer": text("Manufacturer"),
-        "scanner": text("ManufacturerModelName"),
-        "site": institution,
-        "series_description": text("SeriesDescription") if "descriptors" in retain else None,
-        "synthetic": series.synthetic,
-        # a folder with several series needs load(path, series=uid); single-series rows need
-        # nothing. The UID is replaced by a keyed one that load() also accepts.
-        "series_uid": remap_uid(uid, secret=secret) if uid else None,
-        "needs_series": n > 1 and not single_series_dir,
-        "geometry_warning": "; ".join(str(w.message) for w in caught) or None,
-    }
+    messages = [*notes, *(str(w.message) for w in caught)]
+    rows = []
+    for part in parts:
+        rows_px, cols_px = part.frames[0].shape
+        rows.append(
+            {
+                "image_path": rel,
+                "subject_id": subject,
+                "format": "dicom",
+                "modality": text("Modality"),
+                "shape": f"{cols_px}x{rows_px}x{len(part.frames)}",
+                "channels": int(h.get("SamplesPerPixel") or 1),
+                "spacing": part.geometry.spacing,
+                "n_files": n,
+                "sex": sex,
+                "age": age,
+                "manufacturer": text("Manufacturer"),
+                "scanner": text("ManufacturerModelName"),
+                "site": institution,
+                "series_description": text("SeriesDescription")
+                if "descriptors" in retain
+                else None,
+                "synthetic": series.synthetic,
+                # a folder with several series (or a series of several volumes) needs
+                # load(path, series=uid, part=part); the UID is a keyed one load() also accepts
+                "series_uid": remap_uid(uid, secret=secret) if uid else None,
+                "part": part.label or None,
+                "needs_series": (n > 1 and not single_series_dir) or len(parts) > 1,
+                "geometry_warning": "; ".join(messages) or None,
+            }
+        )
+    return rows
 
 
 def scan(
@@ -319,10 +374,16 @@ def scan(
         the project secret) of PatientID (a BIDS ``sub-*`` folder for NIfTI), never the raw
         identifier nor a plain hash of it; ``series_uid`` is a keyed replacement of the
         SeriesInstanceUID (the same for the same series within a project); ``image_id`` is a hash
-        of path and series; ``split`` is empty and ``source`` is ``"real"`` (``"synthetic"`` for
+        of path, series and part; ``part`` names one volume of a series that holds several
+        (``block=2`` for the second contiguous block of a series with gaps, ``EchoNumbers=2``
+        for one echo, ...; empty otherwise) and is passed to ``load(path, series=series_uid,
+        part=part)``, with ``needs_series`` true, and ``geometry_warning`` saying why the series
+        was split; ``split`` is empty and ``source`` is ``"real"`` (``"synthetic"`` for
         images whose header carries medgen's synthetic mark), so the table starts a cohort
         manifest. ``shape`` is ``"XxYxZ"``; ``spacing_*`` in mm; ``age`` in years (float) from
-        PatientAge (or birth and study dates); ``sex``, ``manufacturer``, ``scanner`` (model),
+        PatientAge with its unit (``058Y``, ``006M``, ``010W``, ``003D``; a number without a unit
+        is warned about and left missing) or birth and study dates; ``sex`` is PatientSex as
+        ``F``, ``M`` or ``O`` (anything else, e.g. ``N/A``, is missing); ``manufacturer``, ``scanner`` (model),
         ``site`` (institution, pseudonymised) from the headers. ``errors`` has columns ``path``
         (relative to ``root``) and ``reason``, one row per file or series that could not be read.
         One bad file never stops a scan.
@@ -378,8 +439,8 @@ def scan(
                 errors.append({"path": rel, "reason": _reason(err, path)})
         for uid, series in by_series.items():
             try:
-                rows.append(
-                    _dicom_row(
+                rows.extend(
+                    _dicom_rows(
                         series,
                         folder,
                         root_p,
@@ -410,10 +471,11 @@ def scan(
         manifest["spacing_z"] = sp.map(lambda t: t[2]).astype(float)
         manifest["spacing"] = manifest["spacing"].map(lambda t: "x".join(f"{v:.6g}" for v in t))
         manifest["image_id"] = [
-            f"img-{_hash(p + '|' + str(u or ''), 16)}"
-            for p, u in zip(
+            f"img-{_hash(p + '|' + str(u or '') + ('|' + str(b) if b else ''), 16)}"
+            for p, u, b in zip(
                 manifest["image_path"],
                 manifest.get("series_uid", [None] * len(manifest)),
+                manifest.get("part", [None] * len(manifest)),
                 strict=True,
             )
         ]

@@ -41,6 +41,15 @@ TECHNICAL_META_KEYS = frozenset(
         "n_slices",
         "filenames",
         "geometry_assumed",
+        "spacing_source",
+        "part",
+        "geometry_notes",
+        "mosaic",
+        "monochrome1_inverted",
+        "source_photometric",
+        "monochrome1_offset",
+        "voi_lut_applied",
+        "resampled_gaps",
         "qform_code",
         "sform_code",
         "original_shape",
@@ -69,7 +78,7 @@ class LoadImaged(MapTransform):
     Like ``monai.transforms.LoadImaged`` but through medgen's readers, so DICOM series are ordered
     by position and geometry is RAS world millimetres. For ``"image"``, an item with a true
     ``needs_series`` and a ``series_uid`` (rows of ``medgen.io.scan`` whose folder holds several
-    series) loads that series. Output: ``MetaTensor`` float32,
+    series) loads that series, and its ``part`` (a series of several volumes) that volume. Output: ``MetaTensor`` float32,
     channel-first ``(C, X, Y, Z)`` (or ``(C, X, Y)`` for 2D NIfTI). The metadata keeps only the
     de-identification allow-list (docs/privacy.md; :func:`deidentify_meta`): technical header
     fields, the fields of the ``retain`` options, and geometry/provenance keys
@@ -109,9 +118,15 @@ class LoadImaged(MapTransform):
         for key in self.key_iterator(d):
             value = d[key]
             series = None
+            part = None
             if key == "image" and d.get("needs_series") and d.get("series_uid"):
-                # a `medgen scan` row whose folder holds several DICOM series
+                # a `medgen scan` row whose folder holds several DICOM series, or whose series
+                # holds several volumes (blocks between gaps, echoes): its `part` picks one
                 series = str(d["series_uid"])
+                label = d.get("part")
+                # a manifest read back has "" (or NaN, for an all-empty column) where no part is
+                if isinstance(label, str) and label.strip() and label.strip().lower() != "nan":
+                    part = label.strip()
             # training data never needs who the patient is, and cached items land on disk:
             # keep only the allow-list of what medgen.io.load read from the header
             if isinstance(value, MetaTensor):  # the caller's tensor: a new one, same storage
@@ -124,7 +139,7 @@ class LoadImaged(MapTransform):
                     applied_operations=list(value.applied_operations),
                 )
             else:
-                img = load(value, series=series)
+                img = load(value, series=series, part=part)
                 img.meta = deidentify_meta(img.meta, self.retain)
             if self.spatial_dims == 2:
                 img = _squeeze_to_2d(img, key=str(key))

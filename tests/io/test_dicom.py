@@ -103,15 +103,23 @@ def test_rescale_applied_per_slice(tmp_path: Path, write_series: Callable[..., l
         np.testing.assert_allclose(img[0, :, :, k].numpy(), (base + 100 * k) * slope - 5, atol=1e-3)
 
 
-def test_missing_slice_and_uneven_spacing_warn(
+def test_missing_slice_and_uneven_spacing_split_into_blocks(
     tmp_path: Path, write_series: Callable[..., list[Path]]
 ) -> None:
+    """Issue 18: a gap is never bridged by a uniform step; each contiguous block loads exactly."""
     write_series(tmp_path / "gap", [0.0, 2.0, 4.0, 8.0, 10.0])
-    with pytest.warns(SeriesGeometryWarning, match=r"1 gap\(s\).*slices are missing"):
-        img = load(tmp_path / "gap")
-    assert img.shape[-1] == 5
+    with pytest.raises(SeriesGeometryError, match=r"1 gap\(s\).*slices are missing.*part="):
+        load(tmp_path / "gap")
+    with pytest.warns(SeriesGeometryWarning, match=r"splits into 2 contiguous blocks"):
+        first = load(tmp_path / "gap", part="block=1")
+    second = load(tmp_path / "gap", part=1)
+    assert first.shape[-1] == 3 and second.shape[-1] == 2
+    # origin z of each block is the header position (origin 7.5 + offset); RAS z == LPS z
+    assert float(first.affine[2, 3]) == pytest.approx(7.5)
+    assert float(second.affine[2, 3]) == pytest.approx(15.5)
+    assert float(second.affine[2, 2]) == pytest.approx(2.0)
     write_series(tmp_path / "uneven", [0.0, 2.0, 4.3, 6.0, 8.0])
-    with pytest.warns(SeriesGeometryWarning, match="uneven slice spacing"):
+    with pytest.raises(SeriesGeometryError, match="uneven"):
         load(tmp_path / "uneven")
 
 

@@ -176,8 +176,15 @@ def test_scan_records_geometry_warnings_and_errors(
     write_series(tmp_path / "mixed_orient", [0.0, 2.0], series_uid=uid)
     write_series(tmp_path / "mixed_orient", [0.0], series_uid=uid, iop=(0, 1, 0, 0, 0, -1), seed=5)
     manifest, errors = scan(tmp_path)
-    assert list(manifest["image_path"]) == ["gap"]
+    # issue 18: the gap splits the series into two blocks, listed as two images with a note
+    assert list(manifest["image_path"]) == ["gap", "gap"]
+    assert list(manifest["part"]) == ["block=1", "block=2"]
+    assert list(manifest["shape"]) == ["64x64x3", "64x64x1"]
+    assert manifest["needs_series"].all() and manifest["image_id"].is_unique
     assert "slices are missing" in manifest.loc[0, "geometry_warning"]
+    for row in manifest.itertuples():
+        img = load(tmp_path / row.image_path, series=row.series_uid, part=row.part)
+        assert img.shape[-1] == int(row.shape.split("x")[-1])
     assert list(errors["path"]) == ["mixed_orient"]
     assert "2 different orientations" in errors.loc[0, "reason"]
 
