@@ -1035,9 +1035,10 @@ def _decode(ds: Dataset, path: Path) -> np.ndarray:
             hint = "the pixel data is truncated: re-copy or re-export the file"
         elif "all available plugins" in low:
             hint = (
-                f"every installed decoder failed on {syntax_name}: the pixel data may be corrupt, "
-                "or need another decoder (e.g. GDCM: pip install python-gdcm); or re-export the "
-                "file uncompressed"
+                f"every installed decoder failed on {syntax_name}: the pixel data may be corrupt "
+                "or use a variant no PyPI decoder reads (12-bit JPEG extended: neither pylibjpeg, "
+                "Pillow nor python-gdcm 3.2 decodes pydicom's JPEG-lossy.dcm); re-export the "
+                "file uncompressed (e.g. dcmdjpeg from DCMTK, a Debian package)"
             )
         elif "plugin" in low or "handler" in low or "dependencies" in low:
             hint = (
