@@ -19,11 +19,15 @@ Every process imports torch, MONAI and medgen before its clock starts.
 Every configuration runs with one torch thread per process. Printed: items/s (wall clock), CPU
 seconds per 1,000 items (driver + workers, user + system: less sensitive than wall time to
 other load on shared cores), peak resident memory (``ru_maxrss``) of the driver and of each
-worker, and the ratios the issue sets targets for: framework overhead (``in-process`` vs
-``bare``, and vs ``bare+gate``), 2 workers vs 1, and memory at the largest n vs the smallest.
+worker, and the ratios the issue sets targets for: framework overhead in CPU per image, both
+as shipped (``in-process``, gate included, vs ``bare``) and against a bare loop that runs the
+same gate (``in-process`` vs ``bare+gate``: what ``generate`` adds beyond the gate), 2 workers
+vs 1, and memory at the largest n vs the smallest.
 
-Run: ``python benchmarks/batch.py`` (``--n 2000`` for one size; ``--quick`` for n=200). Others
-share the machine's cores: the script prints ``uptime`` before and after.
+Run: ``python benchmarks/batch.py`` (``--n 2000`` for one size; ``--quick`` for n=200;
+``--repeat 3`` runs every configuration three times, interleaved, and the ratios use each one's
+least CPU time). Others share the machine's cores: the script prints ``uptime`` before and
+after.
 """
 
 from __future__ import annotations
@@ -55,8 +59,12 @@ def _cpu_s() -> float:
 
 
 def setup(folder: Path) -> Path:
-    """Simulate the tiny preset and train the tiny synthesizer; return its run folder."""
+    """Simulate the tiny preset and train the tiny synthesizer; return its run folder (a
+    ``--work`` folder that holds them already is reused)."""
     import torch
+
+    if (folder / "run" / "run_complete.json").is_file():
+        return folder / "run"
 
     from medgen.generative.synthesis import Synthesizer
     from medgen.simulate import preset, simulate
@@ -165,6 +173,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="*", default=[2000, 20000])
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=CONFIGS)
     ap.add_argument("--quick", action="store_true", help="n=200 only")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each configuration, interleaved; the ratios use each one's least CPU time",
+    )
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp one)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--run", type=Path, default=None, help=argparse.SUPPRESS)
@@ -180,7 +194,7 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rows = []
     for n in sizes:
-        for config in args.configs:
+        for config in [c for _ in range(args.repeat) for c in args.configs]:
             out = work / f"out-{config}-{n}"
             shutil.rmtree(out, ignore_errors=True)
             cmd = [sys.executable, __file__, "--one", config, "--run", str(run), "--out",
@@ -201,7 +215,12 @@ def main() -> None:
             )
             shutil.rmtree(out, ignore_errors=True)
     print(f"after: {_uptime()}")
-    by = {(r["config"], r["n"]): r for r in rows}
+    # the run of each configuration with the least CPU time (the least disturbed by other load)
+    by: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["config"], r["n"])
+        if key not in by or r["cpu_s"] < by[key]["cpu_s"]:
+            by[key] = r
     print("\nratios")
     for n in sizes:
 
@@ -211,18 +230,32 @@ def main() -> None:
         def cpu(c: str, n: int = n) -> float:
             return float(by[(c, n)]["cpu_s"]) if (c, n) in by else float("nan")
 
+        def ms(c: str, n: int = n) -> str:
+            return f"{1000 * cpu(c) / n:.2f} ms" if (c, n) in by else "-"
+
+        def over(a: float, b: float) -> str:
+            return f"{100 * (a / b - 1):+.0f} %"
+
         print(
-            f"n={n}: CPU time per item, in-process / bare {cpu('in-process') / cpu('bare'):.2f}, "
-            f"in-process / bare+gate {cpu('in-process') / cpu('bare+gate'):.2f}, "
-            f"dask-1 / in-process {cpu('dask-1') / cpu('in-process'):.2f}, "
+            f"n={n}: CPU per image: bare {ms('bare')}, bare+gate {ms('bare+gate')}, "
+            f"in-process {ms('in-process')}, dask-1 {ms('dask-1')}, dask-2 {ms('dask-2')}"
+        )
+        print(
+            f"n={n}: framework overhead (CPU per image, target <= 10 %): as shipped (with the "
+            f"memorisation gate) over the bare loop {over(cpu('in-process'), cpu('bare'))}; over a "
+            f"bare loop that runs the same gate {over(cpu('in-process'), cpu('bare+gate'))}; "
+            f"the gate itself {over(cpu('bare+gate'), cpu('bare'))}"
+        )
+        print(
+            f"n={n}: CPU per image, dask-1 / in-process {cpu('dask-1') / cpu('in-process'):.2f}, "
             f"dask-2 / dask-1 {cpu('dask-2') / cpu('dask-1'):.2f}"
         )
         print(
-            f"n={n}: items/s, in-process / bare {rate('in-process') / rate('bare'):.2f} "
-            f"(overhead {100 * (rate('bare') / rate('in-process') - 1):+.0f} %), "
-            f"in-process / bare+gate {rate('in-process') / rate('bare+gate'):.2f}, "
-            f"dask-1 / in-process {rate('dask-1') / rate('in-process'):.2f}, "
-            f"dask-2 / dask-1 {rate('dask-2') / rate('dask-1'):.2f}"
+            f"n={n}: items/s (wall clock; shared cores make it noisy), in-process / bare "
+            f"{rate('in-process') / rate('bare'):.2f}, in-process / bare+gate "
+            f"{rate('in-process') / rate('bare+gate'):.2f}, dask-1 / in-process "
+            f"{rate('dask-1') / rate('in-process'):.2f}, dask-2 / dask-1 "
+            f"{rate('dask-2') / rate('dask-1'):.2f}"
         )
     if len(sizes) > 1:
         lo, hi = min(sizes), max(sizes)

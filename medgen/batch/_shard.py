@@ -148,6 +148,10 @@ def _save_image(img: np.ndarray, path: Path, job: dict[str, Any], item: int, dra
     )
 
 
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
 def run_shard(job: dict[str, Any], shard: int, rows: list[dict[str, Any]] | None) -> dict[str, Any]:
     """Sample, gate and write shard ``shard`` of ``job`` (see :func:`medgen.batch.generate`).
 
@@ -180,6 +184,8 @@ def run_shard(job: dict[str, Any], shard: int, rows: list[dict[str, Any]] | None
     folder = confined(out, SHARDS, name)
     folder.mkdir(parents=True, exist_ok=True)
     draws = np.asarray(res.draw, dtype=np.int64)
+    # each condition column once, as Python values (not a pandas lookup per item and column)
+    values = {c: [_plain(v) for v in res.conditions[c].tolist()] for c in job["conditions"]}
     rows_out = []
     for j, item in enumerate(res.indices.tolist()):
         iid = safe_file_name(image_id(job, item), what="image_id")
@@ -195,8 +201,7 @@ def run_shard(job: dict[str, Any], shard: int, rows: list[dict[str, Any]] | None
             "source": "synthetic",
         }
         for c in job["conditions"]:
-            v = res.conditions[c].iloc[j]
-            row[c] = v.item() if isinstance(v, np.generic) else v
+            row[c] = values[c][j]
         row.update(
             {
                 "seed": int(job["seed"]),

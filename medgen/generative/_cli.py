@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any
 
 import typer
 
@@ -130,103 +130,18 @@ def _fit(model: Any, params: Mapping[str, Any]) -> None:
     typer.echo(f"model -> {output}")
 
 
-#: the tables ``apply`` writes into its output folder
-OUTPUTS = "outputs.csv"
-DERIVED_MANIFEST = "manifest.csv"
-#: the columns of ``outputs.csv``: one row per image written, never removed
-OUTPUT_COLUMNS = ("input", "output", "image_id", "kind", "run")
-
-
-class _Item(NamedTuple):
-    """One image ``apply`` restores: where it is, what the output is named, its manifest row."""
-
-    path: Path
-    name: str  # the wanted output name (file or DICOM folder), before de-duplication
-    fmt: str
-    row: dict[str, Any] | None
-
-
-def _strip_suffix(name: str) -> str:
-    for suf in (".nii.gz", ".nii", ".dcm"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name
-
-
-def _apply_inputs(inputs: list[Path], fmt: str | None) -> tuple[list[_Item], list[Path]]:
-    """The images of ``inputs`` (NIfTI files, DICOM files or folders, manifests) and every path
-    that must not be written (the inputs, the manifests and their image paths).
-
-    Manifest ids name their outputs through :func:`~medgen._internal.paths.safe_file_name`: an
-    id that would leave the output folder (``../x``, ``/abs/x``, NUL) is an error naming it."""
-    from medgen._internal.paths import safe_file_name
-    from medgen.errors import MedgenFileNotFoundError
-    from medgen.io._common import image_format
-
-    items: list[_Item] = []
-    protected: list[Path] = []
-    for p in inputs:
-        if not p.exists():
-            raise MedgenFileNotFoundError(
-                f"input {p} does not exist; pass image files, DICOM folders or a manifest."
-            )
-        protected.append(p)
-        if p.is_file() and p.suffix.lower() in (".csv", ".parquet"):
-            from medgen.cohort import Cohort
-
-            cohort = Cohort.from_manifest(p)
-            root = Path(cohort.root) if cohort.root is not None else p.parent
-            for row in cohort.df.to_dict("records"):
-                path = Path(str(row["image_path"])).expanduser()
-                if not path.is_absolute():
-                    path = root / path
-                iid = safe_file_name(row["image_id"], what=f"image_id of {p}")
-                f = fmt or image_format(path)
-                name = f"{iid}.nii.gz" if f == "nifti" else iid
-                items.append(_Item(path, name, f, {str(k): v for k, v in row.items()}))
-                protected.append(path)
-        else:
-            f = fmt or image_format(p)
-            stem = _strip_suffix(p.name)
-            items.append(_Item(p, f"{stem}.nii.gz" if f == "nifti" else stem, f, None))
-    return items, protected
-
-
-def _read_outputs(output: Path) -> Any:
-    """The rows of an existing ``outputs.csv`` in ``output`` (an empty table when none)."""
-    import pandas as pd
-
-    from medgen._internal.files import read_table
-
-    path = output / OUTPUTS
-    if not path.is_file():
-        return pd.DataFrame(columns=list(OUTPUT_COLUMNS))
-    old = read_table(path, what="outputs manifest", dtype={c: "string" for c in OUTPUT_COLUMNS})
-    missing = [c for c in ("input", "output") if c not in old.columns]
-    if missing:
-        from medgen.errors import ManifestError
-
-        raise ManifestError(
-            f"{path}: an outputs manifest needs the columns 'input' and 'output' (missing "
-            f"{missing}); it was not written by medgen apply. Choose another output folder."
-        )
-    return old
-
-
-def _output_names(items: list[_Item], output: Path, outputs: Any) -> list[str]:
-    """Distinct output names: within this call (:func:`~medgen._internal.paths.unique_output_names`)
-    and beside what ``output`` already holds (earlier outputs are never replaced)."""
-    from medgen._internal.paths import unique_output_names
-
-    taken = {OUTPUTS, DERIVED_MANIFEST}
-    if output.is_dir():
-        taken |= {e.name for e in output.iterdir()}
-    taken |= {str(v) for v in outputs["output"].dropna()}
-    # names already taken go first, under keys no input can have, so the inputs get the next ones
-    held = [f"\x00taken:{n}" for n in sorted(taken)]
-    keys = [*held, *(f"{i}:{item.path}" for i, item in enumerate(items))]
-    names = unique_output_names(keys, [*sorted(taken), *(item.name for item in items)])
-    return [names[k] for k in keys[len(held) :]]
+_ApplyWorkers = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        help="run on a local Dask cluster of W processes (pip install 'medgen\\[dask]')",
+    ),
+]
+_Scheduler = Annotated[
+    str | None,
+    typer.Option(help="run on an existing Dask cluster (tcp://host:8786); see docs/batch.md"),
+]
+_ShardSize = Annotated[int, typer.Option(help="images per task (the unit of work and resume)")]
 
 
 def _apply(
@@ -238,107 +153,60 @@ def _apply(
     progress: bool,
     self_ensemble: bool = False,
     retain: tuple[str, ...] = (),
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    shard_size: int = 16,
 ) -> None:
-    """Restore ``inputs`` with the model in ``run`` into ``output``.
+    """Apply the ``kind`` model in ``run`` to ``inputs`` into ``output``: a thin shell over
+    :func:`medgen.batch.apply_model` (every check, the resume and the refusals are there).
 
     Outputs carry only the header fields of the allow-list (plus the ``retain`` groups), like
-    every medgen writer (docs/privacy.md).
-
-    Nothing is written before every check has passed: the model folder is complete, ``output``
-    is not, does not contain and does not lie inside an input (or ``run``), every manifest id
-    makes a file name inside ``output``. Outputs never replace an input nor an earlier output
-    (two inputs named alike get ``x.nii.gz`` and ``x-2.nii.gz``); ``outputs.csv`` maps each
-    input to its output (extended, rewritten atomically after each image)."""
+    every medgen writer (docs/privacy.md). Nothing is written before every check has passed: the
+    model folder is complete, ``output`` is not, does not contain and does not lie inside an
+    input (or ``run``), every manifest id makes a file name inside ``output``. Outputs never
+    replace an input (two inputs named alike get ``x.nii.gz`` and ``x-2.nii.gz``);
+    ``outputs.csv`` maps each input to its output, with its sha256. Rerunning the same command
+    resumes: inputs already done are skipped."""
     import logging
 
     import pandas as pd
-    from tqdm.auto import tqdm
 
-    from medgen._internal.deid import allowed_keywords
-    from medgen._internal.files import read_table, write_table
-    from medgen._internal.paths import check_output_not_input, confined
-    from medgen._internal.runs import run_lock
-    from medgen.errors import ConfigError, MedgenValueError
-    from medgen.generative import Denoiser, SuperResolver
-    from medgen.io import load, save
-
-    allowed_keywords(retain)  # an unknown retain option fails before anything is read
+    from medgen.batch._apply import run_apply
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if fmt not in (None, "nifti", "dicom"):
-        raise ConfigError(f"--format must be nifti or dicom, not {fmt!r}.")
-    cls = Denoiser if kind == "denoise" else SuperResolver
-    model = cls.load(run)
-    if self_ensemble:
-        model.config.self_ensemble = True
-    items, protected = _apply_inputs(inputs, fmt)
-    check_output_not_input(output, [run, *protected], what="--output")
-    if output.exists() and not output.is_dir():
-        raise MedgenValueError(f"--output {str(output)!r} is a file; pass a folder.")
-    with run_lock(output, what=f"{kind} apply output"):
-        outputs = _read_outputs(output)
-        derived_path = output / DERIVED_MANIFEST
-        derived_old = (
-            read_table(derived_path, what="derived manifest")
-            if (derived_path.is_file() and any(it.row is not None for it in items))
-            else None
-        )
-        if derived_old is not None and not {"image_id", "derived_from"} <= set(derived_old):
-            from medgen.errors import ManifestError
+        from medgen.errors import ConfigError
 
-            raise ManifestError(
-                f"{derived_path}: exists but was not written by medgen apply (no 'image_id' and "
-                "'derived_from' columns); medgen never rewrites files it did not write. Choose "
-                "another output folder."
-            )
-        names = _output_names(items, output, outputs)
-        targets = [
-            confined(output, n, what=f"output of {it.path}")
-            for it, n in zip(items, names, strict=True)
-        ]
-        rows, log_rows = [], []
-        pairs = list(zip(items, targets, strict=True))
-        for item, target in tqdm(pairs, disable=not progress, desc=kind):
-            img = load(item.path)
-            restored = model.apply(img)
-            # the header fields come from restored.meta, filtered by save's allow-list
-            written = save(
-                restored,
-                target,
-                format=item.fmt,
-                derivation_description=model.description,
-                retain=retain,
-            )
-            typer.echo(f"{item.path} -> {written}")
-            log_rows.append(
-                {
-                    "input": str(item.path),
-                    "output": target.name,
-                    "image_id": "" if item.row is None else str(item.row["image_id"]),
-                    "kind": kind,
-                    "run": str(run),
-                }
-            )
-            table = pd.concat([outputs, pd.DataFrame(log_rows)], ignore_index=True)
-            write_table(table, output / OUTPUTS, what="outputs manifest")
-            if item.row is not None:
-                new = dict(item.row)
-                new["image_path"] = str(written.resolve())
-                new["derived_from"] = str(item.path)
-                rows.append(new)
-        typer.echo(f"outputs -> {output / OUTPUTS}")
-        if rows:
-            table = pd.DataFrame(rows)
-            if derived_old is not None:
-                # the newest output of an image stands for it; outputs.csv keeps all of them
-                keep = ~derived_old["image_id"].astype(str).isin(table["image_id"].astype(str))
-                table = pd.concat([derived_old[keep], table], ignore_index=True)
-            write_table(table, derived_path, what="derived manifest")
-            typer.echo(f"manifest -> {derived_path}")
+        raise ConfigError(f"--format must be nifti or dicom, not {fmt!r}.")
+    table = run_apply(
+        kind,
+        run,
+        inputs,
+        output,
+        format=fmt,
+        workers=workers,
+        scheduler=scheduler,
+        scheduler_timeout=5.0,
+        shard_size=shard_size,
+        self_ensemble=self_ensemble,
+        retain=retain,
+        device="cpu",
+        progress=progress,
+        arg="--output",
+    )
+    n = len(pd.read_csv(table, dtype=str, keep_default_na=False))
+    typer.echo(f"{n} images -> {output}")
+    typer.echo(f"outputs -> {table}")
+    if (output / "manifest.csv").is_file() and any(
+        p.suffix.lower() in (".csv", ".parquet") for p in inputs
+    ):
+        typer.echo(f"manifest -> {output / 'manifest.csv'}")
 
 
 def _apply_command(kind: str, doc: str) -> Callable[..., None]:
-    """The ``apply`` command of ``kind`` (``"denoise"`` or ``"superres"``), helped by ``doc``."""
+    """The ``apply`` command of ``kind`` (``"denoise"``, ``"superres"`` or ``"translate"``),
+    helped by ``doc``. The translate command has no ``--self-ensemble``."""
 
     def command(
         run: _Run,
@@ -346,14 +214,45 @@ def _apply_command(kind: str, doc: str) -> Callable[..., None]:
         output: _ApplyOutput,
         format: _Format = None,
         self_ensemble: _SelfEnsemble = False,
+        workers: _ApplyWorkers = None,
+        scheduler: _Scheduler = None,
+        shard_size: _ShardSize = 16,
         progress: _Progress = True,
         retain: _Retain = None,
     ) -> None:
-        _apply(kind, run, inputs, output, format, progress, self_ensemble, tuple(retain or ()))
+        _apply(
+            kind,
+            run,
+            inputs,
+            output,
+            format,
+            progress,
+            self_ensemble,
+            tuple(retain or ()),
+            workers=workers,
+            scheduler=scheduler,
+            shard_size=shard_size,
+        )
 
-    command.__name__ = command.__qualname__ = f"{kind}_apply"
-    command.__doc__ = doc
-    return command
+    def translate_command(
+        run: _Run,
+        inputs: _Inputs,
+        output: _ApplyOutput,
+        format: _Format = None,
+        workers: _ApplyWorkers = None,
+        scheduler: _Scheduler = None,
+        shard_size: _ShardSize = 16,
+        progress: _Progress = True,
+        retain: _Retain = None,
+    ) -> None:
+        command(
+            run, inputs, output, format, False, workers, scheduler, shard_size, progress, retain
+        )
+
+    out: Callable[..., None] = translate_command if kind == "translate" else command
+    out.__name__ = out.__qualname__ = f"{kind}_apply"
+    out.__doc__ = doc
+    return out
 
 
 def register(app: typer.Typer) -> None:

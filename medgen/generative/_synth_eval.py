@@ -75,9 +75,37 @@ def load_units(syn: Synthesizer, df: pd.DataFrame, what: str) -> tuple[torch.Ten
 
 
 def result_units(syn: Synthesizer, samples: SynthesisResult) -> torch.Tensor:
-    """Generated images in unit intensities (each by its own robust range, as real ones)."""
-    units, _ = syn._to_units(samples.images, "samples")
-    return units
+    """Generated images in unit intensities (each by its own robust range, as real ones).
+
+    A batch ``Bx1x[SPATIAL]`` of the model's size (what sampling gives) is scaled in one pass:
+    the same float32 values as ``Synthesizer._to_units`` image by image (the same percentiles,
+    the same float32 arithmetic), without its per-image Python loop."""
+    import torch
+
+    from medgen.generative.synthesis import NORM_PERCENTILES
+
+    images = samples.images
+    size = tuple(int(s) for s in syn.image_size)
+    if not (
+        isinstance(images, torch.Tensor)
+        and images.ndim == len(size) + 2
+        and images.shape[1] == 1
+        and tuple(images.shape[2:]) == size
+        and len(images) > 0
+    ):
+        units, _ = syn._to_units(images, "samples")
+        return units
+    a = images.detach().cpu().float().numpy()[:, 0].astype(np.float32)
+    lo32, hi32 = np.percentile(a.reshape(len(a), -1), NORM_PERCENTILES, axis=1)
+    # robust_range: Python floats, high = low + 1 where the range is flat
+    lo, hi = lo32.astype(np.float64), hi32.astype(np.float64)
+    hi = np.where(hi > lo, hi, lo + 1.0)
+    shape = (-1,) + (1,) * len(size)
+    # (a - lo) / (hi - lo) with Python-float scalars: both cast to float32, float32 arithmetic
+    scaled = (a - lo.astype(np.float32).reshape(shape)) / (hi - lo).astype(np.float32).reshape(
+        shape
+    )
+    return torch.from_numpy(scaled[:, None].astype(np.float32)).to(syn.device)
 
 
 def encoder_features(syn: Synthesizer, units: torch.Tensor, batch_size: int = 64) -> np.ndarray:
@@ -120,6 +148,7 @@ class MemorisationGate:
     holdout_pixels: np.ndarray = field(repr=False)
     quantile: float = 0.01
     reference: str = ""
+    _prepared: Any = field(default=None, init=False, repr=False, compare=False)
 
     def check(self, syn: Synthesizer, samples: SynthesisResult) -> pd.DataFrame:
         """:func:`~medgen.generative.synthesis_metrics.memorisation` of ``samples`` (feature
@@ -127,24 +156,40 @@ class MemorisationGate:
         units = result_units(syn, samples)
         return self.check_units(syn, units)
 
+    def prepared(self) -> Any:
+        """The training and held-out side of the gate's
+        :func:`~medgen.generative.synthesis_metrics.memorisation`, prepared once per gate (the
+        neighbour searches of the training features and unit-normalised training images, the
+        held-out distances): each check then searches for its samples alone, with the same
+        results as ``memorisation`` on the full arrays."""
+        if self._prepared is None:
+            import warnings
+
+            from medgen.errors import MetricWarning
+            from medgen.generative.synthesis_metrics import memorisation_reference
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", MetricWarning)  # logged once in build_gate
+                self._prepared = memorisation_reference(
+                    self.train_features,
+                    self.holdout_features,
+                    train_pixels=self.train_pixels,
+                    holdout_pixels=self.holdout_pixels,
+                    quantile=self.quantile,
+                )
+        return self._prepared
+
     def check_units(self, syn: Synthesizer, units: torch.Tensor) -> pd.DataFrame:
+        """The gate's table of samples already in unit intensities (``Bx1x[SPATIAL]``)."""
         import warnings
 
         from medgen.errors import MetricWarning
-        from medgen.generative.synthesis_metrics import memorisation
 
         feats = encoder_features(syn, units)
+        reference = self.prepared()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MetricWarning)  # logged once in build_gate
-            memo = memorisation(
-                self.train_features,
-                feats,
-                self.holdout_features,
-                train_pixels=self.train_pixels,
-                sample_pixels=units.flatten(1).numpy().astype(np.float64),
-                holdout_pixels=self.holdout_pixels,
-                quantile=self.quantile,
-            )
+            memo = reference.query(feats, units.flatten(1).numpy().astype(np.float64))
         ids = np.asarray(self.train_ids, dtype=object)
         memo["nearest_train_id"] = ids[memo["pixel_train_index"].to_numpy()]
         memo.attrs["reference"] = self.reference

@@ -665,15 +665,156 @@ def _unit_rows(x: NDArray[np.float64]) -> NDArray[np.float64]:
     return out
 
 
+class _TrainNeighbours:
+    """The training rows of one space, fitted once: the nearest one to each query row.
+
+    ``metric``: ``None`` (features: Euclidean), ``"ncc"`` (rows centred and scaled to norm 1 once;
+    ``1 -`` correlation) or ``"rmse"`` (Euclidean / sqrt(voxels)). A query gives the same result
+    as fitting anew for it (the same scikit-learn neighbour search on the same matrix), so
+    :func:`memorisation` and the memorisation gate (which queries one batch after another
+    against the same training set) share it.
+    """
+
+    def __init__(self, train: NDArray[np.float64], metric: str | None = None) -> None:
+        from sklearn.neighbors import NearestNeighbors
+
+        self.metric = metric
+        self.width = train.shape[1]
+        self.train = _unit_rows(train) if metric == "ncc" else train
+        self._nn = NearestNeighbors(n_neighbors=1).fit(self.train)
+
+    def nearest(self, query: NDArray[np.float64]) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
+        """``(index of the nearest training row, distance)`` of every row of ``query``."""
+        if self.metric == "ncc":
+            zq = _unit_rows(query)
+            # Euclidean order of unit vectors = correlation order
+            idx = self._nn.kneighbors(zq)[1][:, 0]
+            return idx, 1.0 - np.einsum("ij,ij->i", zq, self.train[idx])
+        dist, idx = self._nn.kneighbors(query)
+        if self.metric == "rmse":
+            return idx[:, 0], dist[:, 0] / np.sqrt(self.width)
+        return idx[:, 0], dist[:, 0]
+
+
 def _pixel_nearest(
     train: NDArray[np.float64], query: NDArray[np.float64], metric: str
 ) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
-    if metric == "rmse":
-        idx, dist = _nearest(train, query)
-        return idx, dist / np.sqrt(train.shape[1])
-    zt, zq = _unit_rows(train), _unit_rows(query)
-    idx, _ = _nearest(zt, zq)  # Euclidean order of unit vectors = correlation order
-    return idx, 1.0 - np.einsum("ij,ij->i", zq, zt[idx])
+    return _TrainNeighbours(train, metric).nearest(query)
+
+
+@dataclass
+class MemorisationReference:
+    """The training and held-out sides of :func:`memorisation`, prepared once: the fitted
+    neighbour searches of the training features (and unit-normalised training images) and the
+    held-out images' distances to them. ``query(...)`` then costs one neighbour search per
+    space for the samples alone, with results identical to :func:`memorisation` on the same
+    arrays (the memorisation gate queries it batch after batch).
+
+    Build it with :func:`memorisation_reference`.
+    """
+
+    features: _TrainNeighbours
+    holdout_feature_distance: NDArray[np.float64]
+    pixels: _TrainNeighbours | None
+    holdout_pixel_distance: NDArray[np.float64] | None
+    quantile: float
+    pixel_metric: str
+
+    def query(
+        self, sample_features: ArrayLike, sample_pixels: ArrayLike | None = None
+    ) -> pd.DataFrame:
+        """:func:`memorisation` of these samples (same columns and attrs)."""
+        func = "memorisation"
+        sa = as_features(sample_features, "sample_features", func=func, min_rows=1)
+        check_same_width(func, train_features=self.features.train, sample_features=sa)
+        sp = None
+        if self.pixels is not None:
+            if sample_pixels is None:
+                raise MedgenValueError(
+                    f"{func}: this reference has training images; pass sample_pixels too."
+                )
+            sp = as_pixels(sample_pixels, "sample_pixels", func=func, rows=sa.shape[0])
+            if sp.shape[1] != self.pixels.width:
+                raise MedgenValueError(
+                    f"{func}: sample_pixels has {sp.shape[1]} voxels per image, the training "
+                    f"images {self.pixels.width}; put them on one grid."
+                )
+        return _memorisation_table(self, sa, sp)
+
+
+def memorisation_reference(
+    train_features: ArrayLike,
+    holdout_features: ArrayLike,
+    *,
+    train_pixels: ArrayLike | None = None,
+    holdout_pixels: ArrayLike | None = None,
+    quantile: float = 0.01,
+    pixel_metric: str = "ncc",
+) -> MemorisationReference:
+    """The :class:`MemorisationReference` of :func:`memorisation`'s training and held-out
+    arrays (same arguments and checks, without the samples)."""
+    func = "memorisation"
+    tr = as_features(train_features, "train_features", func=func, min_rows=1)
+    ho = as_features(holdout_features, "holdout_features", func=func, min_rows=1)
+    check_same_width(func, train_features=tr, holdout_features=ho)
+    if (
+        isinstance(quantile, bool)
+        or not isinstance(quantile, int | float)
+        or not (0.0 < quantile <= 0.5)
+    ):
+        raise MedgenValueError(
+            f"{func}: quantile must be a number in (0, 0.5] (the share of held-out images a "
+            f"near-copy threshold lets through, e.g. 0.01), not {quantile!r}."
+        )
+    if pixel_metric not in PIXEL_METRICS:
+        raise MedgenValueError(
+            f"{func}: pixel_metric must be one of {list(PIXEL_METRICS)}, not {pixel_metric!r}."
+            f"{did_you_mean(pixel_metric, PIXEL_METRICS)}"
+        )
+    if (train_pixels is None) != (holdout_pixels is None):
+        given = "train_pixels" if train_pixels is not None else "holdout_pixels"
+        raise MedgenValueError(
+            f"{func}: {given} given but not the other; pixel-space distances need the "
+            "training, sample and held-out images: pass all three or none."
+        )
+    features = _TrainNeighbours(tr)
+    _, hdist = features.nearest(ho)
+    pixels = phdist = None
+    if train_pixels is not None:
+        tp = as_pixels(train_pixels, "train_pixels", func=func, rows=tr.shape[0])
+        hp = as_pixels(holdout_pixels, "holdout_pixels", func=func, rows=ho.shape[0])
+        check_same_width(func, train_pixels=tp, holdout_pixels=hp)
+        pixels = _TrainNeighbours(tp, pixel_metric)
+        _, phdist = pixels.nearest(hp)
+    return MemorisationReference(features, hdist, pixels, phdist, float(quantile), pixel_metric)
+
+
+def _memorisation_table(
+    ref: MemorisationReference, sa: NDArray[np.float64], sp: NDArray[np.float64] | None
+) -> pd.DataFrame:
+    import pandas as pd
+
+    quantile = ref.quantile
+    attrs: dict[str, Any] = {"quantile": float(quantile), "pixel_metric": None}
+    idx, dist = ref.features.nearest(sa)
+    columns, extra = _space_columns(
+        "feature", idx, dist, ref.holdout_feature_distance, quantile, "holdout_features"
+    )
+    attrs.update(extra)
+    near = np.asarray(columns["feature_near_copy"], dtype=bool)
+    if ref.pixels is not None and sp is not None and ref.holdout_pixel_distance is not None:
+        pidx, pdist = ref.pixels.nearest(sp)
+        pcols, extra = _space_columns(
+            "pixel", pidx, pdist, ref.holdout_pixel_distance, quantile, "holdout_pixels"
+        )
+        columns.update(pcols)
+        attrs.update(extra)
+        attrs["pixel_metric"] = ref.pixel_metric
+        near = near | np.asarray(pcols["pixel_near_copy"], dtype=bool)
+    columns["near_copy"] = near
+    out = pd.DataFrame(columns, index=pd.RangeIndex(sa.shape[0], name="sample"))
+    out.attrs.update(attrs)
+    return out
 
 
 def _space_columns(
@@ -763,8 +904,6 @@ def memorisation(
         >>> int(memo["near_copy"].sum())
         1
     """
-    import pandas as pd
-
     func = "memorisation"
     tr = as_features(train_features, "train_features", func=func, min_rows=1)
     sa = as_features(sample_features, "sample_features", func=func, min_rows=1)
@@ -802,28 +941,16 @@ def memorisation(
             stacklevel=2,
         )
 
-    attrs: dict[str, Any] = {"quantile": float(quantile), "pixel_metric": None}
-    idx, dist = _nearest(tr, sa)
-    _, hdist = _nearest(tr, ho)
-    columns, extra = _space_columns("feature", idx, dist, hdist, quantile, "holdout_features")
-    attrs.update(extra)
-    near = np.asarray(columns["feature_near_copy"], dtype=bool)
+    tp = sp = hp = None
     if given:
         tp = as_pixels(train_pixels, "train_pixels", func=func, rows=tr.shape[0])
         sp = as_pixels(sample_pixels, "sample_pixels", func=func, rows=sa.shape[0])
         hp = as_pixels(holdout_pixels, "holdout_pixels", func=func, rows=ho.shape[0])
         check_same_width(func, train_pixels=tp, sample_pixels=sp, holdout_pixels=hp)
-        pidx, pdist = _pixel_nearest(tp, sp, pixel_metric)
-        _, phdist = _pixel_nearest(tp, hp, pixel_metric)
-        pcols, extra = _space_columns("pixel", pidx, pdist, phdist, quantile, "holdout_pixels")
-        columns.update(pcols)
-        attrs.update(extra)
-        attrs["pixel_metric"] = pixel_metric
-        near = near | np.asarray(pcols["pixel_near_copy"], dtype=bool)
-    columns["near_copy"] = near
-    out = pd.DataFrame(columns, index=pd.RangeIndex(sa.shape[0], name="sample"))
-    out.attrs.update(attrs)
-    return out
+    ref = memorisation_reference(
+        tr, ho, train_pixels=tp, holdout_pixels=hp, quantile=quantile, pixel_metric=pixel_metric
+    )
+    return _memorisation_table(ref, sa, sp)
 
 
 def count_near_copies(

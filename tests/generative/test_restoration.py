@@ -470,13 +470,13 @@ def test_cli_train_and_apply(tmp_path: Path, nifti_cohort: Path) -> None:
             str(srun),
             str(nifti_cohort.parent / "s2.nii.gz"),
             "-o",
-            str(out),
+            str(tmp_path / "out_sr"),  # another model: another output folder (resume refuses)
             "--no-progress",
             "--self-ensemble",
         ],
     )
     assert res.exit_code == 0, res.output
-    up = load(out / "s2.nii.gz")
+    up = load(tmp_path / "out_sr" / "s2.nii.gz")
     assert tuple(up.shape) == (1, 128, 160, 4) and up.meta["spacing"] == pytest.approx(
         (1.0, 1.0, 3.0)
     )
