@@ -34,6 +34,7 @@ _COMMANDS: list[str] = [
     "medgen.io._cli",
     "medgen.generative._cli",
     "medgen.generative._synth_cli",
+    "medgen.generative._translate_cli",
     "medgen.audit._cli",
 ]
 
