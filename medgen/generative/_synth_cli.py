@@ -258,8 +258,8 @@ def register(app: typer.Typer) -> None:
         overwrite: Annotated[bool, typer.Option(help="replace an earlier output")] = False,
         device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
     ) -> None:
-        """Measure RUN against the real cohort MANIFEST into OUTPUT: quality.csv, fidelity.csv,
-        tstr.csv, near_copies.csv, memorisation.csv, report.html, evaluation.json and
+        """Measure RUN against the real cohort MANIFEST into OUTPUT: quality.csv,
+        quality_classifier.csv, fidelity.csv, tstr.csv, near_copies.csv, memorisation.csv, report.html, evaluation.json and
         run_complete.json (last)."""
         evaluate_command(
             run, manifest, output, n=n, by=by, target=target or None, seed=seed,
@@ -273,6 +273,7 @@ INTERPOLATE_OWNED = ("*.nii.gz", "interpolation.csv", "interpolation.png")
 #: files `medgen synth evaluate` owns in its output folder
 EVALUATE_OWNED = (
     "quality.csv",
+    "quality_classifier.csv",
     "fidelity.csv",
     "tstr.csv",
     "near_copies.csv",

@@ -16,10 +16,10 @@ Private: the public entry points are :meth:`Synthesizer.evaluate`,
   init_features 16, growth rate 8, blocks (2, 2, 2)) giving a 64-d embedding, with one linear
   head per condition, trained for ``classifier_epochs`` with a fixed seed: a deterministic
   function of (images, conditions, seed); its weights' SHA-256 is recorded in the evaluation's
-  provenance. On the demo cohort it reaches label AUC 0.76 on real held-out images after 20
-  epochs (22 s on 2 cores); the first version, three strided convolutions with average pooling,
-  reached 0.48-0.62 and predicted one class, which capped every fidelity and TSTR figure
-  (docs/synthesis.md).
+  provenance. Adam with cosine decay and random left-right flips: on the demo cohort it reaches
+  label AUC 0.83 on real held-out images after 20 epochs (0.73 without the decay and flips; the
+  first version, three strided convolutions with average pooling, reached 0.48-0.62 and
+  predicted one class, which capped every fidelity and TSTR figure; docs/synthesis.md).
 """
 
 from __future__ import annotations
@@ -298,20 +298,39 @@ class _Classifier:
         y = {k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in targets.items()}
         n = len(x)
         bs = min(16, n)
+        # cosine decay to 0 over all steps, and random left-right flips (anatomy, lesions and
+        # the conditions are unchanged by them): label AUC 0.73 -> 0.83 on the demo cohort's
+        # real held-out images at 20 epochs (docs/synthesis.md)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(1, int(epochs) * (n // bs))
+        )
         self.net.train()
         for _ in range(int(epochs)):
             order = torch.randperm(n, generator=gen)
             for i in range(0, n - bs + 1, bs):
                 idx = order[i : i + bs]
-                h = self.body(x[idx])
+                flip = torch.rand(len(idx), generator=gen) < 0.5
+                xb = x[idx]
+                xb = torch.where(
+                    flip.view(-1, *([1] * (xb.ndim - 1))).to(xb.device), xb.flip(-1), xb
+                )
+                h = self.body(xb)
                 loss = sum(
                     torch.nn.functional.cross_entropy(self.heads[k](h), y[k][idx]) for k in y
                 )
                 opt.zero_grad()
                 loss.backward()  # type: ignore[union-attr]
                 opt.step()
+                sched.step()
         self.net.eval()
         return self
+
+    def embed(self, x: torch.Tensor) -> np.ndarray:
+        """The 64-d embeddings ``N x 64`` (the heads' input)."""
+        import torch
+
+        with torch.no_grad():
+            return torch.cat([self.body(x[i : i + 64]) for i in range(0, len(x), 64)]).numpy()
 
     def predict(self, x: torch.Tensor) -> dict[str, np.ndarray]:
         """Softmax probabilities per head, ``(N, V_k)``."""
@@ -387,6 +406,9 @@ class SynthesisEvaluation:
         memorisation: the per-sample table of the gate, indexed ``sample``.
         provenance: model id, extractor and classifier hashes, seeds, sizes.
         figures: arrays the report draws (sample grids, interpolation strip, distances).
+        quality_classifier: ``quality`` again on another extractor, the real-trained
+            classifier's 64-d embedding: a cross-check that does not share the generator's
+            encoder (and so its blind spots).
     """
 
     quality: pd.DataFrame
@@ -396,8 +418,9 @@ class SynthesisEvaluation:
     memorisation: pd.DataFrame
     provenance: dict[str, Any]
     figures: dict[str, Any] = field(default_factory=dict, repr=False)
+    quality_classifier: pd.DataFrame = field(default_factory=pd.DataFrame)
 
-    TABLES = ("quality", "fidelity", "tstr", "near_copies", "memorisation")
+    TABLES = ("quality", "quality_classifier", "fidelity", "tstr", "near_copies", "memorisation")
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The tables by name (the CSV files of :meth:`to_csv`)."""
@@ -533,6 +556,10 @@ def evaluate(
     )
     p_fake = clf_real.predict(s_units)
     p_hold = clf_real.predict(hold_units)
+    quality_clf = quality_table(
+        clf_real.embed(hold_units), clf_real.embed(s_units), real_groups=real_groups,
+        fake_groups=fake_groups, by=cols, kid_subsets=kid_subsets, k=k, seed=int(seed),
+    )  # fmt: skip
     fid_rows = []
     for col in conds:
         y_f = _codes(syn, samples.conditions[col].tolist(), col)
@@ -626,6 +653,7 @@ def evaluate(
         figs = _figure_data(syn, hold, hold_units, memo, gate, seed=int(seed))
     return SynthesisEvaluation(
         quality=quality,
+        quality_classifier=quality_clf,
         fidelity=fidelity,
         tstr=tstr,
         near_copies=near,

@@ -26,6 +26,11 @@ NOTES = {
         "each metric against its *_floor (two disjoint halves of the real images, same n): a "
         "generator as good as the data reaches the floor."
     ),
+    "quality_classifier": (
+        "The same metrics on another extractor: the embedding of the classifier trained on "
+        "real train images (below). It does not share the generator's encoder, so it can see "
+        "what the decoder and encoder get wrong alike."
+    ),
     "fidelity": (
         "A classifier trained on real train images predicts each condition on samples "
         "generated with it (accuracy, one-vs-rest AUC); *_real: the same classifier on real "
@@ -127,6 +132,7 @@ def render(
     sections: list[dict[str, Any]] = []
     titles = {
         "quality": "Quality per subgroup (vs real-vs-real floor)",
+        "quality_classifier": "Quality on classifier features (cross-check)",
         "fidelity": "Conditioning fidelity",
         "tstr": "Train on synthetic, test on real",
         "near_copies": "Near-copies per subgroup",

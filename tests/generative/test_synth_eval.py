@@ -54,6 +54,11 @@ def test_evaluation_tables(evaluation: Any, tiny_manifest: Path) -> None:
     assert q.loc[("sex", "F"), "n_fake"] == (hold["sex"] == "F").sum()
     assert q.loc[("overall", "all"), "fid_floor"] > 0 and np.isfinite(q["fid"]).all()
     assert 0 <= q.loc[("overall", "all"), "coverage_floor"] <= 1
+    # the cross-check on the classifier's embedding: the same rows, its own (different) values
+    qc = evaluation.quality_classifier
+    assert list(qc.index) == list(q.index) and list(qc.columns) == list(q.columns)
+    assert (qc["n_fake"] == q["n_fake"]).all() and qc.loc[("overall", "all"), "fid_floor"] > 0
+    assert not np.allclose(qc["fid"], q["fid"])
 
     f = evaluation.fidelity
     assert f.index.names == ["condition", "value"]

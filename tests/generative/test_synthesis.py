@@ -362,7 +362,10 @@ def test_sample_items_replace_rejected_draws(trained: Synthesizer) -> None:
     pd.testing.assert_frame_equal(gated.conditions, plain.conditions)  # same conditions
     if trained.model == "vae-gan":  # the replacement is the item's draw 1
         noise = trained.item_noise([0, 2, 4], seed=2, draw=1)
-        again = trained.decode(noise, plain.conditions.iloc[[0, 2, 4]])
+        rows = plain.conditions.iloc[[0, 2, 4]]
+        index = trained._optional_conditions(rows, 3, "test")
+        assert index is not None
+        again = trained.decode(trained._prior_latents(noise, index), rows)
         assert torch.allclose(again, gated.images[0::2], rtol=1e-4, atol=1e-3)
     with pytest.raises(
         MedgenRuntimeError,
