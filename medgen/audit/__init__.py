@@ -20,11 +20,14 @@ if TYPE_CHECKING:
     from medgen.audit._compare import ComparisonReport, compare
     from medgen.audit._disparity import adjust_pvalues
     from medgen.audit._metrics import METRICS
+    from medgen.audit._multiclass import CLASS_METRICS, MACRO_METRICS, multiclass_metric_names
     from medgen.audit._report import AuditReport
     from medgen.audit._threshold import resolve_threshold
 
 __all__ = [
+    "CLASS_METRICS",
     "DISPARITY_METRICS",
+    "MACRO_METRICS",
     "METRICS",
     "MISSING_LABEL",
     "AuditReport",
@@ -32,6 +35,7 @@ __all__ = [
     "adjust_pvalues",
     "audit",
     "compare",
+    "multiclass_metric_names",
     "resolve_threshold",
 ]
 
@@ -43,6 +47,9 @@ _WHERE = {
     "compare": "medgen.audit._compare",
     "adjust_pvalues": "medgen.audit._disparity",
     "METRICS": "medgen.audit._metrics",
+    "CLASS_METRICS": "medgen.audit._multiclass",
+    "MACRO_METRICS": "medgen.audit._multiclass",
+    "multiclass_metric_names": "medgen.audit._multiclass",
     "AuditReport": "medgen.audit._report",
     "resolve_threshold": "medgen.audit._threshold",
 }

@@ -19,6 +19,7 @@ from medgen._version import __version__
 from medgen.audit._bootstrap import bootstrap_metrics, cluster_map, percentile_ci
 from medgen.audit._disparity import P_ADJUST, adjust_pvalues, bootstrap_pvalue
 from medgen.audit._metrics import ECE_EDGES, METRICS, build_cells, cell_metrics, row_order
+from medgen.audit._multiclass import audit_multiclass, multiclass_score_columns
 from medgen.audit._threshold import ThresholdSpec, resolve_threshold
 from medgen.errors import MedgenValueError, MetricWarning
 
@@ -237,7 +238,7 @@ def audit(
     data: pd.DataFrame,
     *,
     y_true: str = "y_true",
-    y_score: str = "y_score",
+    y_score: str | Sequence[str] = "y_score",
     sensitive: str | Sequence[str],
     threshold: ThresholdSpec | Mapping[str, ThresholdSpec] = 0.5,
     threshold_by: str | None = None,
@@ -253,12 +254,23 @@ def audit(
     seed: int | None = None,
     progress: bool = False,
 ) -> AuditReport:
-    """Audit a binary classifier's predictions for every subgroup.
+    """Audit a classifier's predictions for every subgroup.
+
+    Binary: ``y_score`` is one column. Multi-class (``K`` classes): ``y_score`` is a list of ``K``
+    probability columns in class order, or a prefix ``p`` when the table has no column ``p`` but
+    columns ``p_<class>`` (as ``Classifier.predict`` writes them for ``K > 2``; the default
+    ``"y_score"`` finds them). A multi-class audit reports, per group, accuracy, balanced
+    accuracy, macro AUC and FPR, the multi-class Brier score, the top-label ECE and, per class
+    ``c``, ``prevalence[c]``, one-vs-rest ``auc[c]`` and the argmax decision's ``tpr[c]``,
+    ``fpr[c]``, ``ppv[c]`` (see ``docs/audit.md``); decisions are the argmax, so ``threshold``
+    and ``threshold_by`` do not apply.
 
     Args:
         data: one row per prediction, e.g. ``medgen.classify`` predictions joined with the manifest.
-        y_true: column of true labels (0/1 or bool).
-        y_score: column of predicted probabilities of the positive class, in [0, 1].
+        y_true: column of true labels (binary: 0/1 or bool; multi-class: class indices 0..K-1 or
+            the class names of the score columns).
+        y_score: column of predicted probabilities of the positive class, in [0, 1]; or the
+            per-class probability columns (multi-class, above).
         sensitive: column name(s); each is audited alone and (``intersections=True``) in every
             combination of two or more. Missing values form their own group ``"<missing>"``.
         threshold: decision threshold (predict positive when ``score >= threshold``): a number,
@@ -297,6 +309,18 @@ def audit(
         400
         >>> bool(rep.overall["auc"].iloc[0] > 0.6)
         True
+
+        Three classes (one probability column per class, as ``Classifier.predict`` writes them):
+
+        >>> p = rng.dirichlet([1, 1, 1], 400)
+        >>> mc = pd.DataFrame({"y_true": p.argmax(1), "sex": df.sex})
+        >>> for k, c in enumerate(["none", "mild", "severe"]):
+        ...     mc[f"y_score_{c}"] = p[:, k]
+        >>> rep = audit(mc, sensitive="sex", n_boot=0)
+        >>> rep.classes, float(rep.overall["accuracy"].iloc[0])
+        (('none', 'mild', 'severe'), 1.0)
+        >>> bool(rep.overall["macro_auc"].iloc[0] > 0.95)
+        True
     """
     from medgen.audit._report import AuditReport
 
@@ -309,7 +333,9 @@ def audit(
         raise MedgenValueError("sensitive must name at least one column, e.g. sensitive=['sex']")
     if len(set(sens)) != len(sens):
         raise MedgenValueError(f"sensitive lists a column twice: {sens}")
-    for arg, col in [("y_true", y_true), ("y_score", y_score)] + [("sensitive", c) for c in sens]:
+    score_columns = multiclass_score_columns(data, y_score)
+    scored = [("y_score", y_score)] if score_columns is None else []
+    for arg, col in [("y_true", y_true), *scored] + [("sensitive", c) for c in sens]:
         if col not in data.columns:
             raise _missing_column(data, col, arg)
     if threshold_by is not None and threshold_by not in data.columns:
@@ -329,6 +355,33 @@ def audit(
         )
     if boot_bins < 10:
         raise MedgenValueError(f"boot_bins must be at least 10, not {boot_bins!r}")
+    if score_columns is not None:
+        if threshold_by is not None or isinstance(threshold, Mapping) or threshold != 0.5:
+            raise MedgenValueError(
+                f"threshold={threshold!r} / threshold_by={threshold_by!r}: a multi-class audit "
+                f"({len(score_columns)} score columns) decides by the most probable class "
+                "(argmax), so thresholds do not apply; leave threshold and threshold_by unset, "
+                "or audit one class against the rest as a binary score column"
+            )
+        return audit_multiclass(
+            data,
+            y_true=y_true,
+            y_score=y_score,
+            score_columns=score_columns,
+            sensitive=sens,
+            reference=reference,
+            n_boot=n_boot,
+            ci=ci,
+            intersections=intersections,
+            min_group_size=min_group_size,
+            p_adjust=p_adjust,
+            tolerance=tolerance,
+            boot_bins=boot_bins,
+            cluster=cluster,
+            seed=seed,
+            progress=progress,
+        )
+    assert isinstance(y_score, str)  # a list of columns is multi-class (above)
 
     y = _labels(data, y_true)
     s = _scores(data, y_score)

@@ -108,6 +108,8 @@ def audit_command(
     for w in caught:
         typer.echo(f"warning: {w.message}", err=True)
     cols = ["n_groups", "worst_group_auc", "auc_gap", "equalized_odds_difference", "ece_gap"]
+    if report.classes is not None:  # multi-class: macro AUC and the gaps of the whole decision
+        cols = ["n_groups", "worst_group_macro_auc", "macro_auc_gap", "accuracy_gap", "ece_gap"]
     with pd.option_context("display.width", 120, "display.float_format", "{:.3f}".format):
         typer.echo(report.summary[cols].to_string())
     n_flag = int(report.disparities["flagged"].sum())

@@ -217,6 +217,12 @@ def compare(
         A :class:`ComparisonReport`.
     """
     for name, rep in (("a", a), ("b", b)):
+        if isinstance(rep, AuditReport) and rep.classes is not None:
+            raise MedgenValueError(
+                f"{name} is a multi-class audit ({len(rep.classes)} classes); compare() pairs "
+                "binary audits only. Compare one class against the rest: audit each model with "
+                "y_true == k and its score column of class k as a binary audit"
+            )
         if not isinstance(rep, AuditReport) or rep.rows is None:
             raise MedgenValueError(f"{name} must be an AuditReport returned by medgen.audit.audit")
     ra, rb = cast(RowData, a.rows), cast(RowData, b.rows)

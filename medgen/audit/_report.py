@@ -53,17 +53,23 @@ def roc_points(
 
 
 def _attribute_figures(
-    name: str, table: pd.DataFrame, rows: RowData | None
+    name: str,
+    table: pd.DataFrame,
+    rows: RowData | None,
+    metrics: tuple[str, ...] = PLOT_METRICS,
 ) -> list[dict[str, str]]:
     from matplotlib.figure import Figure
 
     labels = [str(g) for g in table.index.get_level_values("group")]
     images = []
     height = max(2.2, 0.28 * len(labels) + 1.0)
-    fig = Figure(figsize=(12, height * 2), layout="constrained")
-    axes = fig.subplots(2, 3)
+    n_rows = -(-len(metrics) // 3)
+    fig = Figure(figsize=(12, height * n_rows), layout="constrained")
+    axes = fig.subplots(n_rows, 3)
     ypos = np.arange(len(labels))
-    for ax, m in zip(axes.ravel(), PLOT_METRICS, strict=True):
+    for ax in axes.ravel()[len(metrics) :]:
+        ax.set_visible(False)
+    for ax, m in zip(axes.ravel(), metrics, strict=False):
         v = table[m].to_numpy(dtype=np.float64)
         lo = table[f"{m}_low"].to_numpy(dtype=np.float64)
         hi = table[f"{m}_high"].to_numpy(dtype=np.float64)
@@ -133,6 +139,9 @@ class AuditReport:
         thresholds: the resolved decision threshold(s).
         provenance: rows, columns, threshold, seed, versions, data hash, time.
         warnings: the ``MetricWarning`` messages raised during the audit.
+        metrics: the metric columns of ``by_group`` in report order (:data:`~medgen.audit.METRICS`
+            for a binary audit; :func:`~medgen.audit.multiclass_metric_names` for a multi-class one).
+        classes: the class names of a multi-class audit (``None``: binary).
     """
 
     by_group: pd.DataFrame
@@ -143,6 +152,8 @@ class AuditReport:
     provenance: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     rows: RowData | None = field(default=None, repr=False)
+    metrics: tuple[str, ...] = METRICS
+    classes: tuple[str, ...] | None = None
 
     # ------------------------------------------------------------ accessors
     @property
@@ -160,6 +171,8 @@ class AuditReport:
 
     # ------------------------------------------------------------ renderings
     def _summary_section(self) -> dict[str, Any]:
+        if self.classes is not None:
+            return self._multiclass_summary_section()
         header = [
             "attribute",
             "groups",
@@ -203,13 +216,52 @@ class AuditReport:
         )
         return {"title": "Summary", "note": note, "table": html_table(header, rows), "images": []}
 
+    def _multiclass_summary_section(self) -> dict[str, Any]:
+        from medgen.audit._multiclass import summary_gap_names
+
+        classes = self.classes or ()
+        gaps = summary_gap_names(classes)
+        header = ["attribute", "groups", "smallest group (n)", "worst-group macro AUC", *gaps]
+        rows = []
+        for attr, r in self.summary.iterrows():
+            cells = [
+                str(attr),
+                fmt(r["n_groups"]),
+                f"{r['smallest_group']} ({fmt(r['smallest_group_n'])})",
+                f"{fmt(r['worst_group_macro_auc'])} ({r['worst_group']})",
+            ]
+            cells += [fmt_ci(r[k], r[f"{k}_low"], r[f"{k}_high"]) for k in gaps]
+            rows.append((cells, ""))
+        ov = self.overall.iloc[0]
+        per_class = ", ".join(
+            f"{c}: {fmt_ci(ov[f'auc[{c}]'], ov[f'auc[{c}]_low'], ov[f'auc[{c}]_high'])}"
+            for c in classes
+        )
+        note = (
+            f"{len(classes)} classes ({', '.join(classes)}); decisions are the most probable "
+            f"class. Everyone: n={fmt(ov['n'])}, macro AUC "
+            f"{fmt_ci(ov['macro_auc'], ov['macro_auc_low'], ov['macro_auc_high'])}, accuracy "
+            f"{fmt_ci(ov['accuracy'], ov['accuracy_low'], ov['accuracy_high'])}, top-label ECE "
+            f"{fmt_ci(ov['ece'], ov['ece_low'], ov['ece_high'])}; one-vs-rest AUC per class "
+            f"{per_class}. Gaps are max - min over groups with bootstrap percentile CIs; "
+            "equalized_odds_difference[c] is the larger of the TPR and FPR gaps of class c."
+        )
+        return {"title": "Summary", "note": note, "table": html_table(header, rows), "images": []}
+
+    @property
+    def _count_columns(self) -> list[str]:
+        if self.classes is None:
+            return ["n", "n_pos"]
+        return ["n", *(f"n[{c}]" for c in self.classes)]
+
     def _group_section(self, attribute: str, *, images: bool) -> dict[str, Any]:
         table = self.group_table(attribute)
-        header = ["group", "n", "n_pos", *METRICS]
+        counts = self._count_columns
+        header = ["group", *counts, *self.metrics]
         rows = []
         for group, r in table.iterrows():
-            cells = [str(group), fmt(r["n"]), fmt(r["n_pos"])]
-            cells += [fmt_ci(r[m], r[f"{m}_low"], r[f"{m}_high"]) for m in METRICS]
+            cells = [str(group), *(fmt(r[c]) for c in counts)]
+            cells += [fmt_ci(r[m], r[f"{m}_low"], r[f"{m}_high"]) for m in self.metrics]
             rows.append((cells, "small" if bool(r["small_group"]) else ""))
         section: dict[str, Any] = {
             "title": f"By {attribute}",
@@ -217,9 +269,18 @@ class AuditReport:
             if self.provenance.get("ci") == 0.95
             else "estimate [bootstrap CI]; grey italic rows are below min_group_size.",
             "table": html_table(header, rows),
-            "images": _attribute_figures(attribute, table, self.rows) if images else [],
+            "images": _attribute_figures(attribute, table, self.rows, self._plot_metrics)
+            if images
+            else [],
         }
         return section
+
+    @property
+    def _plot_metrics(self) -> tuple[str, ...]:
+        if self.classes is None:
+            return PLOT_METRICS
+        per_class = tuple(f"{m}[{c}]" for m in ("auc", "tpr", "fpr") for c in self.classes)
+        return ("macro_auc", "accuracy", "ece", *per_class)
 
     def _disparity_section(self) -> dict[str, Any]:
         d = self.disparities
@@ -376,7 +437,7 @@ class AuditReport:
             "",
             "## By group",
             "",
-            markdown_table(self.by_group[["n", "n_pos", *METRICS]], digits),
+            markdown_table(self.by_group[[*self._count_columns, *self.metrics]], digits),
         ]
         flagged = self.disparities[self.disparities["flagged"] | self.disparities["significant"]]
         parts += ["", "## Flagged disparities", ""]

@@ -199,6 +199,11 @@ def _epoch_indices(
 
 
 def _auc(y: np.ndarray, probs: np.ndarray) -> float:
+    """Validation AUC: binary, or the macro average of the one-vs-rest AUCs (``K > 2``).
+
+    With ``K > 2`` classes of which some are absent from ``y`` (a small validation split), the
+    macro average runs over the classes present (scikit-learn would raise); NaN with fewer than 2.
+    """
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
@@ -206,7 +211,11 @@ def _auc(y: np.ndarray, probs: np.ndarray) -> float:
         return float("nan")
     if probs.shape[1] == 2:
         return float(roc_auc_score(y, probs[:, 1]))
-    return float(roc_auc_score(y, probs, multi_class="ovr", labels=list(range(probs.shape[1]))))
+    k = probs.shape[1]
+    present = [j for j in range(k) if (y == j).any()]
+    if len(present) == k:
+        return float(roc_auc_score(y, probs, multi_class="ovr", labels=list(range(k))))
+    return float(np.mean([roc_auc_score(y == j, probs[:, j]) for j in present]))
 
 
 def _logits(

@@ -163,6 +163,12 @@ class DiseaseConfig:
       ``exp(-d / 25 mm)``, d = distance to the ventricles, as white-matter hyperintensities
       cluster there) or ``"uniform"`` (anywhere in white matter).
     - ``atrophy_strength``: fraction of grey matter lost in the region at severity 1.
+    - ``grades`` / ``grade_thresholds``: a graded disease label written as the manifest column
+      ``grade`` when ``grades`` is given (default: no column, the output is unchanged). The
+      first grade is the healthy one (severity 0); a diseased subject of severity ``s`` gets
+      ``grades[1 + #(thresholds <= s)]``. E.g. ``grades=("none", "mild", "severe")``,
+      ``grade_thresholds=(0.65,)``: mild below severity 0.65, severe from it. The grade follows
+      the true severity (``label_true``); ``under_diagnosis`` does not change it.
     """
 
     effect: str = "lesions"
@@ -176,6 +182,8 @@ class DiseaseConfig:
     atrophy_center_mm: tuple[float, float, float] = (0.0, -10.0, 15.0)
     atrophy_radius_mm: float = 25.0
     atrophy_strength: float = 0.6
+    grades: tuple[str, ...] = ()
+    grade_thresholds: tuple[float, ...] = ()
 
 
 @dataclass
@@ -434,6 +442,7 @@ class SimulationConfig:
                 f"{d.lesion_location!r}." + did_you_mean(str(d.lesion_location), _LESION_LOCATIONS)
             )
         _check_unit(d.atrophy_strength, "disease.atrophy_strength")
+        _check_grades(d)
         _check_number(d.atrophy_radius_mm, "disease.atrophy_radius_mm", minimum=1e-3)
         if len(d.atrophy_center_mm) != 3:
             raise ConfigError(
@@ -560,6 +569,40 @@ def _check_attribute_group(
 
 
 # ------------------------------------------------------------------ dict <-> dataclass
+def _check_grades(d: DiseaseConfig) -> None:
+    """``grades`` / ``grade_thresholds``: both empty, or K >= 3 distinct names with K - 2
+    increasing thresholds inside the diseased severity range (so every grade can occur)."""
+    grades, thresholds = tuple(d.grades), tuple(d.grade_thresholds)
+    if not grades:
+        if thresholds:
+            raise ConfigError(
+                f"disease.grade_thresholds {list(thresholds)} is set but disease.grades is empty; "
+                "name the grades, e.g. grades: [none, mild, severe]."
+            )
+        return
+    if len(grades) < 3 or not all(isinstance(g, str) and g for g in grades):
+        raise ConfigError(
+            f"disease.grades must name at least 3 grades as text (the healthy one first), e.g. "
+            f"[none, mild, severe], not {list(grades)}; for 2 classes use the label column."
+        )
+    if len(set(grades)) != len(grades):
+        raise ConfigError(f"disease.grades {list(grades)} names a grade twice.")
+    if len(thresholds) != len(grades) - 2:
+        raise ConfigError(
+            f"disease.grade_thresholds needs {len(grades) - 2} severity threshold(s) for the "
+            f"{len(grades)} grades {list(grades)} (one between each pair of diseased grades), "
+            f"not {len(thresholds)}: e.g. grade_thresholds: [0.65]."
+        )
+    lo, hi = d.severity
+    for i, t in enumerate(thresholds):
+        _check_number(t, f"disease.grade_thresholds[{i}]")
+    if not all(lo < t < hi for t in thresholds) or list(thresholds) != sorted(set(thresholds)):
+        raise ConfigError(
+            f"disease.grade_thresholds {list(thresholds)} must increase strictly and lie inside "
+            f"disease.severity ({lo}, {hi}), so that every grade can occur."
+        )
+
+
 def _to_plain(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _to_plain(v) for k, v in obj.items()}

@@ -14,7 +14,7 @@ import numpy as np
 from medgen.simulate._anatomy import VENTRICLE_CENTER_MM
 from medgen.simulate._config import DiseaseConfig
 
-__all__ = ["Lesion", "draw_lesions", "render_lesions", "scale_lesions"]
+__all__ = ["Lesion", "draw_lesions", "grade_of", "render_lesions", "scale_lesions"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +80,25 @@ def scale_lesions(
     lo, hi = cfg.lesion_radius_mm
     factor = (lo + (hi - lo) * to_severity) / (lo + (hi - lo) * from_severity)
     return [Lesion(center_mm=les.center_mm, radius_mm=les.radius_mm * factor) for les in lesions]
+
+
+def grade_of(cfg: DiseaseConfig, severity: np.ndarray) -> np.ndarray:
+    """The graded disease label of each severity (``cfg.grades``; see :class:`DiseaseConfig`).
+
+    Args:
+        cfg: the disease config; ``cfg.grades`` must be set.
+        severity: ``(N,)`` severities in [0, 1] (0 = healthy).
+
+    Returns:
+        ``(N,)`` object array of grade names: ``grades[0]`` at severity 0, else
+        ``grades[1 + #(grade_thresholds <= severity)]``.
+
+    Example:
+        >>> cfg = DiseaseConfig(grades=("none", "mild", "severe"), grade_thresholds=(0.65,))
+        >>> grade_of(cfg, np.array([0.0, 0.3, 0.65, 0.9])).tolist()
+        ['none', 'mild', 'severe', 'severe']
+    """
+    names = np.asarray(cfg.grades, dtype=object)
+    sev = np.asarray(severity, dtype=np.float64)
+    idx = 1 + np.searchsorted(np.asarray(cfg.grade_thresholds, dtype=np.float64), sev, side="right")
+    return np.where(sev > 0, names[np.minimum(idx, len(names) - 1)], names[0])

@@ -324,6 +324,11 @@ def manifest_table(cfg: SimulationConfig, rows: list[dict[str, Any]]) -> pd.Data
     """The manifest of :func:`save_subject` records, in the simulator's column order."""
     manifest = pd.DataFrame(rows)
     first = ["image_id", "image_path", "subject_id", "split", "source", "label", "severity"]
+    if cfg.disease.grades:  # the graded label, only when asked (the default output is unchanged)
+        from medgen.simulate._disease import grade_of
+
+        manifest["grade"] = grade_of(cfg.disease, manifest["severity"].to_numpy(dtype=float))
+        first.append("grade")
     first += ["sex", "age", "age_group", "site"]
     first += list(cfg.population.attributes)
     first += ["mask_path", "label_true", "presentation", "marker"]
@@ -628,6 +633,15 @@ def _write_simulation(
                 "label": "recorded diagnosis (after under_diagnosis)",
                 "label_true": "true disease status",
                 "severity": "disease severity in [0, 1] (0 = healthy)",
+                **(
+                    {
+                        "grade": f"graded disease {list(cfg.disease.grades)} from severity "
+                        f"(thresholds {list(cfg.disease.grade_thresholds)}; 0 = "
+                        f"{cfg.disease.grades[0]!r})"
+                    }
+                    if cfg.disease.grades
+                    else {}
+                ),
                 "presentation": "lesion size/contrast factor from presentation bias (1 = none)",
                 "marker": "1 where the shortcut marker was burned into the image",
             },
