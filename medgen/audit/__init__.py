@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from medgen.audit._audit import DISPARITY_METRICS, MISSING_LABEL, audit
     from medgen.audit._compare import ComparisonReport, compare
     from medgen.audit._disparity import adjust_pvalues
+    from medgen.audit._explanations import ExplanationAudit, explanations
     from medgen.audit._metrics import METRICS
     from medgen.audit._multiclass import CLASS_METRICS, MACRO_METRICS, multiclass_metric_names
     from medgen.audit._report import AuditReport
@@ -32,9 +33,11 @@ __all__ = [
     "MISSING_LABEL",
     "AuditReport",
     "ComparisonReport",
+    "ExplanationAudit",
     "adjust_pvalues",
     "audit",
     "compare",
+    "explanations",
     "multiclass_metric_names",
     "resolve_threshold",
 ]
@@ -46,6 +49,8 @@ _WHERE = {
     "ComparisonReport": "medgen.audit._compare",
     "compare": "medgen.audit._compare",
     "adjust_pvalues": "medgen.audit._disparity",
+    "ExplanationAudit": "medgen.audit._explanations",
+    "explanations": "medgen.audit._explanations",
     "METRICS": "medgen.audit._metrics",
     "CLASS_METRICS": "medgen.audit._multiclass",
     "MACRO_METRICS": "medgen.audit._multiclass",

@@ -391,12 +391,29 @@ class Classifier:
         self,
         images: Any,
         *,
-        method: str = "gradcam",
-        class_idx: int | None = None,
+        method: str = "auto",
+        class_idx: int | Sequence[int] | None = None,
         target_layer: str | None = None,
         mask_size: int | None = None,
     ) -> torch.Tensor:
-        """Explanation maps aligned with the (preprocessed) input. See :func:`medgen.classify.explain`."""
+        """Explanation maps of images, by the method that fits the model family.
+
+        Args:
+            images: raw ``Cx[SPATIAL DIMS]`` or ``BxCx[SPATIAL DIMS]`` images (preprocessed as in
+                training).
+            method: ``"auto"`` (attention rollout for a ViT, GradCAM for a CNN with a registered
+                layer, occlusion otherwise), ``"gradcam"``, ``"rollout"`` (ViT only) or
+                ``"occlusion"`` (any network).
+            class_idx: class to explain: one index, one per image, or ``None`` (the predicted
+                class; occlusion on a binary model: ``classes[1]``). Rollout ignores it.
+            target_layer: GradCAM layer (dotted name); default: the registry's layer for a CNN,
+                the last transformer block's ``norm1`` for a ViT.
+            mask_size: occlusion patch size in pixels.
+
+        Returns:
+            ``Bx1x[SPATIAL DIMS]`` maps at the images' spatial shape, in [0, 1] per image. See
+            :func:`medgen.classify.explain` (methods, references) and docs/explanations.md.
+        """
         from medgen.classify._explain import explain
 
         return explain(

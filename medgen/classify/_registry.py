@@ -29,10 +29,12 @@ class ModelSpec:
     Attributes:
         name: registry name (lower case).
         factory: builds the network, see the module docstring.
-        gradcam_layer: dotted name of the layer GradCAM reads by default, or ``None`` when GradCAM
-            does not apply (transformers: use occlusion).
+        gradcam_layer: dotted name of the layer GradCAM reads by default, or ``None`` when there
+            is no fixed one (transformers: :func:`medgen.classify.explain` finds the last block).
         channels_last: whether ``torch.channels_last`` memory format speeds it up on CPU (2D only).
         description: one line for listings.
+        family: ``"cnn"`` or ``"vit"``; says which explanation ``method="auto"`` uses (GradCAM,
+            attention rollout; docs/explanations.md).
     """
 
     name: str
@@ -40,6 +42,7 @@ class ModelSpec:
     gradcam_layer: str | None
     channels_last: bool
     description: str
+    family: str = "cnn"
 
 
 def _densenet(variant: str) -> Callable[..., nn.Module]:
@@ -187,6 +190,7 @@ MODELS: dict[str, ModelSpec] = {
             None,
             False,
             "MONAI ViT (defaults: patch 8, hidden 192, 6 layers, 3 heads)",
+            family="vit",
         ),
     ]
 }
