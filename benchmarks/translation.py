@@ -94,7 +94,11 @@ def fit_models(
             continue
         opts: dict[str, Any] = {}
         if name == "cyclegan":
-            opts = {"cyclegan": nets}
+            opts = {"cyclegan": dict(nets)}
+            if args.cyclegan_identity_weight is not None:
+                opts["cyclegan"]["identity_weight"] = args.cyclegan_identity_weight
+            if args.cyclegan_gain_init is not None:
+                opts["cyclegan"]["gain_init"] = args.cyclegan_gain_init
         elif name == "pix2pix":
             opts = {"pix2pix": {**nets, "mse_weight": 1.0}}
         t = Translator(
@@ -230,6 +234,20 @@ def main() -> None:
     p.add_argument("--patch-size", type=int, default=32)
     p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64])
     p.add_argument("--classifier-epochs", type=int, default=30)
+    p.add_argument(
+        "--cyclegan-identity-weight",
+        type=float,
+        default=None,
+        help="CycleGAN identity-loss weight (default: the model's, 5.0); 0 for contrast changes, "
+        "where G(b) = b fights the inversion",
+    )
+    p.add_argument(
+        "--cyclegan-gain-init",
+        type=float,
+        default=None,
+        help="CycleGAN generators' starting gain (default: the model's, 0 = the identity); 1 for "
+        "contrast changes (the identity is a stationary point of the cycle loss)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", type=Path, default=None)

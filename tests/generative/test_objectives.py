@@ -316,3 +316,17 @@ def test_guided_ddim_in_one_batched_pass_equals_two_passes(spatial_dims: int) ->
     # the comparison is not vacuous: guidance (the null-class estimate) changes the result
     unguided = sample_ddim(unet, guidance_scale=1.0, start=0.5, latents=lat, **kw)
     assert (one - unguided).abs().max() > 1e-2
+
+
+def test_cyclegan_gain_init_sets_where_the_generators_start(mni_slices: np.ndarray) -> None:
+    """gain 0 (the default, ReZero) starts both generators at the identity; gain 1 does not."""
+    from dataclasses import replace
+
+    x = torch.from_numpy(np.asarray(mni_slices[:1], dtype=np.float32))[:, None]
+    x = x[..., : CYCLE.patch_size, : CYCLE.patch_size]
+    for gain, identity in ((0.0, True), (1.0, False)):
+        torch.manual_seed(0)
+        nets = build_cyclegan_networks(replace(CYCLE, gain_init=gain))
+        for name in ("g_ab", "g_ba"):
+            out = nets[name](x).image
+            assert torch.equal(out, x) is identity, (gain, name)

@@ -54,6 +54,11 @@ class CycleGANConfig:
         cycle_weight: weight of the cycle-consistency L1 term (the paper: 10).
         identity_weight: weight of the identity L1 term (the paper: 0.5 * cycle_weight).
         pool_size: fakes kept per domain in the image pool (0: no pool).
+        gain_init: starting gain of the generators' correction, ``y = x + gain * UNet(x)``.
+            ``0`` (ReZero) starts them at the identity, the right start for harmonisation
+            between similar sites; but the identity is a stationary point of the cycle and
+            identity losses, so a change that must reorder intensities (T1 -> T2) never
+            leaves it: use ``1`` there (and ``identity_weight=0``; docs/translation.md).
     """
 
     spatial_dims: int = 2
@@ -68,6 +73,7 @@ class CycleGANConfig:
     cycle_weight: float = 10.0
     identity_weight: float = 5.0
     pool_size: int = 50
+    gain_init: float = 0.0
 
     def __post_init__(self) -> None:
         owner = "CycleGANConfig"
@@ -269,6 +275,7 @@ def build_cyclegan_networks(config: CycleGANConfig) -> dict[str, nn.Module]:
             spatial_dims=c.spatial_dims,
             channels=c.channels,
             num_res_units=c.num_res_units,
+            gain_init=c.gain_init,
         )
     for name in ("d_a", "d_b"):
         nets[name] = build_discriminator(
