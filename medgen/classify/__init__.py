@@ -10,6 +10,8 @@ Typical use::
     preds = clf.predict(cohort, split="test")      # manifest columns + y_true, y_score, y_pred
     clf.save("runs/clf"); clf = medgen.classify.Classifier.load("runs/clf")
     maps = clf.explain(images, method="gradcam")   # Bx1xXY in [0, 1]
+    medgen.classify.pretrain(cohort, method="mae", model="vit", out_dir="runs/mae")  # no labels
+    clf = medgen.classify.train(cohort, model="vit", init="runs/mae")  # fine-tune the encoder
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from medgen.classify._calibrate import expected_calibration_error, fit_temperature
 from medgen.classify._explain import EXPLAIN_METHODS, explain, overlay
 from medgen.classify._model import Classifier
+from medgen.classify._pretrain import PretrainConfig, Pretrained, load_pretrained, pretrain
 from medgen.classify._registry import (
     MODELS,
     ModelSpec,
@@ -31,6 +34,8 @@ __all__ = [
     "MODELS",
     "Classifier",
     "ModelSpec",
+    "PretrainConfig",
+    "Pretrained",
     "TrainConfig",
     "available_models",
     "build_model",
@@ -38,6 +43,8 @@ __all__ = [
     "explain",
     "fit_temperature",
     "get_model_spec",
+    "load_pretrained",
     "overlay",
+    "pretrain",
     "train",
 ]

@@ -1,4 +1,5 @@
-"""``medgen train`` and ``medgen predict``: thin shells over :mod:`medgen.classify`."""
+"""``medgen train``, ``medgen predict`` and ``medgen pretrain``: thin shells over
+:mod:`medgen.classify`."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _parse_size(text: str | None) -> list[int] | None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``train`` and ``predict`` to the ``medgen`` app."""
+    """Add ``train``, ``predict`` and ``pretrain`` to the ``medgen`` app."""
 
     @app.command("train")
     def train_cmd(
@@ -65,6 +66,14 @@ def register(app: typer.Typer) -> None:
             typer.Option("--overwrite", help="replace the run in OUTPUT (its files only)"),
         ] = False,
         progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+        init: Annotated[
+            Path | None,
+            typer.Option(
+                "--init",
+                help="pretraining run (`medgen pretrain`) whose encoder initialises the model "
+                "(same --model and --image-size)",
+            ),
+        ] = None,
     ) -> None:
         """Train a classifier on a cohort into the run folder OUTPUT.
 
@@ -100,6 +109,7 @@ def register(app: typer.Typer) -> None:
             overwrite=overwrite,
             seed=seed,
             progress=progress,
+            init=init,
         )
         m = clf.metrics
         typer.echo(
@@ -133,3 +143,74 @@ def register(app: typer.Typer) -> None:
         preds = clf.predict(manifest, split=split, progress=progress, labels=labels)
         write_table(preds, output)
         typer.echo(f"wrote {len(preds)} predictions to {output}")
+
+    @app.command("pretrain")
+    def pretrain_cmd(
+        manifest: Annotated[Path, typer.Argument(help="cohort manifest (CSV/Parquet)")],
+        output: Annotated[Path, typer.Option("-o", "--output", help="run folder to write")],
+        method: Annotated[str, typer.Option(help="mae | contrastive")] = "mae",
+        model: Annotated[
+            str | None,
+            typer.Option(help="network name; default vit (mae), densenet (contrastive)"),
+        ] = None,
+        spatial_dims: Annotated[int, typer.Option(help="2 or 3")] = 2,
+        image_size: Annotated[str | None, typer.Option(help="resize to e.g. 64x64")] = None,
+        epochs: Annotated[int, typer.Option(help="passes over the images")] = 10,
+        batch_size: Annotated[int, typer.Option(help="images per step")] = 32,
+        lr: Annotated[float, typer.Option(help="AdamW peak learning rate")] = 1e-3,
+        split: Annotated[
+            list[str] | None,
+            typer.Option(help="split(s) whose images are used (default: train)"),
+        ] = None,
+        all_rows: Annotated[
+            bool,
+            typer.Option(
+                "--all-rows", help="use every row, val and test images included (no labels)"
+            ),
+        ] = False,
+        time_budget: Annotated[float | None, typer.Option(help="seconds of training")] = None,
+        device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+        seed: Annotated[int, typer.Option(help="random seed")] = 0,
+        overwrite: Annotated[
+            bool,
+            typer.Option("--overwrite", help="replace the run in OUTPUT (its files only)"),
+        ] = False,
+        progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    ) -> None:
+        """Pretrain an encoder on the cohort's images (labels ignored) into the run folder OUTPUT.
+
+        --method mae trains MONAI's masked autoencoder with the registry ViT's encoder;
+        --method contrastive trains SimCLR's NT-Xent on a registry network (default the small
+        DenseNet). Only the train split is used unless --split or --all-rows says otherwise.
+        Fine-tune with `medgen train ... --init OUTPUT`.
+        """
+        import logging
+
+        from medgen.classify import pretrain
+        from medgen.errors import ConfigError
+
+        if all_rows and split:
+            raise ConfigError("--all-rows and --split contradict each other; pass one of them")
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        res = pretrain(
+            manifest,
+            method=method,
+            model=model,
+            out_dir=output,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            image_size=_parse_size(image_size),
+            spatial_dims=spatial_dims,
+            split=None if all_rows else (split or "train"),
+            lr=lr,
+            time_budget_s=time_budget,
+            device=device,
+            overwrite=overwrite,
+            progress=progress,
+        )
+        m = res.metrics
+        typer.echo(
+            f"saved {output}: {method} on {m['n_images']} images, {m['epochs_run']} epochs, "
+            f"loss {m['first_epoch_loss']:.4f} -> {m['last_epoch_loss']:.4f}"
+        )

@@ -65,6 +65,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     world_size: int = 1
+    #: a pretraining run (``medgen.classify.pretrain``) whose encoder initialises the network
+    init: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,7 +354,12 @@ def fit_tensors(
             num_classes=len(cfg.classes),
             image_size=cfg.image_size or list(x_train.shape[2:]),
             model_kwargs=cfg.model_kwargs,
-        ).to(device)
+        )
+    if cfg.init is not None:  # the pretrained encoder; the head keeps its seeded initialisation
+        from medgen.classify._pretrain import load_init
+
+        load_init(net, cfg)
+    net = net.to(device)
     channels_last = bool(cfg.channels_last and spec.channels_last and cfg.spatial_dims == 2)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -653,6 +660,7 @@ def train(
     overwrite: bool = False,
     seed: int | None = None,
     progress: bool = True,
+    init: str | Path | None = None,
 ) -> Classifier:
     """Train an image classifier on a cohort.
 
@@ -700,6 +708,9 @@ def train(
         overwrite: replace the run in ``out_dir`` (its files only).
         seed: seeds weights, sampling and augmentation; ``None`` draws one and records it.
         progress: show tqdm bars.
+        init: a pretraining run folder (:func:`medgen.classify.pretrain`) of the same
+            ``model``, ``model_kwargs`` and input size: its encoder initialises the network, the
+            head starts fresh (seeded); recorded as ``config["init"]`` and in ``provenance``.
 
     Returns:
         The trained :class:`Classifier` (best validation epoch, with its temperature).
@@ -709,7 +720,8 @@ def train(
             interrupted one (without either), files that are not a run's, or nothing to resume.
         RunLockedError: another process is writing ``out_dir``.
         ConfigError: ``resume`` with options or data other than the run's (the message names
-            each difference), or an invalid option.
+            each difference), an invalid option, or ``init`` of another architecture or input
+            size (the message names both).
     """
     import contextlib
 
@@ -804,7 +816,13 @@ def train(
             channels_last=channels_last,
             seed=seed,
             device=str(resolve_device(device)),
+            init=str(Path(init).expanduser()) if init is not None else None,
         )
+        init_info = None
+        if cfg.init is not None:
+            from medgen.classify._pretrain import check_init
+
+            init_info = check_init(cfg.init, cfg)
         res = fit_tensors(
             x_tr,
             y_tr,
@@ -816,7 +834,10 @@ def train(
             progress=progress,
             run_dir=out,
             resume=resume,
-            run_info={"manifest_sha256": manifest_hash(df)},
+            run_info={
+                "manifest_sha256": manifest_hash(df),
+                **({"init_sha256": init_info["weights_sha256"]} if init_info else {}),
+            },
         )
         metrics = {
             "best_epoch": res.best_epoch,
@@ -840,6 +861,7 @@ def train(
                 "manifest_sha256": manifest_hash(df),
                 "seed": seed,
                 "versions": package_versions(),
+                **({"init": init_info} if init_info else {}),
             },
         )
         clf.seen_image_ids = [[tr_ids[i] for i in ep] for ep in res.seen]
