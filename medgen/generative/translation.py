@@ -32,7 +32,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -164,38 +164,30 @@ def _show(selector: Mapping[str, Any]) -> str:
     return ",".join(parts)
 
 
-def _cyclegan_config(
-    options: Mapping[str, Any] | None, *, spatial_dims: int, patch_size: int
-) -> CycleGANConfig:
-    from medgen.generative.objectives.unpaired import CycleGANConfig
+#: a learned model's config dataclass (CycleGANConfig, Pix2PixConfig)
+_C = TypeVar("_C")
 
+
+def _model_config(
+    cls: type[_C],
+    model: str,
+    options: Mapping[str, Any] | None,
+    *,
+    spatial_dims: int,
+    patch_size: int,
+) -> _C:
+    """``cls`` (a learned model's config dataclass) from the Translator's ``<model>=`` options;
+    an unknown option is an error listing the known ones."""
     opts = dict(options or {})
-    known = [f.name for f in fields(CycleGANConfig) if f.name not in ("spatial_dims", "patch_size")]
+    known = [f.name for f in fields(cls) if f.name not in ("spatial_dims", "patch_size")]  # type: ignore[arg-type]
     for key in opts:
         if key not in known:
             raise ConfigError(
-                f"Translator: cyclegan option {key!r} is unknown; known: {known}."
+                f"Translator: {model} option {key!r} is unknown; known: {known}."
                 f"{did_you_mean(key, known)} (spatial_dims and patch_size are the Translator's "
                 "own arguments)."
             )
-    return CycleGANConfig(spatial_dims=spatial_dims, patch_size=patch_size, **opts)
-
-
-def _pix2pix_config(
-    options: Mapping[str, Any] | None, *, spatial_dims: int, patch_size: int
-) -> Pix2PixConfig:
-    from medgen.generative.objectives.paired import Pix2PixConfig
-
-    opts = dict(options or {})
-    known = [f.name for f in fields(Pix2PixConfig) if f.name not in ("spatial_dims", "patch_size")]
-    for key in opts:
-        if key not in known:
-            raise ConfigError(
-                f"Translator: pix2pix option {key!r} is unknown; known: {known}."
-                f"{did_you_mean(key, known)} (spatial_dims and patch_size are the Translator's "
-                "own arguments)."
-            )
-    return Pix2PixConfig(spatial_dims=spatial_dims, patch_size=patch_size, **opts)
+    return cls(spatial_dims=spatial_dims, patch_size=patch_size, **opts)  # type: ignore[call-arg]
 
 
 def _matches(df: pd.DataFrame, selector: Mapping[str, Any]) -> pd.Series:
@@ -479,15 +471,21 @@ class Translator(GenerativeModel):
     # ------------------------------------------------------------------ GenerativeModel
     def cyclegan_config(self) -> CycleGANConfig:
         """The :class:`~medgen.generative.objectives.unpaired.CycleGANConfig` of this model."""
-        return _cyclegan_config(
-            self.cyclegan_options, spatial_dims=self.spatial_dims, patch_size=self.patch_size
-        )
+        from medgen.generative.objectives.unpaired import CycleGANConfig
+
+        return _model_config(
+            CycleGANConfig, "cyclegan", self.cyclegan_options,
+            spatial_dims=self.spatial_dims, patch_size=self.patch_size,
+        )  # fmt: skip
 
     def pix2pix_config(self) -> Pix2PixConfig:
         """The :class:`~medgen.generative.objectives.paired.Pix2PixConfig` of this model."""
-        return _pix2pix_config(
-            self.pix2pix_options, spatial_dims=self.spatial_dims, patch_size=self.patch_size
-        )
+        from medgen.generative.objectives.paired import Pix2PixConfig
+
+        return _model_config(
+            Pix2PixConfig, "pix2pix", self.pix2pix_options,
+            spatial_dims=self.spatial_dims, patch_size=self.patch_size,
+        )  # fmt: skip
 
     def _downsampling(self) -> int:
         cfg = self.cyclegan_config() if self.model == "cyclegan" else self.pix2pix_config()
