@@ -64,9 +64,6 @@ SITE_METRICS = ("auc", "tpr", "fpr", "balanced_accuracy")
 #: Gap metrics the answer may be about (those :func:`medgen.audit.compare` gives gaps for).
 GAP_METRICS = ("auc", "tpr")
 _WHAT = "harmonisation study"
-#: columns a counterfactual render may change; the oracle takes, per source image, the render
-#: at the target that changes the fewest of them besides the target's own
-_COUNTERFACTUAL_COLUMNS = ("site", "contrast", "severity", "label", "manufacturer")
 
 ARM_DESCRIPTIONS = {
     "raw": "the images as they are: the baseline every arm is compared with.",
@@ -194,17 +191,12 @@ class HarmonisationResult:
 # the data of the arms
 
 
-def _as_values(v: Any) -> list[Any]:
-    return list(v) if isinstance(v, list | tuple | set | frozenset) else [v]
-
-
 def _matches(df: pd.DataFrame, selector: Mapping[str, Any]) -> Any:
-    import numpy as np
+    """Rows of ``df`` in the translator's group ``selector``, by the Translator's own rule
+    (values, lists of values, ``{"min": .., "max": ..}`` ranges)."""
+    from medgen.generative.translation import _matches as selector_rows
 
-    mask = np.ones(len(df), dtype=bool)
-    for k, v in selector.items():
-        mask &= df[k].isin(_as_values(v)).to_numpy(dtype=bool)
-    return mask
+    return selector_rows(df, selector).to_numpy(dtype=bool)
 
 
 def _check_translator(translator: Any, columns: Sequence[str]) -> None:
@@ -275,34 +267,24 @@ def _oracle_rows(
 ) -> tuple[pd.DataFrame | None, str]:
     """The source rows with their image replaced by their counterfactual at ``target``, or
     ``None`` and why not."""
-    cf = counterfactuals[_matches(counterfactuals, target)].copy()
-    # several renders may match the target (counterfactuals of several attributes): take the
-    # one that differs from its factual image in the fewest other columns (only the target's)
-    facts = source_rows.set_index(source_rows["image_id"].astype(str))
-    others = [c for c in _COUNTERFACTUAL_COLUMNS if c in cf.columns and c not in target]
-    src = cf["counterfactual_of"].astype(str)
-    known = src.isin(facts.index)
-    cf = cf[known.to_numpy()]
-    src = src[known]
-    cf["_differs"] = sum(
-        (cf[c].astype(str).to_numpy() != facts.loc[src, c].astype(str).to_numpy()).astype(int)
-        for c in others
-    )
-    cf = cf.sort_values(["_differs", "image_id"], kind="stable")
-    by_source = cf.drop_duplicates("counterfactual_of").set_index("counterfactual_of")
+    from medgen.generative.translation import _counterfactual_pairs
+
+    # the render of each source image at the target that differs from it in the fewest other
+    # counterfactual columns, as evaluate_translation pairs them
+    pairs = _counterfactual_pairs(counterfactuals, source_rows, target, split=None)
+    by_source = pairs.set_index(pairs["image_id"].astype(str))
     ids = source_rows["image_id"].astype(str)
-    have = ids.isin(by_source.index.astype(str))
+    have = ids.isin(by_source.index)
     if not have.all():
         missing = ids[~have].tolist()
         return None, (
             f"no oracle arm: {len(missing)} of {len(ids)} source images have no counterfactual "
             f"render at the target (e.g. {missing[:3]}); simulate with counterfactual=('site',)"
         )
-    by_source = by_source.rename(index=str)
     out = source_rows.copy()
     out["derived_from"] = source_rows["image_path"].astype(str).to_numpy()
-    out["image_path"] = by_source["image_path"].reindex(ids).astype(str).to_numpy()
-    out["oracle_of"] = by_source["image_id"].reindex(ids).astype(str).to_numpy()
+    out["image_path"] = by_source["truth_path"].reindex(ids).astype(str).to_numpy()
+    out["oracle_of"] = by_source["truth_id"].reindex(ids).astype(str).to_numpy()
     return out, ""
 
 

@@ -93,15 +93,6 @@ def parse_selector(text: str, df: pd.DataFrame, *, flag: str) -> dict[str, Any]:
     return out
 
 
-def _selected(df: pd.DataFrame, selector: dict[str, Any]) -> Any:
-    import numpy as np
-
-    mask = np.ones(len(df), dtype=bool)
-    for k, v in selector.items():
-        mask &= df[k].eq(v).fillna(False).to_numpy(dtype=bool)
-    return mask
-
-
 def check_selectors(df: pd.DataFrame, source: dict[str, Any], target: dict[str, Any]) -> None:
     """Refuse ``--from`` / ``--to`` selectors that cannot train a translator on ``df``'s
     factual training rows: equal selectors, a group without training rows or with all of them,
@@ -112,6 +103,7 @@ def check_selectors(df: pd.DataFrame, source: dict[str, Any], target: dict[str, 
         MedgenValueError: an empty, all-rows or overlapping group (counts named).
     """
     from medgen.errors import ConfigError, MedgenValueError
+    from medgen.generative.translation import _matches
 
     def show(sel: dict[str, Any]) -> str:
         return ",".join(f"{k}={v}" for k, v in sel.items())
@@ -126,7 +118,7 @@ def check_selectors(df: pd.DataFrame, source: dict[str, Any], target: dict[str, 
         rows = rows[rows["counterfactual_of"].isna()]
     picked = {}
     for flag, sel in (("--from", source), ("--to", target)):
-        mask = _selected(rows, sel)
+        mask = _matches(rows, sel)  # the rows the Translator will train on
         n = int(mask.sum())
         if n == 0:
             raise MedgenValueError(
