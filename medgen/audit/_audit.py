@@ -559,7 +559,11 @@ def _disparities(
     p_adjust: str,
     tolerance: tuple[float, float],
     n_boot: int,
+    metrics: Sequence[str] = DISPARITY_METRICS,
 ) -> pd.DataFrame:
+    """Disparities of ``metrics`` (per group, against each attribute's reference group: the
+    one given, else the largest) with bootstrap CIs, p-values, ratio flags; also the
+    multi-class audit's table (its metrics)."""
     unknown = set(reference) - {g.name for g in groupings}
     if unknown:
         raise MedgenValueError(
@@ -580,7 +584,7 @@ def _disparities(
         else:
             ref = int(np.argmax(est["n"]))
         others = np.array([g for g in range(len(grouping.labels)) if g != ref], dtype=np.intp)
-        for m in DISPARITY_METRICS:
+        for m in metrics:
             v = est[m][others]
             rv = est[m][ref]
             diff = v - rv

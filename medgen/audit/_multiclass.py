@@ -33,7 +33,6 @@ from tqdm.auto import tqdm
 
 from medgen._version import __version__
 from medgen.audit._bootstrap import ClusterMap, cluster_map, multinomial_counts, percentile_ci
-from medgen.audit._disparity import adjust_pvalues, bootstrap_pvalue
 from medgen.audit._metrics import Cells, cell_metrics, ece_bins, make_cells
 from medgen.errors import MedgenValueError, MetricWarning
 
@@ -560,76 +559,11 @@ def disparity_table(
 ) -> pd.DataFrame:
     """Disparities of ``metrics`` against each attribute's reference group (largest by default);
     the same table as the binary audit's."""
-    unknown = set(reference) - {g.name for g in groupings}
-    if unknown:
-        raise MedgenValueError(
-            f"reference names unknown attributes {sorted(unknown)}; audited attributes are "
-            f"{[g.name for g in groupings]}"
-        )
-    rows: list[dict[str, object]] = []
-    for grouping in groupings:
-        est = point[grouping.name]
-        if grouping.name in reference:
-            ref_label = str(reference[grouping.name])
-            if ref_label not in grouping.labels:
-                raise MedgenValueError(
-                    f"reference[{grouping.name!r}]={ref_label!r} is not a group of that "
-                    f"attribute; groups are {list(grouping.labels)}"
-                )
-            ref = grouping.labels.index(ref_label)
-        else:
-            ref = int(np.argmax(est["n"]))
-        others = np.array([g for g in range(len(grouping.labels)) if g != ref], dtype=np.intp)
-        for m in metrics:
-            v = est[m][others]
-            rv = est[m][ref]
-            diff = v - rv
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = np.where(rv == 0, np.nan, v / rv)
-            if n_boot > 0:
-                d_reps = reps[grouping.name][m][:, others] - reps[grouping.name][m][:, [ref]]
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    d_lo, d_hi = percentile_ci(d_reps, ci)
-                pv = bootstrap_pvalue(diff, d_reps)
-            else:
-                d_lo = d_hi = pv = np.full(others.shape[0], np.nan)
-            for i, g in enumerate(others):
-                rows.append(
-                    {
-                        "attribute": grouping.name,
-                        "group": grouping.labels[g],
-                        "metric": m,
-                        "reference_group": grouping.labels[ref],
-                        "value": v[i],
-                        "reference_value": rv,
-                        "difference": diff[i],
-                        "difference_low": d_lo[i],
-                        "difference_high": d_hi[i],
-                        "ratio": ratio[i],
-                        "p_value": pv[i],
-                    }
-                )
-    columns = [
-        "attribute",
-        "group",
-        "metric",
-        "reference_group",
-        "value",
-        "reference_value",
-        "difference",
-        "difference_low",
-        "difference_high",
-        "ratio",
-        "p_value",
-    ]
-    frame = pd.DataFrame(rows, columns=columns)
-    frame["p_adjusted"] = adjust_pvalues(frame["p_value"].to_numpy(dtype=np.float64), p_adjust)
-    lo, hi = tolerance
-    ratio_v = frame["ratio"].to_numpy(dtype=np.float64)
-    frame["flagged"] = ~np.isnan(ratio_v) & ((ratio_v < lo) | (ratio_v > hi))
-    frame["significant"] = frame["p_adjusted"].to_numpy(dtype=np.float64) < 1.0 - ci
-    return frame.set_index(["attribute", "group", "metric"])
+    from medgen.audit._audit import _disparities
+
+    return _disparities(
+        groupings, point, reps, reference, ci, p_adjust, tolerance, n_boot, metrics=metrics
+    )
 
 
 #: Gaps (max - min over groups) in the multi-class summary, besides the per-class ones.
