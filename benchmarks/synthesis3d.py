@@ -39,6 +39,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+# the 2D benchmark's engine options (the script's own folder is on sys.path when it runs)
+from synthesis import engine_config
+
 CONDITIONS = ("label", "sex")
 
 
@@ -58,19 +61,6 @@ def cohort_manifest(args: argparse.Namespace) -> tuple[Path, float]:
     t = time.perf_counter()
     path = simulate(cfg, folder, seed=0, progress=False)
     return Path(path), time.perf_counter() - t
-
-
-def engine_config(args: argparse.Namespace, *, epochs: int, budget: float | None) -> dict[str, Any]:
-    return {
-        "epochs": epochs,
-        "steps_per_epoch": args.steps_per_epoch,
-        "batch_size": args.batch_size,
-        "ema_decay": 0.99,
-        "time_budget_s": budget,
-        "seed": args.seed,
-        "device": args.device,
-        "num_workers": 0,
-    }
 
 
 def new_model(args: argparse.Namespace, kind: str, **extra: Any) -> Any:
