@@ -6,7 +6,7 @@ import hashlib
 import itertools
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -645,27 +645,36 @@ def _gap(x: NDArray[np.float64]) -> NDArray[np.float64]:
     return np.where(ok, g, np.nan)
 
 
+def _binary_gaps(e: Mapping[str, NDArray[np.float64]]) -> dict[str, NDArray[np.float64]]:
+    """The binary summary's gaps (max - min over groups) of estimates ``e``."""
+    return {
+        "auc_gap": _gap(e["auc"]),
+        "equalized_odds_difference": np.fmax(_gap(e["tpr"]), _gap(e["fpr"])),
+        "demographic_parity_difference": _gap(e["selection_rate"]),
+        "ece_gap": _gap(e["ece"]),
+        "fnr_gap": _gap(e["fnr"]),
+    }
+
+
 def _summary(
     groupings: Sequence[Grouping],
     point: Mapping[str, Mapping[str, NDArray[np.float64]]],
     reps: Mapping[str, Mapping[str, NDArray[np.float64]]],
     ci: float,
+    *,
+    gaps: Callable[[Mapping[str, NDArray[np.float64]]], dict[str, NDArray[np.float64]]] = (
+        _binary_gaps
+    ),
+    auc: str = "auc",
 ) -> pd.DataFrame:
+    """One row per attribute: smallest and worst group (by ``auc``, the column
+    ``worst_group_<auc>``) and each of ``gaps`` with its bootstrap CI; also the multi-class
+    audit's summary (its gaps, by macro AUC)."""
     rows = []
     for grouping in groupings:
         est = point[grouping.name]
-
-        def gaps(e: Mapping[str, NDArray[np.float64]]) -> dict[str, NDArray[np.float64]]:
-            return {
-                "auc_gap": _gap(e["auc"]),
-                "equalized_odds_difference": np.fmax(_gap(e["tpr"]), _gap(e["fpr"])),
-                "demographic_parity_difference": _gap(e["selection_rate"]),
-                "ece_gap": _gap(e["ece"]),
-                "fnr_gap": _gap(e["fnr"]),
-            }
-
-        auc = est["auc"]
-        worst = int(np.nanargmin(auc)) if np.any(~np.isnan(auc)) else -1
+        values = est[auc]
+        worst = int(np.nanargmin(values)) if np.any(~np.isnan(values)) else -1
         smallest = int(np.argmin(est["n"]))
         row: dict[str, object] = {
             "attribute": grouping.name,
@@ -673,7 +682,7 @@ def _summary(
             "smallest_group": grouping.labels[smallest],
             "smallest_group_n": int(est["n"][smallest]),
             "worst_group": grouping.labels[worst] if worst >= 0 else None,
-            "worst_group_auc": auc[worst] if worst >= 0 else np.nan,
+            f"worst_group_{auc}": values[worst] if worst >= 0 else np.nan,
         }
         pg = gaps(est)
         rg = gaps(reps[grouping.name]) if grouping.name in reps else None

@@ -586,6 +586,7 @@ def _summary(
     classes: Sequence[str],
 ) -> pd.DataFrame:
     from medgen.audit._audit import _gap
+    from medgen.audit._audit import _summary as summary_table
 
     def gaps(e: Mapping[str, NDArray[np.float64]]) -> dict[str, NDArray[np.float64]]:
         out = {f"{m}_gap": _gap(e[m]) for m in SUMMARY_GAPS}
@@ -596,30 +597,4 @@ def _summary(
             )
         return out
 
-    rows = []
-    for grouping in groupings:
-        est = point[grouping.name]
-        auc = est["macro_auc"]
-        worst = int(np.nanargmin(auc)) if np.any(~np.isnan(auc)) else -1
-        smallest = int(np.argmin(est["n"]))
-        row: dict[str, object] = {
-            "attribute": grouping.name,
-            "n_groups": len(grouping.labels),
-            "smallest_group": grouping.labels[smallest],
-            "smallest_group_n": int(est["n"][smallest]),
-            "worst_group": grouping.labels[worst] if worst >= 0 else None,
-            "worst_group_macro_auc": auc[worst] if worst >= 0 else np.nan,
-        }
-        pg = gaps(est)
-        rg = gaps(reps[grouping.name]) if grouping.name in reps else None
-        for key, v in pg.items():
-            row[key] = float(v)
-            if rg is not None:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    lo, hi = percentile_ci(rg[key][:, None], ci)
-                row[f"{key}_low"], row[f"{key}_high"] = float(lo[0]), float(hi[0])
-            else:
-                row[f"{key}_low"] = row[f"{key}_high"] = np.nan
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("attribute")
+    return summary_table(groupings, point, reps, ci, gaps=gaps, auc="macro_auc")
