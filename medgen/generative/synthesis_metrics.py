@@ -742,6 +742,25 @@ class MemorisationReference:
         return _memorisation_table(self, sa, sp)
 
 
+def _check_gate_options(func: str, quantile: Any, pixel_metric: Any) -> None:
+    """The near-copy ``quantile`` (a number in (0, 0.5]) and the ``pixel_metric`` (one of
+    :data:`PIXEL_METRICS`) of :func:`memorisation` and :func:`memorisation_reference`."""
+    if (
+        isinstance(quantile, bool)
+        or not isinstance(quantile, int | float)
+        or not (0.0 < quantile <= 0.5)
+    ):
+        raise MedgenValueError(
+            f"{func}: quantile must be a number in (0, 0.5] (the share of held-out images a "
+            f"near-copy threshold lets through, e.g. 0.01), not {quantile!r}."
+        )
+    if pixel_metric not in PIXEL_METRICS:
+        raise MedgenValueError(
+            f"{func}: pixel_metric must be one of {list(PIXEL_METRICS)}, not {pixel_metric!r}."
+            f"{did_you_mean(pixel_metric, PIXEL_METRICS)}"
+        )
+
+
 def memorisation_reference(
     train_features: ArrayLike,
     holdout_features: ArrayLike,
@@ -757,20 +776,7 @@ def memorisation_reference(
     tr = as_features(train_features, "train_features", func=func, min_rows=1)
     ho = as_features(holdout_features, "holdout_features", func=func, min_rows=1)
     check_same_width(func, train_features=tr, holdout_features=ho)
-    if (
-        isinstance(quantile, bool)
-        or not isinstance(quantile, int | float)
-        or not (0.0 < quantile <= 0.5)
-    ):
-        raise MedgenValueError(
-            f"{func}: quantile must be a number in (0, 0.5] (the share of held-out images a "
-            f"near-copy threshold lets through, e.g. 0.01), not {quantile!r}."
-        )
-    if pixel_metric not in PIXEL_METRICS:
-        raise MedgenValueError(
-            f"{func}: pixel_metric must be one of {list(PIXEL_METRICS)}, not {pixel_metric!r}."
-            f"{did_you_mean(pixel_metric, PIXEL_METRICS)}"
-        )
+    _check_gate_options(func, quantile, pixel_metric)
     if (train_pixels is None) != (holdout_pixels is None):
         given = "train_pixels" if train_pixels is not None else "holdout_pixels"
         raise MedgenValueError(
@@ -909,20 +915,7 @@ def memorisation(
     sa = as_features(sample_features, "sample_features", func=func, min_rows=1)
     ho = as_features(holdout_features, "holdout_features", func=func, min_rows=1)
     check_same_width(func, train_features=tr, sample_features=sa, holdout_features=ho)
-    if (
-        isinstance(quantile, bool)
-        or not isinstance(quantile, int | float)
-        or not (0.0 < quantile <= 0.5)
-    ):
-        raise MedgenValueError(
-            f"{func}: quantile must be a number in (0, 0.5] (the share of held-out images a "
-            f"near-copy threshold lets through, e.g. 0.01), not {quantile!r}."
-        )
-    if pixel_metric not in PIXEL_METRICS:
-        raise MedgenValueError(
-            f"{func}: pixel_metric must be one of {list(PIXEL_METRICS)}, not {pixel_metric!r}."
-            f"{did_you_mean(pixel_metric, PIXEL_METRICS)}"
-        )
+    _check_gate_options(func, quantile, pixel_metric)
     pixels = {"train_pixels": train_pixels, "sample_pixels": sample_pixels}
     pixels["holdout_pixels"] = holdout_pixels
     given = [name for name, v in pixels.items() if v is not None]
