@@ -338,15 +338,9 @@ class Restorer(GenerativeModel):
                     f"spatial_dims=3 needs volumes (X, Y, Z); got an image of shape {arr.shape}."
                 )
             return [arr]
-        if arr.ndim == 2:
-            return [arr]
-        out = []
-        thr = np.percentile(arr, 90) * 0.2
-        for k in range(arr.shape[-1]):
-            s = arr[..., k]
-            if np.mean(s > thr) > 0.05:
-                out.append(s)
-        return out or [arr[..., arr.shape[-1] // 2]]
+        from medgen.generative.objectives._common import foreground_slices
+
+        return foreground_slices(arr)
 
     def _make_pair(
         self, clean: np.ndarray, degraded: np.ndarray | None, rng: np.random.Generator

@@ -867,7 +867,7 @@ class Translator(GenerativeModel):
     ) -> None:
         import torch
 
-        from medgen.generative.objectives._common import unit_range
+        from medgen.generative.objectives._common import foreground_slice_indices, unit_range
         from medgen.generative.objectives.paired import (
             PairedObjective,
             build_pix2pix_networks,
@@ -879,10 +879,8 @@ class Translator(GenerativeModel):
         pairs: list[tuple[np.ndarray, np.ndarray]] = []
         for x, y in zip(a, b, strict=True):
             ux, uy = unit_range(x, NORM_PERCENTILES), unit_range(y, NORM_PERCENTILES)
-            if self.spatial_dims == 2 and ux.ndim == 3:
-                thr = np.percentile(ux, 90) * 0.2
-                ks = [k for k in range(ux.shape[-1]) if np.mean(ux[..., k] > thr) > 0.05]
-                pairs.extend((ux[..., k], uy[..., k]) for k in ks or [ux.shape[-1] // 2])
+            if self.spatial_dims == 2 and ux.ndim == 3:  # the source's foreground slices
+                pairs.extend((ux[..., k], uy[..., k]) for k in foreground_slice_indices(ux))
             else:
                 pairs.append((ux, uy))
         for i, (ux, _) in enumerate(pairs):

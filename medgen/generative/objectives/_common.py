@@ -90,14 +90,21 @@ def random_patches(
     return torch.from_numpy(np.stack(out)[:, None].astype(np.float32))
 
 
+def foreground_slice_indices(arr: np.ndarray) -> list[int]:
+    """Indices along the last axis of a volume ``(X, Y, Z)`` of the slices that hold some
+    foreground (more than 5% of pixels above 20% of the 90th percentile); the middle slice
+    when none does."""
+    thr = np.percentile(arr, 90) * 0.2
+    ks = [k for k in range(arr.shape[-1]) if np.mean(arr[..., k] > thr) > 0.05]
+    return ks or [arr.shape[-1] // 2]
+
+
 def foreground_slices(arr: np.ndarray) -> list[np.ndarray]:
     """A 2D image as ``[arr]``; a volume ``(X, Y, Z)`` as its slices along the last axis that hold
-    some foreground (more than 5% of pixels above 20% of the 90th percentile)."""
+    some foreground (:func:`foreground_slice_indices`)."""
     if arr.ndim == 2:
         return [arr]
-    thr = np.percentile(arr, 90) * 0.2
-    out = [arr[..., k] for k in range(arr.shape[-1]) if np.mean(arr[..., k] > thr) > 0.05]
-    return out or [arr[..., arr.shape[-1] // 2]]
+    return [arr[..., k] for k in foreground_slice_indices(arr)]
 
 
 def unit_range(arr: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
