@@ -10,6 +10,7 @@ Messages name the file, column or argument at fault and say how to fix it.
 from __future__ import annotations
 
 __all__ = [
+    "ChecksumError",
     "ConfigError",
     "DicomError",
     "DicomReadWarning",
@@ -22,6 +23,7 @@ __all__ = [
     "MetricWarning",
     "MissingDependencyError",
     "MultipleSeriesError",
+    "NoiseLevelWarning",
     "OutputPathError",
     "RunFolderError",
     "RunLockedError",
@@ -87,6 +89,10 @@ class MetricWarning(UserWarning):
     """A metric is undefined or unreliable for a group (one class only, tiny group, ...)."""
 
 
+class NoiseLevelWarning(UserWarning):
+    """A denoiser was given (or estimated) a noise level outside the range it was trained on."""
+
+
 class OutputPathError(MedgenValueError):
     """An output path would overwrite, contain or lie inside an input, or leave its folder."""
 
@@ -94,6 +100,11 @@ class OutputPathError(MedgenValueError):
 class RunFolderError(MedgenValueError):
     """A run folder is in the wrong state for what was asked (interrupted, finished, mixed,
     or holding files that are not a run's)."""
+
+
+class ChecksumError(MedgenValueError):
+    """A file's SHA-256 differs from the one recorded for it (e.g. a pretrained model's weights
+    against the registry's ``index.json``): the file is corrupt or was replaced."""
 
 
 class RunLockedError(MedgenRuntimeError):

@@ -155,8 +155,8 @@ def _load_model(kind: str | None, run: Path, device: str) -> tuple[str, Any]:
         from medgen.generative import Denoiser, SuperResolver
 
         cls = Denoiser if kind == "denoise" else SuperResolver
-        return kind, cls.load(run, device=device)
-    model = load(run, device=device)
+        return kind, _mark_pretrained(cls.load(run, device=device), run)
+    model = _mark_pretrained(load(run, device=device), run)
     found = {v: k for k, v in APPLY_KINDS.items()}.get(str(model.kind))
     if kind == "translate" and model.kind != "translator":
         other = f", or use `medgen {found} apply` for this one" if found else ""
@@ -171,6 +171,17 @@ def _load_model(kind: str | None, run: Path, device: str) -> tuple[str, Any]:
             f"image by image; apply runs of kinds {sorted(APPLY_KINDS.values())}."
         )
     return found, model
+
+
+def _mark_pretrained(model: Any, run: Path) -> Any:
+    """A model of medgen's pretrained registry records its name and weights hash (they go into
+    the outputs' DerivationDescription)."""
+    from medgen.generative._pretrained import pretrained_root
+
+    if Path(run).resolve().parent == pretrained_root().resolve():
+        model.pretrained_name = Path(run).name
+        model.pretrained_sha256 = _weights_sha256(Path(run)) or None
+    return model
 
 
 def _description(model: Any, run: str) -> str:
@@ -252,7 +263,7 @@ def apply_shard(job: dict[str, Any], shard: int, rows: list[dict[str, Any]]) -> 
     done = []
     for r in rows:
         target = confined(out, str(r["output"]), what=f"output of {r['input']}")
-        restored = model.apply(load(r["path"]))
+        restored = model.apply(load(r["path"]), slices=True)  # 2D models: volumes by slice
         # the header fields come from restored.meta, filtered by save's allow-list
         written = save(
             restored,
@@ -414,7 +425,8 @@ def apply_model(
 
     Args:
         run: a trained run folder (``medgen denoise|superres train``, a saved
-            :class:`~medgen.generative.Translator`).
+            :class:`~medgen.generative.Translator`), or ``"pretrained:NAME"`` for a model
+            shipped with medgen (``medgen pretrained`` lists them).
         inputs: image paths, DICOM folders and/or manifests (CSV/Parquet).
         output: the output folder (gets ``outputs.csv``; ``manifest.csv`` for manifest inputs).
         kind: ``"denoise"``, ``"superres"`` or ``"translate"`` (the run must hold that kind);
@@ -503,7 +515,9 @@ def run_apply(
         )
     if not inputs:
         raise MedgenValueError("apply: no inputs; pass image files, DICOM folders or a manifest.")
-    run = run.expanduser()
+    from medgen.generative._pretrained import resolve_run
+
+    run = resolve_run(run, kind=None if kind is None else APPLY_KINDS.get(kind))
     output = output.expanduser()
     kind, model = _load_model(kind, run, device)
     if self_ensemble and kind == "translate":

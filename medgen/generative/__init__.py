@@ -8,6 +8,9 @@
 - :class:`GenerativeModel`, :func:`load`, :func:`register_model_kind`: one persistence
   (``config.json`` + ``model.safetensors``) and one registry of model kinds for every trained
   model; ``load(run_dir)`` returns the right class.
+- :func:`available_pretrained`, :func:`load_pretrained` (``Denoiser.pretrained("mri")``,
+  ``load("pretrained:NAME")``), :func:`pretrained_dir`, :func:`export_pretrained`: restoration
+  models trained by medgen and shipped in the package, checked by SHA-256 on load.
 - :class:`Denoiser` and :class:`SuperResolver`: generator (+ optional PatchGAN) trained on pairs
   made by :func:`medgen.simulate.degrade`; ``fit``, ``apply``, ``save``, ``load``.
 - :func:`train` / :class:`TrainConfig`: the paired restoration recipe (engine + paired options).
@@ -45,6 +48,12 @@ if TYPE_CHECKING:
         register_model_kind,
     )
     from medgen.generative._nets import available_generators, register_generator
+    from medgen.generative._pretrained import (
+        available_pretrained,
+        export_pretrained,
+        load_pretrained,
+        pretrained_dir,
+    )
     from medgen.generative._restorer import RestorationOutput, RestorerConfig
     from medgen.generative._synth_eval import MemorisationGate, SynthesisEvaluation
     from medgen.generative._trainer import TrainConfig, TrainResult, train
@@ -101,20 +110,24 @@ __all__ = [
     "TrainResult",
     "Translator",
     "available_generators",
+    "available_pretrained",
     "conditioning_fidelity",
     "count_near_copies",
     "counterfactual_score_test",
     "evaluate",
     "evaluate_translation",
+    "export_pretrained",
     "fit_objective",
     "frechet_distance",
     "get_model_kind",
     "image_metrics",
     "kernel_inception_distance",
     "load",
+    "load_pretrained",
     "memorisation",
     "model_kinds",
     "prdc",
+    "pretrained_dir",
     "quality_table",
     "real_vs_real_floor",
     "register_generator",
@@ -145,6 +158,15 @@ _LAZY = {
     "register_model_kind": "medgen.generative._model",
     "available_generators": "medgen.generative._nets",
     "register_generator": "medgen.generative._nets",
+    **{
+        name: "medgen.generative._pretrained"
+        for name in (
+            "available_pretrained",
+            "export_pretrained",
+            "load_pretrained",
+            "pretrained_dir",
+        )
+    },
     "evaluate": "medgen.generative.quality",
     "image_metrics": "medgen.generative.quality",
     "summarize": "medgen.generative.quality",

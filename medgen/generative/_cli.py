@@ -31,7 +31,21 @@ _Overwrite = Annotated[
 _Device = Annotated[str, typer.Option(help="auto | cpu | cuda")]
 _Seed = Annotated[int, typer.Option(help="random seed")]
 _Progress = Annotated[bool, typer.Option(help="progress bars")]
-_Run = Annotated[Path, typer.Argument(help="trained run folder")]
+_Run = Annotated[
+    str,
+    typer.Argument(
+        help="trained run folder, or pretrained:NAME for a model shipped with medgen "
+        "(list them: medgen pretrained)"
+    ),
+]
+_TranslateRun = Annotated[Path, typer.Argument(help="trained run folder")]
+_Init = Annotated[
+    str | None,
+    typer.Option(
+        help="fine-tune from pretrained:NAME (medgen pretrained) or a trained RUN folder; the "
+        "network options default to the init's"
+    ),
+]
 _Inputs = Annotated[list[Path], typer.Argument(help="NIfTI files, DICOM folders or a manifest")]
 _ApplyOutput = Annotated[
     Path,
@@ -50,6 +64,11 @@ _Retain = Annotated[
         "see docs/privacy.md",
     ),
 ]
+
+
+def _net_option(text: str, default: str) -> Any:
+    """A train command's network option: ``None`` unless passed, so ``--init`` can supply it."""
+    return typer.Option(help=f"{text} \\[default: {default}; with --init: the init's]")
 
 
 def _parse_ints(text: str, name: str) -> tuple[int, ...]:
@@ -126,8 +145,64 @@ def _fit(model: Any, params: Mapping[str, Any]) -> None:
         resume=params["resume"],
         overwrite=params["overwrite"],
         progress=params["progress"],
+        init=params.get("init"),
     )
     typer.echo(f"model -> {output}")
+
+
+#: the options of a train command that fix the network: fine-tuning (--init) keeps the init's
+_NETWORK_OPTIONS = ("model", "spatial_dims", "channels", "noise_map", "scale", "axes")
+
+
+def _options(
+    kind: str, init: str | None, given: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The constructor options of a train command: those passed (``given``, ``None`` when not
+    passed), else the ``--init`` model's (which also gives its ``model_kwargs``), else
+    ``defaults``.
+
+    Raises:
+        ConfigError: ``--init`` holds another kind of model, or a network option passed differs
+            from the init's (one line naming both).
+    """
+    from medgen.errors import ConfigError
+
+    if init is None:
+        return {k: defaults[k] if v is None else v for k, v in given.items()}
+    from medgen.generative import load
+
+    src = load(init)
+    if src.kind != kind:
+        raise ConfigError(
+            f"--init {init} holds a {src.kind!r} model; `medgen {kind} train` fine-tunes only a "
+            f"{kind!r} model (a run of `medgen {kind} train`, or pretrained:NAME of "
+            "`medgen pretrained`)."
+        )
+    c = src.config  # type: ignore[attr-defined]
+    o = c.task_options
+    theirs: dict[str, Any] = {
+        "model": c.model,
+        "spatial_dims": c.spatial_dims,
+        "channels": tuple(c.channels),
+        "patch_size": c.patch_size,
+        "noise_map": bool(o.get("noise_map", False)),
+        "noise": list(o.get("noise", ())),
+        "sigma": tuple(o.get("sigma", ())),
+        "scale": o.get("scale"),
+        "axes": o.get("axes"),
+    }
+    out: dict[str, Any] = {}
+    for k, v in given.items():
+        if v is not None and k in _NETWORK_OPTIONS and v != theirs[k]:
+            flag = "--" + k.replace("_", "-")
+            show = ",".join(map(str, v)) if isinstance(v, tuple) else v
+            init_show = ",".join(map(str, theirs[k])) if k == "channels" else theirs[k]
+            raise ConfigError(
+                f"{flag} {show} conflicts with --init {init} (its {k} is {init_show}); leave "
+                f"{flag} out to fine-tune the init's network, or train without --init."
+            )
+        out[k] = theirs[k] if v is None else v
+    return {**out, "model_kwargs": dict(c.model_kwargs)}
 
 
 _ApplyWorkers = Annotated[
@@ -220,9 +295,11 @@ def _apply_command(kind: str, doc: str) -> Callable[..., None]:
         progress: _Progress = True,
         retain: _Retain = None,
     ) -> None:
+        from medgen.generative._pretrained import resolve_run
+
         _apply(
             kind,
-            run,
+            resolve_run(run, kind=_PRETRAINED_KINDS.get(kind)),
             inputs,
             output,
             format,
@@ -235,7 +312,7 @@ def _apply_command(kind: str, doc: str) -> Callable[..., None]:
         )
 
     def translate_command(
-        run: _Run,
+        run: _TranslateRun,
         inputs: _Inputs,
         output: _ApplyOutput,
         format: _Format = None,
@@ -246,7 +323,16 @@ def _apply_command(kind: str, doc: str) -> Callable[..., None]:
         retain: _Retain = None,
     ) -> None:
         command(
-            run, inputs, output, format, False, workers, scheduler, shard_size, progress, retain
+            str(run),
+            inputs,
+            output,
+            format,
+            False,
+            workers,
+            scheduler,
+            shard_size,
+            progress,
+            retain,
         )
 
     out: Callable[..., None] = translate_command if kind == "translate" else command
@@ -255,8 +341,37 @@ def _apply_command(kind: str, doc: str) -> Callable[..., None]:
     return out
 
 
+#: the model kind of ``pretrained:NAME`` for each apply command
+_PRETRAINED_KINDS = {"denoise": "denoise", "superres": "superres", "translate": "translator"}
+
+
+def pretrained(
+    name: Annotated[str | None, typer.Argument(help="show this model's card")] = None,
+    kind: Annotated[str | None, typer.Option(help="only models of this kind")] = None,
+) -> None:
+    """List the pretrained models shipped with medgen (use them as pretrained:NAME), or show
+    one's model card."""
+    from medgen.generative._pretrained import (
+        CARD,
+        available_pretrained,
+        pretrained_dir,
+        pretrained_root,
+    )
+
+    if name is not None:
+        typer.echo((pretrained_dir(name, kind=kind, verify=False) / CARD).read_text("utf-8"))
+        return
+    table = available_pretrained(kind)
+    if table.empty:
+        typer.echo(f"no pretrained models in {pretrained_root()}")
+        return
+    typer.echo(table.to_string(index=False))
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``denoise`` and ``superres`` command groups to the ``medgen`` app."""
+    """Add the ``denoise`` and ``superres`` command groups and ``pretrained`` to the ``medgen``
+    app."""
+    app.command("pretrained")(pretrained)
     denoise = typer.Typer(
         help="Learned denoising: train on a cohort, apply to images.", no_args_is_help=True
     )
@@ -274,33 +389,72 @@ def register(app: typer.Typer) -> None:
             typer.Argument(help="cohort manifest (clean images, or clean_path/noisy_path pairs)"),
         ],
         output: Annotated[Path, typer.Option("-o", "--output", help="run folder to write")],
-        model: Annotated[str, typer.Option(help="unet | vae")] = "unet",
-        spatial_dims: Annotated[int, typer.Option(help="2 (slices) or 3 (patches)")] = 2,
-        channels: Annotated[str, typer.Option(help="widths per level")] = "16,32,64,128",
+        model: Annotated[str | None, _net_option("unet | vae", "unet")] = None,
+        spatial_dims: Annotated[int | None, _net_option("2 (slices) or 3 (patches)", "2")] = None,
+        channels: Annotated[str | None, _net_option("widths per level", "16,32,64,128")] = None,
         patch_size: Annotated[
-            int | None, typer.Option(help="training patch / window edge [default: 64; 3D: 32]")
+            int | None,
+            typer.Option(
+                help="training patch / window edge \\[default: 64; 3D: 32; or the init's]"
+            ),
         ] = None,
         noise: Annotated[
-            list[str] | None, typer.Option(help="gaussian | rician | poisson_gaussian (repeat)")
+            list[str] | None,
+            typer.Option(
+                help="gaussian | rician | poisson_gaussian (repeat) \\[default: gaussian, rician; "
+                "or the init's]"
+            ),
         ] = None,
         sigma_min: Annotated[
-            float, typer.Option(help="lowest noise s.d. (fraction of range)")
-        ] = 0.02,
+            float | None,
+            typer.Option(
+                help="lowest noise s.d. (fraction of range) \\[default: 0.02; or the init's]"
+            ),
+        ] = None,
         sigma_max: Annotated[
-            float, typer.Option(help="highest noise s.d. (fraction of range)")
-        ] = 0.15,
+            float | None,
+            typer.Option(
+                help="highest noise s.d. (fraction of range) \\[default: 0.15; or the init's]"
+            ),
+        ] = None,
+        noise_map: Annotated[
+            bool | None,
+            _net_option("the noise level as a second input channel (unet only)", "off"),
+        ] = None,
+        init: _Init = None,
     ) -> Any:
-        """Train a denoiser; writes config.json, model.safetensors, checkpoint.pt, metrics.csv."""
+        """Train a denoiser; writes config.json, model.safetensors, checkpoint.pt, metrics.csv.
+
+        With --init, fine-tune a trained or pretrained denoiser (its network; its noise options
+        unless given)."""
         from medgen.generative import Denoiser
 
-        return Denoiser(
-            model=model,
-            spatial_dims=spatial_dims,
-            channels=_parse_ints(channels, "--channels"),
-            patch_size=patch_size,
-            noise=noise or ["gaussian", "rician"],
-            sigma=(sigma_min, sigma_max),
-        )
+        given: dict[str, Any] = {
+            "model": model,
+            "spatial_dims": spatial_dims,
+            "channels": None if channels is None else _parse_ints(channels, "--channels"),
+            "patch_size": patch_size,
+            "noise_map": noise_map,
+            "noise": noise or None,
+            "sigma": None,
+        }
+        defaults = {
+            "model": "unet",
+            "spatial_dims": 2,
+            "channels": (16, 32, 64, 128),
+            "patch_size": None,
+            "noise_map": False,
+            "noise": ["gaussian", "rician"],
+            "sigma": (0.02, 0.15),
+        }
+        o = _options("denoise", init, given, defaults)
+        sig = tuple(o.pop("sigma"))
+        lo = sigma_min if sigma_min is not None else float(sig[0])
+        hi = sigma_max if sigma_max is not None else float(sig[-1])
+        extra: dict[str, Any] = (
+            {"noise_map": True} if o.pop("noise_map") else {}
+        )  # a plain model's options
+        return Denoiser(**o, sigma=(lo, hi), **extra)
 
     denoise.command("apply")(
         _apply_command("denoise", "Denoise images; outputs are marked DERIVED and name the model.")
@@ -311,27 +465,44 @@ def register(app: typer.Typer) -> None:
     def superres_train(
         manifest: Annotated[Path, typer.Argument(help="cohort manifest of clean images")],
         output: Annotated[Path, typer.Option("-o", "--output", help="run folder to write")],
-        scale: Annotated[int, typer.Option(help="2 or 4")] = 2,
-        axes: Annotated[str, typer.Option(help="inplane | through (thick slices, 3D)")] = "inplane",
-        model: Annotated[str, typer.Option(help="unet | vae")] = "unet",
-        spatial_dims: Annotated[int, typer.Option(help="2 (slices) or 3 (patches)")] = 2,
-        channels: Annotated[str, typer.Option(help="widths per level")] = "16,32,64,128",
+        scale: Annotated[int | None, _net_option("2 or 4", "2")] = None,
+        axes: Annotated[
+            str | None, _net_option("inplane | through (thick slices, 3D)", "inplane")
+        ] = None,
+        model: Annotated[str | None, _net_option("unet | vae", "unet")] = None,
+        spatial_dims: Annotated[int | None, _net_option("2 (slices) or 3 (patches)", "2")] = None,
+        channels: Annotated[str | None, _net_option("widths per level", "16,32,64,128")] = None,
         patch_size: Annotated[
             int | None,
-            typer.Option(help="training patch / window edge, fine grid [default: 64; 3D: 32]"),
+            typer.Option(
+                help="training patch / window edge, fine grid \\[default: 64; 3D: 32; or the init's]"
+            ),
         ] = None,
+        init: _Init = None,
     ) -> Any:
-        """Train a super-resolver; writes config.json, model.safetensors, checkpoint.pt, metrics.csv."""
+        """Train a super-resolver; writes config.json, model.safetensors, checkpoint.pt, metrics.csv.
+
+        With --init, fine-tune a trained or pretrained super-resolver (its network, scale and
+        axes)."""
         from medgen.generative import SuperResolver
 
-        return SuperResolver(
-            scale=scale,
-            axes=axes,
-            model=model,
-            spatial_dims=spatial_dims,
-            channels=_parse_ints(channels, "--channels"),
-            patch_size=patch_size,
-        )
+        given: dict[str, Any] = {
+            "scale": scale,
+            "axes": axes,
+            "model": model,
+            "spatial_dims": spatial_dims,
+            "channels": None if channels is None else _parse_ints(channels, "--channels"),
+            "patch_size": patch_size,
+        }
+        defaults = {
+            "scale": 2,
+            "axes": "inplane",
+            "model": "unet",
+            "spatial_dims": 2,
+            "channels": (16, 32, 64, 128),
+            "patch_size": None,
+        }
+        return SuperResolver(**_options("superres", init, given, defaults))
 
     superres.command("apply")(
         _apply_command(

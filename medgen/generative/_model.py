@@ -175,9 +175,16 @@ class GenerativeModel:
         seed: the training seed.
         steps_trained: optimiser steps trained.
         data_hash: SHA-256 of the training data.
+        pretrained_name: the registry name of a model loaded with :meth:`pretrained` (or
+            ``load("pretrained:NAME")``), else ``None``; ``pretrained_sha256``: its weights'.
+        init_source: where fine-tuning started (``fit(init=...)``): ``{"source": "pretrained:NAME"
+            or the run folder, "sha256": its weights'}``, else ``None``.
     """
 
     kind: ClassVar[str] = ""
+    pretrained_name: str | None = None
+    pretrained_sha256: str | None = None
+    init_source: dict[str, str] | None = None
 
     def __init__(self) -> None:
         self.train_config: Any = None
@@ -214,6 +221,26 @@ class GenerativeModel:
         self.seed = int(result.objective.seed)
         self.steps_trained = int(result.step)
         self.data_hash = data_hash
+
+    @classmethod
+    def pretrained(cls, name: str, *, device: str = "cpu") -> Self:
+        """The pretrained model ``name`` shipped with medgen (``Denoiser.pretrained("mri")``),
+        its files checked against the registry (:mod:`medgen.generative._pretrained`).
+
+        Raises:
+            ConfigError: an unknown name (the known ones are listed), or a model of another kind
+                than this class (the names of this kind are listed).
+            ChecksumError: a weights or config file differs from the registry's index.
+        """
+        from medgen.generative._pretrained import load_pretrained
+
+        model = load_pretrained(name, kind=cls.kind or None, device=device)
+        if not isinstance(model, cls):
+            raise ConfigError(
+                f"pretrained model {name!r} is a {type(model).__name__}, not a {cls.__name__}; "
+                f"load it with {type(model).__name__}.pretrained({name!r})."
+            )
+        return model
 
     # ------------------------------------------------------------------ persistence
     def _extra_meta(self) -> dict[str, Any]:
@@ -292,6 +319,12 @@ class GenerativeModel:
             "data_sha256": self.data_hash,
             "steps_trained": self.steps_trained,
             "history": self.history,
+            **({"init": self.init_source} if self.init_source else {}),
+            **(
+                {"pretrained": {"name": self.pretrained_name, "sha256": self.pretrained_sha256}}
+                if self.pretrained_name
+                else {}
+            ),
             "versions": package_versions(),
             "weights": {
                 "file": WEIGHTS,
@@ -403,6 +436,7 @@ class GenerativeModel:
         obj.seed = meta.get("seed")
         obj.steps_trained = int(meta.get("steps_trained") or 0)
         obj.data_hash = meta.get("data_sha256")
+        obj.init_source = meta.get("init")
         return obj
 
     @classmethod
@@ -453,14 +487,23 @@ def load(run_dir: str | os.PathLike[str], *, device: str = "cpu") -> GenerativeM
     """Load any saved generative model; its class comes from the folder's ``kind``.
 
     Args:
-        run_dir: a folder written by ``save`` or by ``fit(..., run_dir=...)``.
+        run_dir: a folder written by ``save`` or by ``fit(..., run_dir=...)``, or
+            ``"pretrained:NAME"``: a model shipped with medgen
+            (:func:`~medgen.generative.available_pretrained`; give a folder of that name by
+            its absolute path).
         device: where the networks go.
 
     Raises:
         MedgenFileNotFoundError: no ``config.json`` or weights in ``run_dir``.
         MedgenValueError: a corrupt ``config.json`` or weights file (named).
-        ConfigError: the folder's kind is not registered.
+        ConfigError: the folder's kind is not registered; an unknown pretrained name.
+        ChecksumError: a pretrained model's file differs from the registry's index.
         RunFolderError: an interrupted or mixed run folder (the message says how to resume or
             clean it).
     """
+    from medgen.generative._pretrained import load_pretrained, parse_pretrained
+
+    name = parse_pretrained(run_dir)
+    if name is not None:
+        return load_pretrained(name, device=device)
     return GenerativeModel.load(run_dir, device=device)

@@ -104,7 +104,11 @@ class GeneratorOutput:
 
 
 class ResidualUNet(nn.Module):
-    """``x + UNet(x)``: MONAI's ``UNet`` predicting a correction of its input."""
+    """``x + UNet(x)``: MONAI's ``UNet`` predicting a correction of its input.
+
+    With ``out_channels < in_channels`` the extra input channels are conditions (e.g. a
+    noise-level map, FFDNet-style): the output is ``x[:, :out_channels] + g * UNet(x)``.
+    """
 
     def __init__(
         self,
@@ -115,14 +119,21 @@ class ResidualUNet(nn.Module):
         num_res_units: int,
         gain_init: float = 0.0,
         norm: str | None = None,
+        out_channels: int | None = None,
     ) -> None:
         super().__init__()
         from monai.networks.nets import UNet
 
+        out = in_channels if out_channels is None else int(out_channels)
+        if not 1 <= out <= in_channels:
+            raise ConfigError(
+                f"out_channels must be between 1 and in_channels={in_channels}, not {out}."
+            )
+        self.out_channels = out
         self.net = UNet(
             spatial_dims=spatial_dims,
             in_channels=in_channels,
-            out_channels=in_channels,
+            out_channels=out,
             channels=tuple(channels),
             strides=(2,) * (len(channels) - 1),
             num_res_units=num_res_units,
@@ -132,7 +143,7 @@ class ResidualUNet(nn.Module):
         self.gain = nn.Parameter(torch.full((), float(gain_init)))
 
     def forward(self, x: torch.Tensor) -> GeneratorOutput:
-        return GeneratorOutput(image=x + self.gain * self.net(x))
+        return GeneratorOutput(image=x[:, : self.out_channels] + self.gain * self.net(x))
 
 
 class ResidualVAE(nn.Module):
@@ -179,6 +190,7 @@ def _unet(
         num_res_units=int(kwargs.get("num_res_units", 1)),
         gain_init=float(kwargs.get("gain_init", 0.0)),
         norm=kwargs.get("norm"),
+        out_channels=kwargs.get("out_channels"),
     )
 
 
@@ -186,6 +198,10 @@ def _unet(
 def _vae(
     *, spatial_dims: int, in_channels: int, channels: Sequence[int], **kwargs: Any
 ) -> nn.Module:
+    if kwargs.get("out_channels") not in (None, in_channels):
+        raise ConfigError(
+            "model='vae' has no condition channels (e.g. a noise map); use model='unet'."
+        )
     return ResidualVAE(
         spatial_dims=spatial_dims,
         in_channels=in_channels,

@@ -315,12 +315,33 @@ class Restorer(GenerativeModel):
     def _build_generator(self) -> nn.Module:
         from medgen.generative._nets import build_generator
 
+        kwargs = dict(self.config.model_kwargs)
+        if self.in_channels > 1:  # condition channels in, the image out
+            kwargs["out_channels"] = 1
         return build_generator(
             self.config.model,
             spatial_dims=self.config.spatial_dims,
+            in_channels=self.in_channels,
             channels=self.config.channels,
-            **self.config.model_kwargs,
+            **kwargs,
         )
+
+    @property
+    def in_channels(self) -> int:
+        """Network input channels: the image, plus a noise-level map for noise-map denoisers."""
+        return 1 + int(bool(self.config.task_options.get("noise_map", False)))
+
+    def _condition(
+        self, image: np.ndarray, lo: float, hi: float, sigma: float | None
+    ) -> float | None:
+        """The value of the constant condition channel for ``image`` (input units, scaled to
+        the network by ``(lo, hi)``), or ``None`` when the network has none (the default)."""
+        if sigma is not None:
+            raise ConfigError(
+                f"apply: sigma= is for denoisers with a noise-level map; this {self.task} model "
+                "has none."
+            )
+        return None
 
     def __repr__(self) -> str:
         c = self.config
@@ -357,6 +378,7 @@ class Restorer(GenerativeModel):
         resume: bool = False,
         overwrite: bool = False,
         progress: bool = True,
+        init: str | os.PathLike[str] | None = None,
     ) -> Restorer:
         """Train on clean images (pairs made by the task's degradation) or on real pairs.
 
@@ -370,6 +392,12 @@ class Restorer(GenerativeModel):
                 train a finished one longer (more ``epochs`` or another ``time_budget_s``).
             overwrite: replace the run in ``run_dir`` (its files only).
             progress: tqdm progress bar.
+            init: fine-tune: start from the generator of ``"pretrained:NAME"`` (a model shipped
+                with medgen) or of a trained run folder, instead of a random one. It must be
+                the same kind and network (model, spatial dims, channels, model options, noise
+                map, parameter shapes). Recorded (with its weights' SHA-256) in
+                ``train_state.json`` and ``init_source``; with ``resume`` the checkpoint wins
+                and ``init`` must be the one the run started with.
 
         Returns:
             ``self``, trained (the EMA weights when EMA is on).
@@ -379,10 +407,14 @@ class Restorer(GenerativeModel):
                 an earlier version (without ``overwrite``/``resume``), or files that are not a
                 run's.
             RunLockedError: another process is training into ``run_dir``.
-            ConfigError: ``resume`` with other options or data than the run was started with.
+            ConfigError: ``resume`` with other options or data than the run was started with;
+                an ``init`` of another kind or network (both named).
         """
+        start = _init_state(self, init, run_dir=run_dir, resume=resume)
         if run_dir is None:
-            return self._fit(data, None, config=config, resume=resume, progress=progress)
+            return self._fit(
+                data, None, config=config, resume=resume, progress=progress, init=start
+            )
         from medgen._internal.runs import run_lock
         from medgen.generative._run import OWNED, check_training, prepare_training
 
@@ -405,6 +437,7 @@ class Restorer(GenerativeModel):
                 resume=resume,
                 progress=progress,
                 prepare=None if early else prepare,
+                init=start,
             )
             self._write_model(rd)  # weights, config.json, then run_complete.json
         return self
@@ -418,9 +451,11 @@ class Restorer(GenerativeModel):
         resume: bool,
         progress: bool,
         prepare: Any = None,
+        init: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None,
     ) -> Restorer:
         """:meth:`fit` without the run folder's lifecycle (the caller holds ``run_dir``'s lock
-        and saves the model there)."""
+        and saves the model there); ``init``: the generator state and record of
+        :func:`_init_state`."""
         import torch
 
         from medgen.generative._nets import build_discriminator
@@ -444,6 +479,8 @@ class Restorer(GenerativeModel):
         seed = int(tc.seed)
         torch.manual_seed(seed)
         self.network = self._build_generator()
+        if init is not None:  # fine-tuning: the init's generator (the checkpoint wins on resume)
+            self.network.load_state_dict(init[0], strict=True)
         disc = None
         if tc.adv_weight > 0:
             disc = build_discriminator(
@@ -461,9 +498,9 @@ class Restorer(GenerativeModel):
                 x, y = self._make_pair(clean, deg, rng)
                 xs.append(x)
                 ys.append(y)
-            return {
-                "input": torch.from_numpy(np.stack(xs)[:, None].astype(np.float32)),
-                "target": torch.from_numpy(np.stack(ys)[:, None].astype(np.float32)),
+            return {  # _make_pair's input may be channel-first already (condition channels)
+                "input": torch.from_numpy(_batch_channels(xs, self.config.spatial_dims)),
+                "target": torch.from_numpy(_batch_channels(ys, self.config.spatial_dims)),
             }
 
         import hashlib
@@ -481,6 +518,8 @@ class Restorer(GenerativeModel):
             "n_images": len(images),
             "data_sha256": self.data_hash,
         }
+        if init is not None:
+            run_info["init"] = init[1]
         result = fit_paired(
             self.network,
             sample_batch,
@@ -495,6 +534,7 @@ class Restorer(GenerativeModel):
         )
         self.network = result.inference_networks()["generator"].eval()
         self.record_training(result, train_config=tc, data_hash=self.data_hash)
+        self.init_source = None if init is None else dict(init[1])
         return self
 
     # ------------------------------------------------------------------ patches
@@ -547,7 +587,7 @@ class Restorer(GenerativeModel):
         if not self.config.self_ensemble:
             return RestorationOutput(image=self._restore(batch))
         plane = (2, 3)  # the first two spatial axes
-        total = torch.zeros(batch.shape, dtype=torch.float32)
+        total = torch.zeros((batch.shape[0], 1, *batch.shape[2:]), dtype=torch.float32)
         for k in range(4):
             for flip in (False, True):
                 x = torch.rot90(batch, k, dims=plane)
@@ -599,18 +639,33 @@ class Restorer(GenerativeModel):
     def _output_affine(self, affine: np.ndarray) -> np.ndarray:
         return affine
 
-    def apply(self, image: Any, *, batch_size: int = 16) -> Any:
+    def apply(
+        self,
+        image: Any,
+        *,
+        slices: bool = False,
+        sigma: float | None = None,
+        batch_size: int = 16,
+    ) -> Any:
         """Restore one image in its own units.
 
         Args:
             image: a one-channel MetaTensor ``(1, X, Y[, Z])`` (from :func:`medgen.io.load`), or
-                an array/tensor ``(X, Y)`` / ``(X, Y, Z)``. 2D models process volumes slice by
-                slice along the last axis.
+                an array/tensor ``(X, Y)`` / ``(X, Y, Z)``.
+            slices: let a 2D model (``spatial_dims=2``) restore a volume slice by slice along
+                its last axis (Z). Volumes of one slice need no flag.
+            sigma: noise s.d. in the image's units, for denoisers with a noise-level map
+                (``Denoiser(noise_map=True)``); estimated from the image when ``None``.
             batch_size: slices per forward pass.
 
         Returns:
             The same type as ``image``: a MetaTensor keeps its metadata, with the affine (and
             ``meta["spacing"]``) of the output grid; arrays come back as float32 arrays.
+
+        Raises:
+            MedgenValueError: a 2D image for a 3D model, or a volume for a 2D model without
+                ``slices=True``.
+            ConfigError: ``sigma`` for a model without a noise-level map.
         """
         import torch
 
@@ -620,18 +675,31 @@ class Restorer(GenerativeModel):
                 f"apply: this model is 3D (spatial_dims=3) but the image has shape {arr.shape}; "
                 "use a 2D model for 2D images."
             )
+        if self.config.spatial_dims == 2 and arr.ndim == 3 and arr.shape[-1] > 1 and not slices:
+            raise MedgenValueError(
+                f"apply: this model is 2D but the image is a volume of shape {arr.shape}; pass "
+                "slices=True to restore it slice by slice along the last axis (Z), or use a 3D "
+                "model (spatial_dims=3)."
+            )
         lo, hi = robust_range(arr, self.config.norm_percentiles)
+        level = self._condition(arr, lo, hi, sigma)
         prepared = self._prepare(arr)
         x = (prepared - lo) / (hi - lo)
+
+        def net_input(a: np.ndarray) -> torch.Tensor:  # BxCx[SPATIAL] with the condition
+            t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+            if level is None:
+                return t
+            return torch.cat([t, torch.full_like(t, level)], dim=1)
+
         if self.config.spatial_dims == 2 and x.ndim == 3:
             stack = np.moveaxis(x, -1, 0)[:, None]
             outs = []
             for i in range(0, stack.shape[0], batch_size):
-                t = torch.from_numpy(np.ascontiguousarray(stack[i : i + batch_size]))
-                outs.append(self(t).image.numpy())
+                outs.append(self(net_input(stack[i : i + batch_size])).image.numpy())
             y = np.moveaxis(np.concatenate(outs)[:, 0], 0, -1)
         else:
-            y = self(torch.from_numpy(np.ascontiguousarray(x))[None, None]).image.numpy()[0, 0]
+            y = self(net_input(x[None, None])).image.numpy()[0, 0]
         y = (y * (hi - lo) + lo).astype(np.float32)
         if not had_channel:
             if isinstance(image, np.ndarray):
@@ -651,6 +719,9 @@ class Restorer(GenerativeModel):
     def description(self) -> str:
         """One line naming the model, for DICOM DerivationDescription / NIfTI descrip."""
         c = self.config
+        if self.pretrained_name:
+            sha = (self.pretrained_sha256 or "")[:12]
+            return f"medgen {self.task} pretrained:{self.pretrained_name} {sha}"[:64]
         opts = ",".join(f"{k}={v}" for k, v in sorted(c.task_options.items()))
         return f"medgen {self.task} {c.model} {c.spatial_dims}D {opts}"[:64]
 
@@ -708,3 +779,87 @@ class Restorer(GenerativeModel):
             f"{LEGACY_WEIGHTS} of earlier versions); train one with `medgen {cls.task} train` "
             f"or {cls.__name__}.fit(..., run_dir=...)."
         )
+
+
+def _batch_channels(arrays: Sequence[np.ndarray], spatial_dims: int) -> np.ndarray:
+    """``BxCx[SPATIAL]`` float32 from ``[SPATIAL]`` or ``Cx[SPATIAL]`` arrays."""
+    out = np.stack(arrays).astype(np.float32)
+    return out[:, None] if out.ndim == spatial_dims + 1 else out
+
+
+def _init_state(
+    restorer: Restorer,
+    init: str | os.PathLike[str] | None,
+    *,
+    run_dir: str | os.PathLike[str] | None,
+    resume: bool,
+) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """``(generator state dict, {"source", "sha256"})`` of ``fit(init=...)``, or ``None``.
+
+    Refuses (``ConfigError``, naming both) an init of another kind or network than
+    ``restorer``, and a resume whose run was started with another init (or none)."""
+    from medgen._internal.provenance import file_sha256
+    from medgen.generative._model import load
+    from medgen.generative._pretrained import parse_pretrained
+    from medgen.generative._run import TRAIN_STATE
+
+    record: dict[str, str] | None = None
+    src: Any = None
+    if init is not None:
+        if parse_pretrained(init) is not None:
+            src = load(os.fspath(init))
+            record = {"source": os.fspath(init), "sha256": str(src.pretrained_sha256)}
+        else:
+            folder = Path(init).expanduser().resolve()
+            src = load(folder)
+            weights = folder / WEIGHTS if (folder / WEIGHTS).is_file() else folder / LEGACY_WEIGHTS
+            record = {"source": str(folder), "sha256": file_sha256(weights)}
+    state_file = Path(run_dir).expanduser() / TRAIN_STATE if run_dir is not None else None
+    if resume and state_file is not None and state_file.is_file():
+        try:
+            old = json.loads(state_file.read_text(encoding="utf-8")).get("run_info", {})
+        except (OSError, ValueError, AttributeError):
+            old = {}  # the engine names the damaged file
+        if isinstance(old, dict) and old.get("init") != record:
+            was = (old.get("init") or {}).get("source")
+            raise ConfigError(
+                f"fit(resume=True): the run in {state_file.parent} was started with "
+                f"init={was!r}, not init={None if record is None else record['source']!r} "
+                "(or its weights changed since); resume with the same init (--init), or start "
+                "a new run folder."
+            )
+    if src is None or record is None:
+        return None
+    where = f"init={record['source']!r}"
+    if src.kind != restorer.kind or not isinstance(src, Restorer):
+        raise ConfigError(
+            f"{where} holds a {src.kind!r} model; a {restorer.kind!r} model fine-tunes only from "
+            f"a {restorer.kind!r} model (a run of `medgen {restorer.kind} train` or a pretrained "
+            f"{restorer.kind!r} model: `medgen pretrained`)."
+        )
+
+    def network(c: RestorerConfig) -> dict[str, Any]:
+        return {
+            "model": c.model,
+            "spatial_dims": c.spatial_dims,
+            "channels": list(c.channels),
+            "model_kwargs": dict(c.model_kwargs),
+            "noise_map": bool(c.task_options.get("noise_map", False)),
+        }
+
+    theirs, mine = network(src.config), network(restorer.config)
+    differ = [k for k in mine if mine[k] != theirs[k]]
+    shapes = {k: tuple(v.shape) for k, v in src.network.state_dict().items()}
+    own = {k: tuple(v.shape) for k, v in restorer.network.state_dict().items()}
+    if not differ and shapes != own:
+        keys = [k for k in sorted(set(shapes) | set(own)) if shapes.get(k) != own.get(k)]
+        differ = [f"parameter {k} {shapes.get(k)} vs {own.get(k)}" for k in keys[:3]]
+    if differ:
+        show = ", ".join(f"{k}={theirs[k]!r} vs {mine[k]!r}" for k in differ if k in mine)
+        raise ConfigError(
+            f"{where} is another network than this {type(restorer).__name__} (differs in "
+            f"{show or ', '.join(differ)}: init vs this model); build the model with the init's "
+            f"options (CLI: leave the network options out with --init), or train without init."
+        )
+    state = {k: v.detach().cpu().clone() for k, v in src.network.state_dict().items()}
+    return state, record

@@ -53,6 +53,12 @@ class Denoiser(Restorer):
         sigma: noise s.d. relative to the clean image's intensity range, a number or a
             ``(low, high)`` range drawn per patch (a blind denoiser over that range).
         photons: Poisson counts at the top of the range (``"poisson_gaussian"`` only).
+        noise_map: give the network the noise level as a second input channel (a constant map,
+            FFDNet-style, Zhang et al. 2018), so one model covers the whole ``sigma`` range and
+            the caller can say how strong the noise is (``apply(image, sigma=...)``). The level
+            is the wavelet-MAD estimate of :func:`~medgen.generative.baselines.estimate_noise`,
+            at training on the noisy patch and at inference on the image (when no ``sigma`` is
+            given), in units of the network's intensity scale.
         augment: randomly flip and rotate (by 90 degrees, in plane) each clean training image
             and change its contrast by a random gamma (0.5-2) before degrading it, so the model
             sees more anatomy orientations and contrasts than the training set holds.
@@ -84,6 +90,7 @@ class Denoiser(Restorer):
         discriminator_channels: int = 16,
         self_ensemble: bool = False,
         augment: bool = False,
+        noise_map: bool = False,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if patch_size is None:
@@ -104,12 +111,69 @@ class Denoiser(Restorer):
             "photons": [float(p) for p in phot],
             "augment": bool(augment),
         }
+        if noise_map:  # absent for plain models: their saved configs stay as they were
+            if model != "unet":
+                raise ConfigError(
+                    f"noise_map=True needs model='unet' (the noise map is an input channel), "
+                    f"not model={model!r}."
+                )
+            task_options["noise_map"] = True
         super().__init__(task_config(locals(), task_options))
 
     @property
     def noise(self) -> list[str]:
         """Noise models trained on."""
         return list(self.config.task_options["noise"])
+
+    @property
+    def noise_map(self) -> bool:
+        """Whether the network takes a noise-level map (``apply(..., sigma=)``)."""
+        return bool(self.config.task_options.get("noise_map", False))
+
+    @property
+    def noise_range(self) -> tuple[float, float]:
+        """The noise s.d. range trained on, relative to the image's intensity range.
+
+        Gaussian and Rician noise: the ``sigma`` range. Poisson-Gaussian noise adds the photon
+        noise ``sqrt(u / photons)`` of intensities ``u`` between 5 % and 60 % of the range.
+        """
+        opts = self.config.task_options
+        s = [float(v) for v in opts["sigma"]]
+        lo, hi = s[0], s[-1]
+        if "poisson_gaussian" in opts["noise"]:
+            p = [float(v) for v in opts["photons"]]
+            lo = min(lo, float(np.sqrt(0.05 / p[-1])))
+            hi = max(hi, float(np.sqrt(0.6 / p[0])) + s[-1])
+        return lo, hi
+
+    def _condition(
+        self, image: np.ndarray, lo: float, hi: float, sigma: float | None
+    ) -> float | None:
+        if not self.noise_map:
+            return super()._condition(image, lo, hi, sigma)
+        import warnings
+
+        from medgen.errors import NoiseLevelWarning
+        from medgen.generative.baselines import estimate_noise
+
+        given = sigma is not None
+        if given and not (np.isfinite(float(sigma)) and float(sigma) >= 0):  # type: ignore[arg-type]
+            raise ConfigError(f"apply: sigma must be a noise s.d. >= 0, not {sigma!r}.")
+        s = float(sigma) if given else estimate_noise(image)  # type: ignore[arg-type]
+        rel = s / (hi - lo)
+        r_lo, r_hi = self.noise_range
+        if not 0.5 * r_lo <= rel <= 1.5 * r_hi:
+            how = "given" if given else "estimated"
+            warnings.warn(
+                f"apply: the {how} noise s.d. {s:.4g} is {rel:.3f} of the image's intensity "
+                f"range, outside the range this model was trained on ({r_lo:.3f}-{r_hi:.3f}, "
+                "with 50% slack); expect a weaker result"
+                + ("" if given else " or pass sigma= if you know the noise level")
+                + ".",
+                NoiseLevelWarning,
+                stacklevel=3,
+            )
+        return rel
 
     def _make_pair(
         self, clean: np.ndarray, degraded: np.ndarray | None, rng: np.random.Generator
@@ -142,6 +206,11 @@ class Denoiser(Restorer):
         x = (noisy - lo) / (hi - lo)
         y = (clean_s - lo) / (hi - lo)
         xs, ys = self._crop([x, y], rng)
+        if self.noise_map:  # the level as the network will see it: estimated from the input
+            from medgen.generative.baselines import estimate_noise
+
+            level = estimate_noise(xs)
+            xs = np.stack([xs, np.full_like(xs, level)])
         return xs, ys
 
 

@@ -63,9 +63,14 @@ def test_denoiser_fit_apply_save_load(tmp_path: Path, mni_slices: np.ndarray) ->
     assert (tmp_path / "run" / "metrics.csv").is_file()
     tab = evaluate(den, [mni_slices[0]], sigma=0.08, baselines=[], progress=False)
     assert list(tab["method"]) == ["input", "model"] and np.isfinite(tab["psnr"]).all()
-    # a volume through a 2D model: slice by slice
+    # a volume through a 2D model: slice by slice, on request only
     vol = np.moveaxis(mni_slices, 0, -1)
-    assert den.apply(vol).shape == vol.shape
+    with pytest.raises(MedgenValueError, match="slices=True"):
+        den.apply(vol)
+    out = den.apply(vol, slices=True)
+    assert out.shape == vol.shape
+    assert np.isfinite(out).all()
+    assert den.apply(vol[..., :1]).shape == vol[..., :1].shape  # one slice needs no flag
 
 
 def test_whole_slice_inference_odd_sizes_and_the_sliding_window_fallback(
@@ -275,7 +280,7 @@ def test_superres_fit_apply_metatensor(tmp_path: Path, nifti_cohort: Path) -> No
         nifti_cohort, config={"epochs": 1, "steps_per_epoch": 3, "batch_size": 2}, progress=False
     )
     img = load(nifti_cohort.parent / "s0.nii.gz")
-    out = sr.apply(img)
+    out = sr.apply(img, slices=True)  # a 4-slice volume through a 2D model
     assert tuple(out.shape) == (1, 128, 160, 4)
     assert out.meta["spacing"] == pytest.approx((1.0, 1.0, 3.0))
     np.testing.assert_allclose(
