@@ -15,6 +15,13 @@ Definitions (clean image ``x``, restored ``y``, in the clean image's units):
 - ``ssim``: :func:`skimage.metrics.structural_similarity` (7-voxel window, Gaussian-free, the
   scikit-image defaults) averaged over the image; ``ssim_fg``: its SSIM map averaged over the mask;
 - foreground mask: ``x >`` Otsu threshold, holes filled, dilated by 2 voxels.
+
+Super-resolution baselines (``SR_BASELINES``): ``"bicubic"`` (in plane,
+:func:`~medgen.generative.baselines.upsample`), and for thick slices (``axes="through"``)
+``"cubic_z"`` (:func:`upsample_z`: cubic B-spline along Z only), ``"linear_z"`` (linear along Z:
+what a through-plane :class:`~medgen.generative.SuperResolver` refines) and ``"nearest"``. All lie
+on the model's fine grid: fine voxel ``i`` has its centre at coarse index ``(i + 0.5) / f - 0.5``
+(:func:`medgen.generative.superres.output_affine`).
 """
 
 from __future__ import annotations
@@ -31,9 +38,72 @@ from medgen.errors import ConfigError, MedgenValueError, MetricWarning
 
 log = logging.getLogger(__name__)
 
-__all__ = ["METRICS", "evaluate", "foreground_mask", "image_metrics", "summarize"]
+__all__ = [
+    "METRICS",
+    "SR_BASELINES",
+    "evaluate",
+    "foreground_mask",
+    "image_metrics",
+    "summarize",
+    "upsample_z",
+]
 
 METRICS = ("psnr", "ssim", "psnr_fg", "ssim_fg")
+#: super-resolution baselines by the ``axes`` they serve
+SR_BASELINES: dict[str, tuple[str, ...]] = {
+    "inplane": ("bicubic", "nearest"),
+    "through": ("cubic_z", "linear_z", "nearest"),
+}
+
+
+def upsample_z(image: Any, factor: int, *, order: int = 3) -> np.ndarray:
+    """Spline interpolation of a volume ``(X, Y, Z)`` onto a grid ``factor`` times finer along Z.
+
+    :func:`scipy.ndimage.zoom` along the last axis only (``order=3``: cubic B-spline, the
+    ``"cubic_z"`` baseline; ``order=1``: linear), with ``grid_mode=True`` so that fine slice ``i``
+    has its centre at coarse index ``(i + 0.5) / factor - 0.5`` (the grid of
+    :func:`medgen.generative.superres.output_affine` and of a block-averaged thick slice), and
+    ``mode="reflect"`` at the ends (the volume mirrored about its first and last slice edges).
+    X and Y are untouched.
+
+    Returns:
+        float32 array ``(X, Y, Z * factor)`` in the input's units.
+
+    Example:
+        >>> import numpy as np
+        >>> z = np.arange(32, dtype=np.float32)
+        >>> vol = np.broadcast_to(z, (4, 4, 32))  # linear along Z
+        >>> fine = upsample_z(vol, 4)
+        >>> fine.shape
+        (4, 4, 128)
+        >>> bool(np.allclose(fine[0, 0, 48:80], (np.arange(48, 80) + 0.5) / 4 - 0.5, atol=1e-4))
+        True
+    """
+    from scipy import ndimage
+
+    a = np.asarray(image, dtype=np.float64)
+    if a.ndim != 3:
+        raise MedgenValueError(
+            f"upsample_z: expected a volume (X, Y, Z), got shape {a.shape}; through-plane "
+            "interpolation needs the slices along the last axis."
+        )
+    if isinstance(factor, bool) or not isinstance(factor, int | np.integer) or factor < 1:
+        raise MedgenValueError(f"upsample_z: factor must be a positive integer, not {factor!r}.")
+    if order not in (0, 1, 2, 3, 4, 5):
+        raise MedgenValueError(f"upsample_z: order must be a spline order 0..5, not {order!r}.")
+    out = ndimage.zoom(a, (1.0, 1.0, float(factor)), order=order, mode="reflect", grid_mode=True)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _sr_baseline(method: str, low: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
+    """The baseline ``method`` (one of ``SR_BASELINES``) on the coarse image ``low``."""
+    from medgen.generative.baselines import upsample
+
+    if method == "cubic_z":
+        return upsample_z(low, factors[-1], order=3)
+    if method == "linear_z":  # the interpolation a through-plane SuperResolver refines
+        return upsample(low, factors)
+    return upsample(low, factors, mode="nearest" if method == "nearest" else "bicubic")
 
 
 def foreground_mask(image: np.ndarray) -> np.ndarray:
@@ -137,7 +207,9 @@ def evaluate(
     task: str | None = None,
     noise: str = "gaussian",
     sigma: float = 0.1,
+    photons: float = 1000.0,
     scale: int | None = None,
+    axes: str | None = None,
     baselines: Sequence[str] | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -152,11 +224,18 @@ def evaluate(
             subgroup analysis), a manifest, or images (arrays ``(X, Y[, Z])``, MetaTensors, paths).
             These are the *clean* references.
         task: ``"denoise"`` or ``"superres"``; taken from ``model`` when given.
-        noise, sigma: the degradation for denoising (:func:`medgen.simulate.degrade`; ``sigma``
-            relative to each clean image's range).
+        noise, sigma, photons: the degradation for denoising (:func:`medgen.simulate.degrade`:
+            ``"gaussian"``, ``"rician"`` or ``"poisson_gaussian"``; ``sigma`` is the Gaussian
+            s.d. relative to each clean image's range; ``photons``, for ``"poisson_gaussian"``
+            only, the expected counts at the top of that range, so the Poisson s.d. in image
+            units is ``sqrt(range * (x - min) / photons)``: lower = noisier, e.g. low-dose CT).
         scale: super-resolution factor when ``model`` is None (else the model's).
+        axes: super-resolution ``"inplane"`` (2D slices or volumes, X and Y) or ``"through"``
+            (volumes ``(X, Y, Z)``, thick slices along Z) when ``model`` is None (default
+            ``"inplane"``); else the model's.
         baselines: methods to compare; default all denoising baselines that are installed
-            (``nl_means``, ``tv``, ``wavelet``, ``bm3d``), or ``["bicubic"]`` for SR.
+            (``nl_means``, ``tv``, ``wavelet``, ``bm3d``); for SR ``["bicubic"]`` in plane and
+            ``["cubic_z"]`` through plane (any of ``SR_BASELINES[axes]``).
         seed: noise seed of the first image (image ``i`` uses ``seed + i``).
         progress: tqdm bar over images.
 
@@ -164,31 +243,51 @@ def evaluate(
         DataFrame with one row per image and method: ``image_id``, ``method`` (``"input"``, each
         baseline, ``"model"``), ``psnr``, ``ssim``, ``psnr_fg``, ``ssim_fg`` (dB / unitless),
         ``data_range``, ``foreground_fraction``, ``seconds``, ``seconds_per_slice``,
-        ``n_slices``, the degradation (``noise``, ``sigma``, ``scale``) and the cohort's
-        attributes. Group it with :func:`summarize`.
+        ``n_slices``, the degradation (``noise``, ``sigma``, ``photons``, ``scale``, ``axes``)
+        and the cohort's attributes. Group it with :func:`summarize`.
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from medgen.generative.baselines import DENOISERS, bm3d_available, denoise_baseline, upsample
+    from medgen.generative.baselines import DENOISERS, bm3d_available, denoise_baseline
+    from medgen.generative.superres import AXES
 
     task = getattr(model, "task", None) or task
     if task not in ("denoise", "superres"):
         raise ConfigError(f"evaluate: task must be 'denoise' or 'superres', not {task!r}.")
+    if axes is not None and axes not in AXES:
+        raise ConfigError(f"evaluate: axes must be one of {AXES}, not {axes!r}.")
     if task == "superres":
         from medgen.generative.superres import SuperResolver
 
-        sr = (
-            model
-            if model is not None
-            else SuperResolver(scale=scale or 2, channels=(4, 8), patch_size=16)
-        )
+        if model is None:
+            ax = axes or "inplane"
+            sr = SuperResolver(
+                scale=scale or 2,
+                axes=ax,
+                spatial_dims=3 if ax == "through" else 2,
+                channels=(4, 8),
+                patch_size=16,
+            )
+        else:
+            sr = model
         if scale is not None and model is not None and scale != model.scale:
             raise ConfigError(
                 f"evaluate: scale={scale} but the model was trained for x{model.scale}."
             )
-        methods = list(baselines) if baselines is not None else ["bicubic"]
-        bad = [m for m in methods if m != "bicubic"]
+        if axes is not None and model is not None and axes != model.axes:
+            raise ConfigError(
+                f"evaluate: axes={axes!r} but the model super-resolves axes={model.axes!r}; "
+                "leave axes out when a model is given."
+            )
+        allowed = SR_BASELINES[sr.axes]
+        methods = list(baselines) if baselines is not None else [allowed[0]]
+        bad = [m for m in methods if m not in allowed]
+        if bad:
+            raise ConfigError(
+                f"evaluate: unknown baseline(s) {bad} for super-resolution axes={sr.axes!r}; "
+                f"choose from {list(allowed)}."
+            )
     else:
         methods = (
             list(baselines)
@@ -197,7 +296,9 @@ def evaluate(
         )
         bad = [m for m in methods if m not in DENOISERS]
     if bad:
-        raise ConfigError(f"evaluate: unknown baseline(s) {bad} for task {task!r}.")
+        raise ConfigError(
+            f"evaluate: unknown baseline(s) {bad} for task {task!r}; choose from {list(DENOISERS)}."
+        )
 
     rows: list[dict[str, Any]] = []
     items = _items(data)
@@ -208,12 +309,27 @@ def evaluate(
             fac = sr.factors(clean.ndim)
             clean = clean[tuple(slice(0, s - s % f) for s, f in zip(clean.shape, fac, strict=True))]
             degraded = sr.downsample(clean)
-            extra = {"noise": None, "sigma": None, "scale": sr.scale}
+            extra: dict[str, Any] = {
+                "noise": None,
+                "sigma": None,
+                "photons": None,
+                "scale": sr.scale,
+                "axes": sr.axes,
+            }
         else:
             from medgen.simulate import degrade
 
-            degraded = np.asarray(degrade(clean, noise=noise, sigma=sigma, seed=seed + i).degraded)
-            extra = {"noise": noise, "sigma": sigma, "scale": None}
+            pg = noise == "poisson_gaussian"
+            degraded = np.asarray(
+                degrade(clean, noise=noise, sigma=sigma, photons=photons, seed=seed + i).degraded
+            )
+            extra = {
+                "noise": noise,
+                "sigma": sigma,
+                "photons": photons if pg else None,
+                "scale": None,
+                "axes": None,
+            }
         n_slices = clean.shape[-1] if clean.ndim == 3 else 1
         mask = foreground_mask(np.squeeze(clean))
         outputs: list[tuple[str, np.ndarray, float]] = []
@@ -222,13 +338,17 @@ def evaluate(
         for m in methods:
             t0 = time.perf_counter()
             if task == "superres":
-                out = upsample(degraded, sr.factors(clean.ndim))
+                out = _sr_baseline(m, degraded, sr.factors(clean.ndim))
             else:
                 out = denoise_baseline(degraded, m)
             outputs.append((m, out, time.perf_counter() - t0))
         if model is not None:
             t0 = time.perf_counter()
-            out = np.asarray(model.apply(degraded))
+            # a 2D model restores a volume slice by slice along Z
+            per_slice = degraded.ndim == 3 and model.config.spatial_dims == 2
+            out = np.asarray(
+                model.apply(degraded, slices=True) if per_slice else model.apply(degraded)
+            )
             outputs.append(("model", out, time.perf_counter() - t0))
         for name, out, secs in outputs:
             met = image_metrics(clean, out, mask=mask)
