@@ -23,6 +23,26 @@ def _parse_size(text: str | None) -> list[int] | None:
     return parts
 
 
+def _parse_cache(text: str) -> str | None:
+    """``--cache``: ``memory``, ``disk`` or ``none`` (streamed from the files)."""
+    from medgen.errors import ConfigError
+
+    value = text.strip().lower()
+    if value not in ("memory", "disk", "none"):
+        raise ConfigError(
+            f"--cache must be memory (one tensor in RAM), disk (streamed from --cache-dir) or "
+            f"none (streamed from the image files), not {text!r}"
+        )
+    return None if value == "none" else value
+
+
+_CACHE_HELP = (
+    "memory: every image in one tensor (fastest; the cohort must fit in RAM); "
+    "disk: stream preprocessed images from --cache-dir (filled once, reused by later runs); "
+    "none: stream from the image files"
+)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``train``, ``predict`` and ``pretrain`` to the ``medgen`` app."""
 
@@ -74,13 +94,21 @@ def register(app: typer.Typer) -> None:
                 "(same --model and --image-size)",
             ),
         ] = None,
+        cache: Annotated[str, typer.Option(help=_CACHE_HELP)] = "memory",
+        cache_dir: Annotated[
+            Path | None, typer.Option(help="disk-cache folder for --cache disk (created)")
+        ] = None,
+        workers: Annotated[
+            int, typer.Option(help="DataLoader worker processes for streamed images")
+        ] = 0,
     ) -> None:
         """Train a classifier on a cohort into the run folder OUTPUT.
 
         Writes checkpoint.pt, train_state.json and metrics.csv after every epoch, then
         model.safetensors, config.json and run_complete.json. OUTPUT must be new or empty:
         --overwrite replaces a previous run, --resume continues an interrupted one. Runs under
-        `torchrun --nproc_per_node N` unchanged (DDP, gloo on CPU).
+        `torchrun --nproc_per_node N` unchanged (DDP, gloo on CPU). A cohort larger than
+        memory streams with --cache disk --cache-dir DIR (or --cache none); same seed, same model.
         """
         import logging
 
@@ -110,6 +138,9 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             progress=progress,
             init=init,
+            cache=_parse_cache(cache),
+            cache_dir=cache_dir,
+            num_workers=workers,
         )
         m = clf.metrics
         typer.echo(
@@ -132,6 +163,13 @@ def register(app: typer.Typer) -> None:
                 "classes); --no-labels ignores it",
             ),
         ] = True,
+        cache: Annotated[str, typer.Option(help=_CACHE_HELP)] = "none",
+        cache_dir: Annotated[
+            Path | None, typer.Option(help="disk-cache folder for --cache disk (created)")
+        ] = None,
+        workers: Annotated[
+            int, typer.Option(help="DataLoader worker processes for streamed images")
+        ] = 0,
     ) -> None:
         """Predict a cohort: one row per image with the manifest columns, y_true, y_score, y_pred."""
         from medgen._internal.files import write_table
@@ -140,7 +178,15 @@ def register(app: typer.Typer) -> None:
 
         check_output_not_input(output, [manifest, run], what="--output")
         clf = Classifier.load(run)
-        preds = clf.predict(manifest, split=split, progress=progress, labels=labels)
+        preds = clf.predict(
+            manifest,
+            split=split,
+            progress=progress,
+            labels=labels,
+            cache=_parse_cache(cache),
+            cache_dir=cache_dir,
+            num_workers=workers,
+        )
         write_table(preds, output)
         typer.echo(f"wrote {len(preds)} predictions to {output}")
 

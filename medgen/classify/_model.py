@@ -148,6 +148,9 @@ class Classifier:
         batch_size: int = 64,
         progress: bool = True,
         labels: bool = True,
+        cache: str | None = None,
+        cache_dir: str | Path | None = None,
+        num_workers: int = 0,
     ) -> pd.DataFrame:
         """Predict every image of a cohort.
 
@@ -159,9 +162,16 @@ class Classifier:
             labels: read the target column into ``y_true``; its values must be classes the
                 model knows (missing values stay missing). ``False`` ignores the column (a cohort
                 labelled with another scheme, or unlabelled).
+            cache: ``None`` (default) streams the images in batches from their files, so memory
+                holds a batch, not the cohort; ``"disk"`` streams from the disk cache in
+                ``cache_dir`` (e.g. the one training filled); ``"memory"`` loads every image
+                into one tensor first. The predictions are the same in every mode.
+            cache_dir: the disk-cache folder (``cache="disk"`` only).
+            num_workers: ``DataLoader`` worker processes that read the streamed batches.
 
         Raises:
             MedgenValueError: the target column holds values that are not the model's classes.
+            ConfigError: an invalid ``cache``, ``cache_dir`` or ``num_workers``.
 
         Returns:
             One row per image: every manifest column, then ``y_true`` (class index of the target,
@@ -171,9 +181,12 @@ class Classifier:
         """
         import numpy as np
         import pandas as pd
+        import torch
+        from tqdm.auto import tqdm
 
-        from medgen.classify._data import as_cohort, load_images, manifest_of
+        from medgen.classify._data import as_cohort, check_cache_dir, image_source, manifest_of
 
+        check_cache_dir(cache, cache_dir)
         co = as_cohort(cohort)
         df = manifest_of(co)
         if labels and self.target in df.columns:
@@ -187,14 +200,30 @@ class Classifier:
                     f"{sorted(manifest_of(co)['split'].astype(str).unique())}"
                 )
         df = df.reset_index(drop=True)
-        x = load_images(
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, not {batch_size!r}")
+        x = image_source(
             co,
             df["image_id"].astype(str).tolist(),
             image_size=self.config["image_size"],
             spatial_dims=int(self.config["spatial_dims"]),
+            cache=cache,
+            cache_dir=cache_dir,
+            num_workers=num_workers,
             progress=progress,
         )
-        probs = self.predict_proba(x, batch_size=batch_size).numpy()
+        n_batches = -(-len(x) // batch_size)
+        parts = [
+            self.predict_proba(xb, batch_size=batch_size)
+            for xb in tqdm(
+                x.sequential(batch_size),
+                total=n_batches,
+                desc="predict",
+                disable=not progress,
+                leave=False,
+            )
+        ]
+        probs = torch.cat(parts).numpy()
         out = df.copy()
         classes = self.classes
         if labels and self.target in out.columns:

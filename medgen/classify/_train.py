@@ -1,7 +1,10 @@
 """Training: seeded, balanced / mixed sampling, early stopping on validation AUC, calibration, DDP.
 
 The loop is deliberately plain PyTorch over an in-memory ``NxCx[SPATIAL DIMS]`` tensor (see
-``_data.load_images``) so its throughput stays within a few percent of a bare loop. Under
+``_data.load_images``) so its throughput stays within a few percent of a bare loop. A cohort
+larger than memory streams instead (``cache=None`` or ``"disk"``: ``_data.StreamImages``, a
+``DataLoader`` over ``Cohort.dataset``): the loop asks either source for the same batches of row
+indices, and augmentation stays in this process, so the same seed gives the same model. Under
 ``torchrun`` (``WORLD_SIZE > 1``) the same call wraps the network in ``DistributedDataParallel`` on
 the gloo backend (CPU) or NCCL (CUDA) and shards each epoch with a ``DistributedSampler``.
 """
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
+    from medgen.classify._data import StreamImages, TensorImages
     from medgen.classify._model import Classifier
 
 log = logging.getLogger(__name__)
@@ -221,15 +225,20 @@ def _auc(y: np.ndarray, probs: np.ndarray) -> float:
 
 
 def _logits(
-    net: torch.nn.Module, x: torch.Tensor, *, batch_size: int, device: Any, channels_last: bool
+    net: torch.nn.Module,
+    x: TensorImages | StreamImages,
+    *,
+    batch_size: int,
+    device: Any,
+    channels_last: bool,
 ) -> torch.Tensor:
     import torch
 
     outs = []
     net.eval()
     with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].to(device)
+        for xb in x.sequential(batch_size):
+            xb = xb.to(device)
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             outs.append(net(xb).float().cpu())
@@ -289,9 +298,9 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 
 def fit_tensors(
-    x_train: torch.Tensor,
+    x_train: torch.Tensor | TensorImages | StreamImages,
     y_train: torch.Tensor,
-    x_val: torch.Tensor,
+    x_val: torch.Tensor | TensorImages | StreamImages,
     y_val: torch.Tensor,
     *,
     cfg: TrainConfig,
@@ -304,6 +313,10 @@ def fit_tensors(
     run_info: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train ``cfg.model`` on tensors: ``x_*`` are ``NxCx[SPATIAL DIMS]``, ``y_*`` class indices.
+
+    ``x_*`` may also be image sources of :mod:`medgen.classify._data` (``TensorImages``, or
+    ``StreamImages`` to stream a cohort larger than memory): the batches, hence the model, are
+    the same for the same seed.
 
     Returns the best network by validation AUC (ties and NaN AUC fall back to validation loss),
     the per-epoch history and, when ``cfg.calibrate``, the fitted temperature with ECE before/after.
@@ -323,9 +336,12 @@ def fit_tensors(
 
     from medgen.classify import _run
     from medgen.classify._calibrate import expected_calibration_error, fit_temperature
+    from medgen.classify._data import StreamImages, TensorImages
     from medgen.classify._registry import build_model, get_model_spec
     from medgen.transforms import augmentation
 
+    src_tr = x_train if isinstance(x_train, TensorImages | StreamImages) else TensorImages(x_train)
+    src_va = x_val if isinstance(x_val, TensorImages | StreamImages) else TensorImages(x_val)
     t0 = time.perf_counter()
     device = torch.device(cfg.device)
     fork_devices = [device] if device.type == "cuda" else []
@@ -352,7 +368,7 @@ def fit_tensors(
             spatial_dims=cfg.spatial_dims,
             in_channels=cfg.in_channels,
             num_classes=len(cfg.classes),
-            image_size=cfg.image_size or list(x_train.shape[2:]),
+            image_size=cfg.image_size or list(src_tr.shape[1:]),
             model_kwargs=cfg.model_kwargs,
         )
     if cfg.init is not None:  # the pretrained encoder; the head keeps its seeded initialisation
@@ -414,7 +430,7 @@ def fit_tensors(
         te = time.perf_counter()
         out_of_time = False
         idx = _epoch_indices(
-            len(x_train), weights=weights, epoch=epoch, seed=cfg.seed, rank=rank, world_size=world
+            len(src_tr), weights=weights, epoch=epoch, seed=cfg.seed, rank=rank, world_size=world
         )
         if cfg.steps_per_epoch is not None:
             idx = idx[: cfg.steps_per_epoch * cfg.batch_size]
@@ -432,9 +448,10 @@ def fit_tensors(
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(es)
             train_net.train()
-            for b in bar:
+            # the loader seeds its workers from its own generator: the global stream stays as is
+            stream = src_tr.batches(batches, generator=torch.Generator().manual_seed(es))
+            for b, xb in zip(bar, stream, strict=True):
                 bt = torch.as_tensor(b)
-                xb = x_train[bt]
                 if cfg.augment != "none":
                     xb = torch.stack([_plain(aug(im)) for im in xb])
                 xb = xb.to(device)
@@ -450,9 +467,10 @@ def fit_tensors(
                 if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
                     out_of_time = True
                     break
+            stream.close()  # stops the loader's workers when the time budget cut the epoch
             logits = _logits(
                 net,
-                x_val,
+                src_va,
                 batch_size=max(cfg.batch_size, 32),
                 device=device,
                 channels_last=channels_last,
@@ -520,8 +538,8 @@ def fit_tensors(
     if channels_last:
         net = net.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     temperature, ece_b, ece_a = 1.0, None, None
-    if cfg.calibrate and len(x_val) > 0:
-        logits = _logits(net, x_val, batch_size=64, device=device, channels_last=False)
+    if cfg.calibrate and len(src_va) > 0:
+        logits = _logits(net, src_va, batch_size=64, device=device, channels_last=False)
         ece_b = expected_calibration_error(torch.softmax(logits, 1).numpy(), y_val_np)
         temperature = fit_temperature(logits, y_val)
         ece_a = expected_calibration_error(torch.softmax(logits / temperature, 1).numpy(), y_val_np)
@@ -661,6 +679,9 @@ def train(
     seed: int | None = None,
     progress: bool = True,
     init: str | Path | None = None,
+    cache: str | None = "memory",
+    cache_dir: str | Path | None = None,
+    num_workers: int = 0,
 ) -> Classifier:
     """Train an image classifier on a cohort.
 
@@ -711,6 +732,17 @@ def train(
         init: a pretraining run folder (:func:`medgen.classify.pretrain`) of the same
             ``model``, ``model_kwargs`` and input size: its encoder initialises the network, the
             head starts fresh (seeded); recorded as ``config["init"]`` and in ``provenance``.
+        cache: how the images are held. ``"memory"``: every training and validation image is
+            read once into one tensor (the fastest; the cohort must fit in RAM). ``"disk"``:
+            streamed in batches from the cohort's disk cache in ``cache_dir`` (each image is
+            read and preprocessed once, then reused by later epochs and later runs). ``None``:
+            streamed from the image files, read and preprocessed every epoch. Streaming holds a
+            few batches, not the cohort, and the same seed gives the same model in every mode.
+            Not part of the run's options: a run may resume with another mode.
+        cache_dir: the disk-cache folder (created if missing; required with ``cache="disk"``,
+            refused otherwise; not inside ``out_dir``). Shareable between runs and cohorts.
+        num_workers: ``DataLoader`` worker processes that read the streamed batches (``0``:
+            this process); results do not depend on it.
 
     Returns:
         The trained :class:`Classifier` (best validation epoch, with its temperature).
@@ -720,8 +752,9 @@ def train(
             interrupted one (without either), files that are not a run's, or nothing to resume.
         RunLockedError: another process is writing ``out_dir``.
         ConfigError: ``resume`` with options or data other than the run's (the message names
-            each difference), an invalid option, or ``init`` of another architecture or input
-            size (the message names both).
+            each difference), an invalid option, ``init`` of another architecture or input
+            size (the message names both), or a ``cache_dir`` that is a file, is missing with
+            ``cache="disk"`` or lies inside ``out_dir``.
     """
     import contextlib
 
@@ -730,11 +763,20 @@ def train(
     from medgen._internal.provenance import package_versions
     from medgen._internal.runs import mark_complete, run_lock
     from medgen.classify import _run
-    from medgen.classify._data import as_cohort, load_images, manifest_hash, manifest_of
+    from medgen.classify._data import (
+        as_cohort,
+        check_cache_dir,
+        check_num_workers,
+        image_source,
+        manifest_hash,
+        manifest_of,
+    )
     from medgen.classify._model import Classifier
     from medgen.classify._registry import get_model_spec
 
     get_model_spec(model)
+    cache_path = check_cache_dir(cache, cache_dir)
+    check_num_workers(num_workers)
     for name, val in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
             raise ConfigError(f"{name} must be a positive integer, not {val!r}")
@@ -744,6 +786,15 @@ def train(
         )
     co = as_cohort(cohort)
     out = Path(out_dir).expanduser() if out_dir is not None else None
+    if (
+        cache_path is not None
+        and out is not None
+        and cache_path.resolve().is_relative_to(out.resolve())
+    ):
+        raise ConfigError(
+            f"cache_dir {str(cache_path)!r} lies inside the run folder {str(out)!r}, whose "
+            "files are the run's only; put the cache beside it (e.g. a shared cache folder)"
+        )
     # under torchrun only rank 0 locks and writes the folder; the others read it to resume
     writer = out is not None and int(os.environ.get("RANK", "0")) == 0
     with contextlib.ExitStack() as held:
@@ -772,32 +823,31 @@ def train(
             synthetic_fraction=synthetic_fraction,
         )
         size = list(image_size) if image_size is not None else None
-        x_tr = load_images(
-            co,
-            tr_df["image_id"].astype(str).tolist(),
-            image_size=size,
-            spatial_dims=spatial_dims,
-            progress=progress,
+        x_tr, x_va = (
+            image_source(
+                co,
+                part["image_id"].astype(str).tolist(),
+                image_size=size,
+                spatial_dims=spatial_dims,
+                cache=cache,
+                cache_dir=cache_path,
+                num_workers=num_workers,
+                progress=progress,
+            )
+            for part in (tr_df, va_df)
         )
-        x_va = load_images(
-            co,
-            va_df["image_id"].astype(str).tolist(),
-            image_size=size,
-            spatial_dims=spatial_dims,
-            progress=progress,
-        )
-        if x_tr.shape[1:] != x_va.shape[1:]:
+        if x_tr.shape != x_va.shape:
             raise MedgenValueError(
-                f"training images are {tuple(x_tr.shape[1:])} but validation images are "
-                f"{tuple(x_va.shape[1:])}; pass image_size=(...) to resize both"
+                f"training images are {x_tr.shape} but validation images are "
+                f"{x_va.shape}; pass image_size=(...) to resize both"
             )
         cfg = TrainConfig(
             target=target,
             model=get_model_spec(model).name,
             model_kwargs=dict(model_kwargs or {}),
             spatial_dims=spatial_dims,
-            image_size=[int(s) for s in x_tr.shape[2:]],
-            in_channels=int(x_tr.shape[1]),
+            image_size=[int(s) for s in x_tr.shape[1:]],
+            in_channels=int(x_tr.shape[0]),
             classes=classes,
             epochs=epochs,
             batch_size=batch_size,
