@@ -14,6 +14,10 @@ light     flip along the first spatial axis (p=0.5), small affine (rotate ±0.15
           p=0.5, border padding)
 medium    light + Gaussian noise (σ ≤ 0.05, p=0.3) + gamma contrast (0.8-1.25, p=0.3) +
           TorchIO bias field (coefficients ≤ 0.3, p=0.3)
+strong    flip along the first spatial axis (p=0.5), affine (p=0.8: rotate ±0.3 rad, scale
+          ±20 %, translate ±10 % of the size, border padding), Gaussian noise (σ ≤ 0.05,
+          p=0.3), gamma contrast (0.7-1.4, p=0.3), intensity scale ±10 % (p=0.3), one
+          coarse dropout hole of 1/8-1/4 of the size (p=0.3); for training ViTs from scratch
 ========  ====================================================================================
 """
 
@@ -27,7 +31,7 @@ from medgen.errors import ConfigError
 
 __all__ = ["AUGMENT_PRESETS", "augmentation", "normalize_intensity", "resize"]
 
-AUGMENT_PRESETS = ("none", "light", "medium")
+AUGMENT_PRESETS = ("none", "light", "medium", "strong")
 
 
 class _TorchIOBiasField:
@@ -89,6 +93,8 @@ def augmentation(
         )
     if preset == "none":
         return Identity()
+    if preset == "strong":
+        return _Strong(spatial_dims=spatial_dims, seed=seed)
     rot: float | Sequence[float] = 0.15 if spatial_dims == 2 else (0.15, 0.15, 0.15)
     steps: list[Any] = [
         RandFlip(prob=0.5, spatial_axis=0),
@@ -110,6 +116,62 @@ def augmentation(
     comp = Compose(steps, lazy=False)
     comp.set_random_state(seed=seed)
     return comp  # type: ignore[no-any-return]
+
+
+class _Strong:
+    """The ``strong`` preset (see the module docstring). Its translation and dropout sizes are
+    fractions of the image, so the MONAI ``Compose`` is built at the first image of each shape
+    (the first shape draws from ``seed``, the ``k``-th new one from ``seed + k``)."""
+
+    def __init__(self, *, spatial_dims: int, seed: int | None) -> None:
+        self.spatial_dims = spatial_dims
+        self.seed = seed
+        self.by_shape: dict[tuple[int, ...], Any] = {}
+
+    def _build(self, shape: tuple[int, ...]) -> Any:
+        from monai.transforms import (
+            Compose,
+            RandAdjustContrast,
+            RandAffine,
+            RandCoarseDropout,
+            RandFlip,
+            RandGaussianNoise,
+            RandScaleIntensity,
+        )
+
+        rot: float | Sequence[float] = 0.3 if self.spatial_dims == 2 else (0.3, 0.3, 0.3)
+        comp = Compose(
+            [
+                RandFlip(prob=0.5, spatial_axis=0),
+                RandAffine(
+                    prob=0.8,
+                    rotate_range=rot,
+                    scale_range=0.2,
+                    translate_range=[0.1 * s for s in shape],
+                    padding_mode="border",
+                ),
+                RandGaussianNoise(prob=0.3, std=0.05),
+                RandAdjustContrast(prob=0.3, gamma=(0.7, 1.4)),
+                RandScaleIntensity(prob=0.3, factors=0.1),
+                RandCoarseDropout(
+                    holes=1,
+                    spatial_size=[max(1, s // 8) for s in shape],
+                    max_spatial_size=[max(1, s // 4) for s in shape],
+                    fill_value=0.0,
+                    prob=0.3,
+                ),
+            ],
+            lazy=False,
+        )
+        k = len(self.by_shape)
+        comp.set_random_state(seed=None if self.seed is None else self.seed + k)
+        return comp
+
+    def __call__(self, img: Any) -> Any:
+        shape = tuple(int(s) for s in img.shape[1:])
+        if shape not in self.by_shape:
+            self.by_shape[shape] = self._build(shape)
+        return self.by_shape[shape](img)
 
 
 def normalize_intensity(img: Any) -> Any:

@@ -58,8 +58,37 @@ def register(app: typer.Typer) -> None:
         image_size: Annotated[str | None, typer.Option(help="resize to e.g. 64x64")] = None,
         epochs: Annotated[int, typer.Option(help="maximum epochs")] = 10,
         batch_size: Annotated[int, typer.Option(help="images per step")] = 16,
-        lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 1e-3,
-        augment: Annotated[str, typer.Option(help="none | light | medium")] = "light",
+        lr: Annotated[
+            float | None,
+            typer.Option(help="AdamW (peak) learning rate; default: the model's recipe, else 1e-3"),
+        ] = None,
+        weight_decay: Annotated[
+            float | None,
+            typer.Option(help="AdamW weight decay; default: the model's recipe, else 1e-4"),
+        ] = None,
+        augment: Annotated[
+            str | None,
+            typer.Option(
+                help="none | light | medium | strong; default: the model's recipe, else light"
+            ),
+        ] = None,
+        lr_schedule: Annotated[
+            str | None,
+            typer.Option(
+                help="constant | cosine (decay to 0 at the end or the time budget); default: "
+                "the model's recipe, else constant"
+            ),
+        ] = None,
+        warmup_fraction: Annotated[
+            float | None,
+            typer.Option(
+                help="share of training with a linear lr warm-up; default: recipe, else 0"
+            ),
+        ] = None,
+        label_smoothing: Annotated[
+            float | None,
+            typer.Option(help="cross-entropy label smoothing; default: recipe, else 0"),
+        ] = None,
         balance: Annotated[
             list[str] | None, typer.Option(help="column(s) to balance by; 'label' = target")
         ] = None,
@@ -124,7 +153,11 @@ def register(app: typer.Typer) -> None:
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
+            weight_decay=weight_decay,
             augment=augment,
+            lr_schedule=lr_schedule,
+            warmup_fraction=warmup_fraction,
+            label_smoothing=label_smoothing,
             balance=balance or None,
             class_weights=class_weights,
             focal_gamma=focal_gamma,

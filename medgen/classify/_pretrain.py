@@ -504,6 +504,12 @@ def pretrain(
             f"method='mae' pretrains a Vision Transformer, and model {spec.name!r} is a "
             f"{spec.family!r}; use model='vit', or method='contrastive' for a CNN."
         )
+    if method == "mae" and spec.name == "vit_hybrid":
+        raise ConfigError(
+            "method='mae' pretrains the plain 'vit': vit_hybrid's transformer sees its "
+            "convolutional stem's features, not image patches, so no MAE encoder matches it. "
+            "Use model='vit', or method='contrastive' for vit_hybrid."
+        )
     _check_positive_int("epochs", epochs)
     _check_positive_int("batch_size", batch_size)
     _check_positive_int("projection_dim", projection_dim)

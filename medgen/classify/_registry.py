@@ -10,7 +10,7 @@ the factories only choose MONAI's constructor arguments (MONAI's ViT returns ``(
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from medgen._internal.suggest import did_you_mean
@@ -35,6 +35,10 @@ class ModelSpec:
         description: one line for listings.
         family: ``"cnn"`` or ``"vit"``; says which explanation ``method="auto"`` uses (GradCAM,
             attention rollout; docs/explanations.md).
+        train_defaults: the model's training recipe: values :func:`medgen.classify.train` uses
+            for the options the caller did not give (``lr``, ``weight_decay``, ``augment``,
+            ``lr_schedule``, ``warmup_fraction``, ``label_smoothing``); empty: the global
+            defaults.
     """
 
     name: str
@@ -43,6 +47,7 @@ class ModelSpec:
     channels_last: bool
     description: str
     family: str = "cnn"
+    train_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 def _densenet(variant: str) -> Callable[..., nn.Module]:
@@ -137,6 +142,138 @@ def _vit(
     return _LogitsOnly(net)
 
 
+def _vit_hybrid(
+    spatial_dims: int, in_channels: int, num_classes: int, image_size: Sequence[int], **kw: Any
+) -> nn.Module:
+    """A convolutional stem, then MONAI's ``ViT`` with ``patch_size`` 1 on its feature map: the
+    hybrid of Dosovitskiy et al. 2021 (section 3.1) with a small stem, after Xiao et al. 2021
+    ("Early convolutions help transformers see better").
+
+    ``model_kwargs`` beyond MONAI ``ViT``'s own (defaults: hidden 128, 4 layers, 4 heads, MLP 512):
+
+    * ``stem_channels`` (default ``(16, 32, 64, 128)``): one stem stage per entry, 3x3 kernels,
+      batch norm, ReLU;
+    * ``stem_strides`` (default ``(1, 2, 2, ..., 2)``: the first stage keeps the resolution, each
+      later one halves it; 64x64 images give 8x8 tokens);
+    * ``stem_block``: ``"residual"`` (default; a MONAI ``ResidualUnit`` of two convolutions per
+      stage), ``"conv"`` (one MONAI ``Convolution``) or ``"densenet121"`` (MONAI DenseNet121's
+      layers through its second dense block, 512 channels at 1/8 of the size; ignores
+      ``stem_channels`` and ``stem_strides``);
+    * ``pool``: ``"avg"`` (default; a linear layer on the mean of the final normed tokens, no
+      class token, Beyer et al. 2022 "Better plain ViT baselines") or ``"cls"`` (MONAI's
+      class-token head).
+    """
+    from monai.networks.blocks import Convolution, ResidualUnit
+    from monai.networks.nets import ViT
+    from torch import nn
+
+    stem = tuple(int(c) for c in kw.pop("stem_channels", (16, 32, 64, 128)))
+    pool = kw.pop("pool", "avg")
+    block = kw.pop("stem_block", "residual")
+    if block not in ("conv", "residual", "densenet121"):
+        raise ConfigError(
+            f"model_kwargs['stem_block'] must be 'conv' (one convolution per stem stage), "
+            f"'residual' (a MONAI ResidualUnit of two) or 'densenet121' (MONAI DenseNet121's "
+            f"layers through its second dense block), not {block!r}"
+        )
+    if (
+        block == "densenet121"
+    ):  # conv0 (stride 2), pool0 (2), denseblock1, transition1 (2), denseblock2
+        stem = (512,)
+        kw.pop("stem_strides", None)
+    if pool not in ("avg", "cls"):
+        raise ConfigError(
+            f"model_kwargs['pool'] must be 'avg' (mean of the patch tokens) or 'cls' (class "
+            f"token), not {pool!r}"
+        )
+    if not stem or any(c < 1 for c in stem):
+        raise ConfigError(
+            f"model_kwargs['stem_channels'] must list positive channel counts, one per stride-2 "
+            f"convolution (e.g. (32, 64, 128)), not {stem!r}"
+        )
+    strides = tuple(int(s) for s in kw.pop("stem_strides", (1,) + (2,) * (len(stem) - 1)))
+    if block == "densenet121":
+        strides = (2, 2, 2)
+    if block != "densenet121" and (
+        len(strides) != len(stem) or any(s not in (1, 2) for s in strides)
+    ):
+        raise ConfigError(
+            f"model_kwargs['stem_strides'] must give a stride of 1 or 2 for each of the "
+            f"{len(stem)} stem_channels, not {strides!r}"
+        )
+    factor = 2 ** strides.count(2)
+    if any(s % factor for s in image_size):
+        raise ConfigError(
+            f"vit_hybrid's stem of {strides.count(2)} stride-2 convolutions needs an image size "
+            f"divisible by {factor}, not {tuple(image_size)}; pass image_size=(...) or fewer "
+            "stem_channels"
+        )
+    kw.setdefault("patch_size", 1)
+    kw.setdefault("hidden_size", 128)
+    kw.setdefault("mlp_dim", 4 * int(kw["hidden_size"]))
+    kw.setdefault("num_layers", 4)
+    kw.setdefault("num_heads", 4)
+    kw.setdefault("post_activation", "none")
+    chans = (in_channels, *stem)
+    layers: nn.Module
+    if block == "densenet121":
+        from monai.networks.nets import DenseNet121
+
+        feats = DenseNet121(
+            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes
+        ).features
+        names = [n for n, _ in feats.named_children()]
+        layers = nn.Sequential(*list(feats.children())[: names.index("denseblock2") + 1])
+    unit: Any = Convolution if block == "conv" else ResidualUnit
+    extra: dict[str, Any] = {} if block == "conv" else {"subunits": 2}
+    if block != "densenet121":
+        layers = nn.Sequential(
+            *[
+                unit(
+                    spatial_dims,
+                    chans[i],
+                    chans[i + 1],
+                    strides=strides[i],
+                    kernel_size=3,
+                    act="RELU",
+                    norm="BATCH",
+                    **extra,
+                )
+                for i in range(len(stem))
+            ]
+        )
+    vit = ViT(
+        in_channels=stem[-1],
+        img_size=tuple(s // factor for s in image_size),
+        classification=pool == "cls",
+        num_classes=num_classes,
+        spatial_dims=spatial_dims,
+        **kw,
+    )
+    head = nn.Linear(int(kw["hidden_size"]), num_classes) if pool == "avg" else None
+    return _hybrid_cls()(layers, vit, head)  # type: ignore[no-any-return]
+
+
+def _hybrid_cls() -> type:
+    from torch import nn
+
+    class StemViT(nn.Module):
+        """``stem`` (convolutions) then ``net`` (a MONAI ViT on the stem's feature map); returns
+        ``BxK`` logits: ``head`` on the mean token, or the ViT's own class-token head (``None``)."""
+
+        def __init__(self, stem: nn.Module, net: nn.Module, head: nn.Module | None) -> None:
+            super().__init__()
+            self.stem = stem
+            self.net = net
+            self.head = head
+
+        def forward(self, x: Any) -> Any:
+            out = self.net(self.stem(x))[0]
+            return out if self.head is None else self.head(out.mean(dim=1))
+
+    return StemViT
+
+
 def _logits_only_cls() -> type:
     from torch import nn
 
@@ -157,6 +294,18 @@ def _logits_only_cls() -> type:
 def _LogitsOnly(net: nn.Module) -> nn.Module:
     return _logits_only_cls()(net)  # type: ignore[no-any-return]
 
+
+#: the training recipe of ``vit_hybrid`` (measured: docs/classify.md, "Vision Transformers"):
+#: AdamW with a linear warm-up over 10 % of the steps and cosine decay, weight decay 0.05,
+#: label smoothing 0.1, the ``strong`` augmentation
+VIT_RECIPE: dict[str, Any] = {
+    "lr": 1e-3,
+    "weight_decay": 0.05,
+    "lr_schedule": "cosine",
+    "warmup_fraction": 0.1,
+    "label_smoothing": 0.1,
+    "augment": "strong",
+}
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
@@ -191,6 +340,16 @@ MODELS: dict[str, ModelSpec] = {
             False,
             "MONAI ViT (defaults: patch 8, hidden 192, 6 layers, 3 heads)",
             family="vit",
+        ),
+        ModelSpec(
+            "vit_hybrid",
+            _vit_hybrid,
+            None,
+            False,
+            "residual conv stem (16, 32, 64, 128 ch; 1/8 size) + MONAI ViT (patch 1, hidden 128, "
+            "4 layers, 4 heads, mean-token head); the recommended ViT from scratch",
+            family="vit",
+            train_defaults=dict(VIT_RECIPE),
         ),
     ]
 }

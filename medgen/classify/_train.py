@@ -56,6 +56,10 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     augment: str = "light"
+    #: ``"constant"`` or ``"cosine"`` (cosine decay to 0 after ``warmup_fraction`` of linear warm-up)
+    lr_schedule: str = "constant"
+    warmup_fraction: float = 0.0
+    label_smoothing: float = 0.0
     balance: list[str] | None = None
     class_weights: bool = False
     focal_gamma: float | None = None
@@ -73,6 +77,102 @@ class TrainConfig:
     init: str | None = None
 
 
+#: the values :func:`train` uses for a recipe option the caller did not give and the model's
+#: :attr:`~medgen.classify._registry.ModelSpec.train_defaults` do not set
+RECIPE_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "augment": "light",
+    "lr_schedule": "constant",
+    "warmup_fraction": 0.0,
+    "label_smoothing": 0.0,
+}
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def resolve_recipe(model: str, **given: Any) -> dict[str, Any]:
+    """The training recipe of ``model``: each option of :data:`RECIPE_DEFAULTS` is the caller's
+    value when not ``None``, else the model's ``train_defaults``, else the global default.
+
+    >>> resolve_recipe("densenet121", lr=None)["lr"]
+    0.001
+    >>> resolve_recipe("vit_hybrid", lr_schedule=None)["lr_schedule"]
+    'cosine'
+    """
+    from medgen.classify._registry import get_model_spec
+
+    unknown = set(given) - set(RECIPE_DEFAULTS)
+    if unknown:
+        raise ConfigError(
+            f"resolve_recipe got {sorted(unknown)}; recipe options are {sorted(RECIPE_DEFAULTS)}"
+        )
+    spec = get_model_spec(model)
+    out = {**RECIPE_DEFAULTS, **spec.train_defaults}
+    out.update({k: v for k, v in given.items() if v is not None})
+    return out
+
+
+def check_recipe(cfg: TrainConfig) -> None:
+    """Refuse invalid ``lr``, ``weight_decay``, ``lr_schedule``, ``warmup_fraction`` or
+    ``label_smoothing`` (and label smoothing with the focal loss), naming the option."""
+    from medgen._internal.suggest import did_you_mean
+
+    def number(name: str, value: Any, ok: bool, rule: str) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not ok:
+            raise ConfigError(f"{name} must be {rule}, not {value!r}")
+
+    lr, wd = cfg.lr, cfg.weight_decay
+    number("lr", lr, isinstance(lr, int | float) and lr >= 0, "a number >= 0 (e.g. 1e-3)")
+    number("weight_decay", wd, isinstance(wd, int | float) and wd >= 0, "a number >= 0 (e.g. 0.05)")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        hint = did_you_mean(str(cfg.lr_schedule), LR_SCHEDULES)
+        raise ConfigError(
+            f"Unknown lr_schedule {cfg.lr_schedule!r}.{hint} Choose one of "
+            f"{', '.join(LR_SCHEDULES)}."
+        )
+    w, ls = cfg.warmup_fraction, cfg.label_smoothing
+    number(
+        "warmup_fraction",
+        w,
+        isinstance(w, int | float) and 0 <= w < 1,
+        "a number in [0, 1), the share of the steps with a linear warm-up (e.g. 0.1)",
+    )
+    number(
+        "label_smoothing",
+        ls,
+        isinstance(ls, int | float) and 0 <= ls < 1,
+        "a number in [0, 1) (e.g. 0.1; 0 turns it off)",
+    )
+    if ls > 0 and cfg.focal_gamma is not None:
+        raise ConfigError(
+            f"label_smoothing={ls} applies to the cross-entropy loss, not to the focal loss "
+            f"(focal_gamma={cfg.focal_gamma}); pass label_smoothing=0 or focal_gamma=None"
+        )
+
+
+def lr_factor(progress: float, *, schedule: str, warmup_fraction: float) -> float:
+    """The learning-rate multiplier after a share ``progress`` in [0, 1] of the training.
+
+    A linear warm-up ``progress / warmup_fraction`` first, then ``1`` (``"constant"``) or the
+    cosine decay ``(1 + cos(pi * q)) / 2`` with ``q`` the share of the post-warm-up part
+    (``"cosine"``, Loshchilov & Hutter 2017, without restarts; 0 at the end).
+
+    >>> lr_factor(0.05, schedule="cosine", warmup_fraction=0.1)
+    0.5
+    >>> round(lr_factor(0.55, schedule="cosine", warmup_fraction=0.1), 6)
+    0.5
+    """
+    import math
+
+    p = min(max(float(progress), 0.0), 1.0)
+    if warmup_fraction > 0 and p < warmup_fraction:
+        return p / warmup_fraction
+    if schedule == "constant":
+        return 1.0
+    q = (p - warmup_fraction) / (1.0 - warmup_fraction)
+    return 0.5 * (1.0 + math.cos(math.pi * q))
+
+
 # ---------------------------------------------------------------------------------------------
 # loss
 
@@ -85,13 +185,14 @@ def _check_gamma(gamma: float | None) -> float | None:
     return float(gamma)
 
 
-def _loss(focal_gamma: float | None, class_w: Any) -> Any:
-    """Cross-entropy, or MONAI's focal loss on the softmax (mean over images of the per-image
-    sum over classes, so ``focal_gamma=0`` equals cross-entropy)."""
+def _loss(focal_gamma: float | None, class_w: Any, label_smoothing: float = 0.0) -> Any:
+    """Cross-entropy (with ``label_smoothing``, Szegedy et al. 2016), or MONAI's focal loss on
+    the softmax (mean over images of the per-image sum over classes, so ``focal_gamma=0`` equals
+    cross-entropy)."""
     import torch
 
     if focal_gamma is None:
-        return torch.nn.CrossEntropyLoss(weight=class_w)
+        return torch.nn.CrossEntropyLoss(weight=class_w, label_smoothing=float(label_smoothing))
     from monai.losses import FocalLoss
 
     focal = FocalLoss(
@@ -361,6 +462,7 @@ def fit_tensors(
             )
         _run.check_resumable(stored, config=asdict(cfg), run_info=info, folder=run_dir)
     spec = get_model_spec(cfg.model)
+    check_recipe(cfg)
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(cfg.seed)
         net = build_model(
@@ -423,7 +525,24 @@ def fit_tensors(
     if cfg.class_weights:
         counts = torch.bincount(y_train, minlength=len(cfg.classes)).float().clamp_min(1)
         class_w = (counts.sum() / (len(counts) * counts)).to(device)
-    loss_fn = _loss(cfg.focal_gamma, class_w)
+    loss_fn = _loss(cfg.focal_gamma, class_w, cfg.label_smoothing)
+    # the learning-rate schedule runs over every step of every epoch; with a time budget (one
+    # process) over the larger of the step share and the budget share, so it ends at the budget
+    n_rank = -(-len(src_tr) // world) if world > 1 else len(src_tr)
+    if cfg.steps_per_epoch is not None:
+        n_rank = min(n_rank, cfg.steps_per_epoch * cfg.batch_size)
+    steps_per_epoch = -(-n_rank // cfg.batch_size)
+    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    scheduled = cfg.lr_schedule != "constant" or cfg.warmup_fraction > 0
+    by_time = scheduled and cfg.time_budget_s is not None and world == 1
+
+    def set_lr(step: int) -> None:
+        p = (step + 1) / total_steps
+        if by_time and cfg.time_budget_s:
+            p = max(p, (prior_s + time.perf_counter() - t0) / cfg.time_budget_s)
+        f = lr_factor(p, schedule=cfg.lr_schedule, warmup_fraction=cfg.warmup_fraction)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * f
 
     y_val_np = y_val.numpy()
     for epoch in range(start, cfg.epochs):
@@ -450,7 +569,7 @@ def fit_tensors(
             train_net.train()
             # the loader seeds its workers from its own generator: the global stream stays as is
             stream = src_tr.batches(batches, generator=torch.Generator().manual_seed(es))
-            for b, xb in zip(bar, stream, strict=True):
+            for step, (b, xb) in enumerate(zip(bar, stream, strict=True)):
                 bt = torch.as_tensor(b)
                 if cfg.augment != "none":
                     xb = torch.stack([_plain(aug(im)) for im in xb])
@@ -459,6 +578,8 @@ def fit_tensors(
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 yb = y_train[bt].to(device)
                 opt.zero_grad(set_to_none=True)
+                if scheduled:
+                    set_lr(epoch * steps_per_epoch + step)
                 loss = loss_fn(train_net(xb), yb)
                 loss.backward()
                 opt.step()
@@ -486,6 +607,7 @@ def fit_tensors(
                 "val_loss": val_loss,
                 "val_auc": auc,
                 "val_acc": acc,
+                "lr": float(opt.param_groups[0]["lr"]),
                 "n_train_seen": len(idx),
                 "seconds": time.perf_counter() - te,
             }
@@ -657,9 +779,12 @@ def train(
     image_size: Sequence[int] | None = None,
     epochs: int = 10,
     batch_size: int = 16,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    augment: str = "light",
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    augment: str | None = None,
+    lr_schedule: str | None = None,
+    warmup_fraction: float | None = None,
+    label_smoothing: float | None = None,
     balance: str | Sequence[str] | None = None,
     class_weights: bool = False,
     focal_gamma: float | None = None,
@@ -696,8 +821,19 @@ def train(
             all images must share it).
         epochs: maximum number of epochs.
         batch_size: images per optimiser step (per process under DDP).
-        lr, weight_decay: AdamW settings.
+        lr, weight_decay: AdamW settings (peak learning rate under a schedule).
         augment: augmentation preset (:data:`medgen.transforms.AUGMENT_PRESETS`).
+        lr_schedule: ``"constant"`` or ``"cosine"`` (:func:`lr_factor`: linear warm-up over
+            ``warmup_fraction`` of the steps, then cosine decay to 0 at the last step of
+            ``epochs``; with ``time_budget_s`` and one process, at the budget if that comes
+            first).
+        warmup_fraction: share of the training in [0, 1) with a linear learning-rate warm-up.
+        label_smoothing: cross-entropy label smoothing in [0, 1) (not with ``focal_gamma``).
+
+            The six options above default to ``None``: the model's recipe
+            (``ModelSpec.train_defaults``; the ViTs': docs/classify.md), else ``lr=1e-3``,
+            ``weight_decay=1e-4``, ``augment="light"``, constant rate, no warm-up, no smoothing.
+            The resolved values are recorded in ``config``.
         balance: re-sample so groups are drawn equally often: ``"label"`` (the target), an attribute
             column (``"sex"``), or a list of columns (``["label", "sex"]``).
         class_weights: weight the loss by inverse class frequency.
@@ -775,6 +911,22 @@ def train(
     from medgen.classify._registry import get_model_spec
 
     get_model_spec(model)
+    recipe = resolve_recipe(
+        model,
+        lr=lr,
+        weight_decay=weight_decay,
+        augment=augment,
+        lr_schedule=lr_schedule,
+        warmup_fraction=warmup_fraction,
+        label_smoothing=label_smoothing,
+    )
+    check_recipe(
+        TrainConfig(
+            model=get_model_spec(model).name,
+            focal_gamma=_check_gamma(focal_gamma),
+            **recipe,
+        )
+    )
     cache_path = check_cache_dir(cache, cache_dir)
     check_num_workers(num_workers)
     for name, val in (("epochs", epochs), ("batch_size", batch_size)):
@@ -851,9 +1003,7 @@ def train(
             classes=classes,
             epochs=epochs,
             batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            augment=augment,
+            **recipe,
             balance=list(balance) if balance else None,
             class_weights=class_weights,
             focal_gamma=_check_gamma(focal_gamma),

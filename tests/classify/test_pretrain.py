@@ -152,6 +152,8 @@ def test_contrastive_loss_decreases_and_the_projection_head_is_dropped(
 def test_mae_needs_a_vit(tiny_manifest: Path) -> None:
     with pytest.raises(ConfigError, match="method='contrastive' for a CNN"):
         pretrain(tiny_manifest, method="mae", model="densenet", epochs=1, progress=False)
+    with pytest.raises(ConfigError, match="method='contrastive' for vit_hybrid"):
+        pretrain(tiny_manifest, method="mae", model="vit_hybrid", epochs=1, progress=False)
     with pytest.raises(ConfigError, match="method must be one of mae, contrastive"):
         pretrain(tiny_manifest, method="byol", progress=False)
 
