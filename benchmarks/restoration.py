@@ -397,7 +397,6 @@ def run_pretrained(args: argparse.Namespace) -> None:
         volumes = volumes[:1]
         settings = [s for s in settings if s[0] in ("gaussian 0.1", "rician 0.1", "low-dose CT")]
         args.scratch_budget = min(args.scratch_budget, 10.0)
-    models = load_pretrained_models(args.model)
     bm3d = bm3d_available()
     ref_den = "bm3d" if bm3d else "nl_means"
     base_methods = ["nl_means", "bm3d"] if bm3d else ["nl_means"]
@@ -430,6 +429,7 @@ def run_pretrained(args: argparse.Namespace) -> None:
                 f"scratch denoiser: {scratch.steps_trained} steps in "
                 f"{time.perf_counter() - t0:.0f} s (--scratch-budget {args.scratch_budget:g})"
             )
+    models = load_pretrained_models(args.model)  # after the scratch row's training
     _warm_up(models, bm3d)
     print()
 
