@@ -41,6 +41,10 @@ _CACHE_HELP = (
     "disk: stream preprocessed images from --cache-dir (filled once, reused by later runs); "
     "none: stream from the image files"
 )
+_CacheDir = Annotated[
+    Path | None, typer.Option(help="disk-cache folder for --cache disk (created)")
+]
+_Workers = Annotated[int, typer.Option(help="DataLoader worker processes for streamed images")]
 
 
 def register(app: typer.Typer) -> None:
@@ -124,12 +128,8 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         cache: Annotated[str, typer.Option(help=_CACHE_HELP)] = "memory",
-        cache_dir: Annotated[
-            Path | None, typer.Option(help="disk-cache folder for --cache disk (created)")
-        ] = None,
-        workers: Annotated[
-            int, typer.Option(help="DataLoader worker processes for streamed images")
-        ] = 0,
+        cache_dir: _CacheDir = None,
+        workers: _Workers = 0,
     ) -> None:
         """Train a classifier on a cohort into the run folder OUTPUT.
 
@@ -197,12 +197,8 @@ def register(app: typer.Typer) -> None:
             ),
         ] = True,
         cache: Annotated[str, typer.Option(help=_CACHE_HELP)] = "none",
-        cache_dir: Annotated[
-            Path | None, typer.Option(help="disk-cache folder for --cache disk (created)")
-        ] = None,
-        workers: Annotated[
-            int, typer.Option(help="DataLoader worker processes for streamed images")
-        ] = 0,
+        cache_dir: _CacheDir = None,
+        workers: _Workers = 0,
     ) -> None:
         """Predict a cohort: one row per image with the manifest columns, y_true, y_score, y_pred."""
         from medgen._internal.files import write_table
