@@ -27,14 +27,22 @@ Usage::
     python benchmarks/translation.py --tasks site --budget-s 300 --out /tmp/tr
 
 Writes ``results.csv`` (per image and method), ``summary.csv`` / ``summary.json`` and
-``figure_<task>.png`` (source, truth, histogram, cyclegan, pix2pix of one test image) to
-``--out``.
+``figure_<task>.png`` (source, truth, histogram and each learned model on one test image) to
+``--out``; ``--save-models`` also the fitted translators.
+
+pix2pix variants: ``--detail-weight W [W ...]`` trains one pix2pix per value on the same cohort
+(``Pix2PixConfig.detail_weight``, the detail-weighted L1; rows ``pix2pix`` for 0 and
+``pix2pix detail=W``), ``--lesion-weight W [W ...]`` likewise for the mask-weighted L1
+(``lesion_weight``: the training rows' lesion masks; ``pix2pix lesion=W``) and ``--pix2pix-adv-weight W [W ...]`` for the adversarial weight
+(``adv=W``); every combination is trained. ``--detail-sigma`` sets that option for all of them
+(named in the row label, e.g. ``pix2pix detail=2 adv=0.1``).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import logging
 import tempfile
@@ -99,22 +107,58 @@ def fit_models(
                 opts["cyclegan"]["identity_weight"] = args.cyclegan_identity_weight
             if args.cyclegan_gain_init is not None:
                 opts["cyclegan"]["gain_init"] = args.cyclegan_gain_init
-        elif name == "pix2pix":
-            opts = {"pix2pix": {**nets, "mse_weight": 1.0}}
-        t = Translator(
-            name,
-            source=sel["source"],
-            target=sel["target"],
-            patch_size=args.patch_size,
-            **opts,
-        )
-        t0 = time.perf_counter()
-        t.fit(cohort, config=engine if name in LEARNED else None)
-        times[name] = time.perf_counter() - t0
-        models[name] = t
-        steps = f", {t.steps_trained} steps" if name in LEARNED else ""
-        logging.info("%s %s: fitted in %.1f s%s", task, name, times[name], steps)
+        variants: list[tuple[str, dict[str, Any]]] = [(name, opts)]
+        if name == "pix2pix":
+            variants = []
+            advs = args.pix2pix_adv_weight or [None]
+            for dw, lw, adv in itertools.product(args.detail_weight, args.lesion_weight, advs):
+                p2p: dict[str, Any] = {**nets, "mse_weight": 1.0}
+                if dw > 0:
+                    p2p["detail_weight"] = dw
+                if lw > 0:
+                    p2p["lesion_weight"] = lw
+                if args.detail_sigma is not None:
+                    p2p["detail_sigma"] = args.detail_sigma
+                if adv is not None:
+                    p2p["adv_weight"] = adv
+                variants.append((pix2pix_label(dw, lw, adv, args), {"pix2pix": p2p}))
+        for label, kwargs in variants:
+            t = Translator(
+                name,
+                source=sel["source"],
+                target=sel["target"],
+                patch_size=args.patch_size,
+                **kwargs,
+            )
+            t0 = time.perf_counter()
+            t.fit(cohort, config=engine if name in LEARNED else None)
+            times[label] = time.perf_counter() - t0
+            models[label] = t
+            steps = f", {t.steps_trained} steps" if name in LEARNED else ""
+            logging.info("%s %s: fitted in %.1f s%s", task, label, times[label], steps)
     return models, times
+
+
+def pix2pix_label(
+    detail_weight: float, lesion_weight: float, adv_weight: float | None, args: argparse.Namespace
+) -> str:
+    """The row label of a pix2pix variant: ``"pix2pix"`` with today's options, else the options
+    that differ, e.g. ``"pix2pix detail=2"`` or ``"pix2pix lesion=10 adv=0.1"``."""
+    parts = ["pix2pix"]
+    if detail_weight > 0:
+        parts.append(f"detail={detail_weight:g}")
+    if lesion_weight > 0:
+        parts.append(f"lesion={lesion_weight:g}")
+    if args.detail_sigma is not None:
+        parts.append(f"sigma={args.detail_sigma:g}")
+    if adv_weight is not None:
+        parts.append(f"adv={adv_weight:g}")
+    return " ".join(parts)
+
+
+def is_learned(method: str) -> bool:
+    """Whether a row label names a learned model (``"pix2pix detail=2"`` included)."""
+    return method.split(" ")[0] in LEARNED
 
 
 def summarise(
@@ -137,7 +181,7 @@ def summarise(
     gain = TASKS[task]["psnr_gain"]
     checks = []
     for m in out.index:
-        if m not in LEARNED:
+        if not is_learned(str(m)):
             checks.append("")
             continue
         r = out.loc[m]
@@ -169,7 +213,7 @@ def figure(cohort: Any, models: dict[str, Any], task: str, path: Path) -> None:
     row = pairs.iloc[0]
     x = load(row["image_path"]).numpy()[0]
     panels = [("source", x), ("truth", load(row["truth_path"]).numpy()[0])]
-    panels += [(m, models[m].apply(x)) for m in ("histogram", *LEARNED) if m in models]
+    panels += [(m, t.apply(x)) for m, t in models.items() if m == "histogram" or is_learned(m)]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.4))
     for ax, (name, img) in zip(axes, panels, strict=True):
         lo, hi = np.percentile(img, (0.5, 99.5))
@@ -194,6 +238,9 @@ def run_task(task: str, args: argparse.Namespace, out: Path) -> tuple[pd.DataFra
         "%s: simulated %d images in %.1f s", task, len(cohort.df), time.perf_counter() - t0
     )
     models, times = fit_models(cohort, task, args)
+    if args.save_models:
+        for label, t in models.items():
+            t.save(out / f"models_{task}" / label.replace(" ", "_").replace("=", "-"))
     t0 = time.perf_counter()
     sel = TASKS[task]
     clf = train_target_classifier(
@@ -206,11 +253,24 @@ def run_task(task: str, args: argparse.Namespace, out: Path) -> tuple[pd.DataFra
         clf.accuracy,
         time.perf_counter() - t0,
     )
-    main = models.get("pix2pix") or models.get("cyclegan") or models["nyul"]
-    others = [m for k, m in models.items() if m is not main]
-    table = evaluate_translation(main, cohort, baselines=others, target_classifier=clf)
+    # one evaluation per learned variant (rows are named by model, so two pix2pix variants
+    # cannot share one); the identity and baselines come from the first
+    learned = [k for k in models if is_learned(k)] or ["nyul"]
+    baselines = [m for k, m in models.items() if not is_learned(k) and k != learned[0]]
+    tables = []
+    for i, label in enumerate(learned):
+        t = models[label]
+        part = evaluate_translation(
+            t, cohort, baselines=baselines if i == 0 else (), target_classifier=clf
+        )
+        if i > 0:
+            part = part[part["method"] == t.model]
+        part["method"] = part["method"].replace({t.model: label})
+        tables.append(part)
+    table = pd.concat(tables, ignore_index=True)
+    table.attrs = tables[0].attrs
     table.insert(0, "task", task)
-    steps = {k: m.steps_trained for k, m in models.items() if k in LEARNED}
+    steps = {k: m.steps_trained for k, m in models.items() if is_learned(k)}
     summary = summarise(table, task, times, steps)
     summary["classifier_val_accuracy"] = clf.accuracy
     summary["classifier_truth_rate"] = table.attrs["target_classifier"]["truth_rate"]
@@ -248,11 +308,49 @@ def main() -> None:
         help="CycleGAN generators' starting gain (default: the model's, 0 = the identity); 1 for "
         "contrast changes (the identity is a stationary point of the cycle loss)",
     )
+    p.add_argument(
+        "--detail-weight",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="pix2pix detail-weighted L1 (Pix2PixConfig.detail_weight); several values train "
+        "one pix2pix each on the same cohort, rows 'pix2pix' (0) and 'pix2pix detail=W'",
+    )
+    p.add_argument(
+        "--lesion-weight",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="pix2pix mask-weighted L1 (Pix2PixConfig.lesion_weight; the training rows' lesion "
+        "masks); several values: one pix2pix each (with every --detail-weight), 'lesion=W'",
+    )
+    p.add_argument(
+        "--detail-sigma",
+        type=float,
+        default=None,
+        help="pix2pix detail_sigma (default: the model's, 1.0 pixel)",
+    )
+    p.add_argument(
+        "--pix2pix-adv-weight",
+        type=float,
+        nargs="+",
+        default=None,
+        help="pix2pix adversarial weight(s) (default: the model's, 0.01); several values: one "
+        "pix2pix each (with every detail/lesion weight), 'adv=W' in the row label",
+    )
+    p.add_argument(
+        "--save-models",
+        action="store_true",
+        help="save every fitted translator to OUT/models_<task>/<label> (medgen.generative.load)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--quick", action="store_true", help="smoke run: 40 subjects, 32x32, 20 steps")
     args = p.parse_args()
+    for flag in ("detail_weight", "lesion_weight", "pix2pix_adv_weight"):
+        if any(w < 0 for w in getattr(args, flag) or ()):
+            p.error(f"--{flag.replace('_', '-')} must be >= 0, not {getattr(args, flag)}")
     if args.quick:
         args.n_subjects, args.image_size, args.max_steps = 40, 32, 20
         args.steps_per_epoch, args.budget_s, args.batch_size = 10, 60.0, 4

@@ -406,7 +406,11 @@ class Translator(GenerativeModel):
         cyclegan: other :class:`~medgen.generative.objectives.unpaired.CycleGANConfig` options
             (``channels``, ``num_res_units``, ``cycle_weight``, ...).
         pix2pix: other :class:`~medgen.generative.objectives.paired.Pix2PixConfig` options
-            (``channels``, ``l1_weight``, ``mse_weight``, ``adv_weight``, ``lr_g``, ...).
+            (``channels``, ``l1_weight``, ``mse_weight``, ``adv_weight``, ``lr_g``,
+            ``detail_weight`` / ``detail_sigma``: an L1 weighted by the target's local
+            contrast, ``lesion_weight``: by the training rows' lesion masks, ...). An option
+            missing from a saved model's ``config.json`` (a run made before it existed) takes
+            its default, the behaviour of that time.
 
     Example (histogram matching of 2D arrays; no cohort needed with ``fit_images``):
         >>> import numpy as np
@@ -452,6 +456,7 @@ class Translator(GenerativeModel):
         self.cyclegan_options = dict(cyclegan or {})
         self.pix2pix_options = dict(pix2pix or {})
         self._nets: dict[str, nn.Module] = {}
+        self._masks: list[np.ndarray] | None = None  # pix2pix lesion masks during a fit
         if model == "pix2pix":
             from medgen.generative.objectives.paired import build_pix2pix_networks
 
@@ -650,7 +655,10 @@ class Translator(GenerativeModel):
             cohort = Cohort.from_manifest(cohort)
         if run_dir is None or self.model not in LEARNED:
             a, b, paths = self._training_images(cohort)
-            self.fit_images(a, b, config=config, progress=progress, _target_paths=paths)
+            self.fit_images(
+                a, b, config=config, progress=progress, _target_paths=paths, _masks=self._masks
+            )
+            self._masks = None
             if run_dir is not None:
                 self.save(run_dir, overwrite=overwrite)
             return self
@@ -670,7 +678,11 @@ class Translator(GenerativeModel):
             if early:
                 prepare()
             run = {"run_dir": rd, "resume": resume, "prepare": None if early else prepare}
-            self.fit_images(a, b, config=config, progress=progress, _target_paths=paths, _run=run)
+            self.fit_images(
+                a, b, config=config, progress=progress, _target_paths=paths, _run=run,
+                _masks=self._masks,
+            )  # fmt: skip
+            self._masks = None
             self._write_model(rd)  # weights, config.json, then run_complete.json
         return self
 
@@ -678,11 +690,14 @@ class Translator(GenerativeModel):
         self, cohort: Any
     ) -> tuple[list[np.ndarray], list[np.ndarray], list[str] | None]:
         """``(source images, target images, target paths)`` that :meth:`fit` trains on: the
-        selected factual training rows, or pix2pix's aligned pairs."""
+        selected factual training rows, or pix2pix's aligned pairs (with ``lesion_weight`` > 0
+        their lesion masks go to ``self._masks``)."""
         from medgen.generative._restorer import load_images
 
+        self._masks = None
         if self.model == "pix2pix":
-            pa, pb = self._pairs(cohort)
+            pa, pb, masks = self._pairs(cohort)
+            self._masks = masks
             return pa, pb, None
         src = self._rows(cohort, self.source, "source")
         tgt = self._rows(cohort, self.target, "target")
@@ -696,8 +711,13 @@ class Translator(GenerativeModel):
         b = [arr for _, arr, _ in load_images(tgt)]
         return a, b, [str(p) for p in tgt.paths]
 
-    def _pairs(self, cohort: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """The aligned (source, target) training pairs of ``cohort`` (see :meth:`fit`)."""
+    def _pairs(
+        self, cohort: Any
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
+        """The aligned (source, target) training pairs of ``cohort`` (see :meth:`fit`) and,
+        when pix2pix's ``lesion_weight`` > 0, each pair's lesion mask: the union of the
+        ``mask_path`` masks of the source training row and of its counterfactual target row
+        (training rows only; all zeros where a row has none)."""
         from pathlib import Path
 
         from medgen.errors import MedgenFileNotFoundError
@@ -708,6 +728,7 @@ class Translator(GenerativeModel):
         has_column = PAIR_COLUMN in df.columns
         sdf = self._rows(cohort, self.source, "source", allow_all=has_column).df
         items: list[tuple[str, Any, str, Any]] = []
+        mask_paths: list[tuple[Any, Any]] = []
         if has_column:
             col = sdf[PAIR_COLUMN]
             sdf = sdf[col.notna() & (col.astype(str).str.strip() != "")]
@@ -730,6 +751,7 @@ class Translator(GenerativeModel):
                     )
                 iid = str(row["image_id"])
                 items.append((iid, row["image_path"], f"{PAIR_COLUMN} of {iid}", path))
+                mask_paths.append((row.get("mask_path"), None))
         elif "counterfactual_of" in df.columns:
             pairs = _counterfactual_pairs(df, sdf, self.target, split="train")
             if pairs.empty:
@@ -749,6 +771,7 @@ class Translator(GenerativeModel):
                         row["truth_path"],
                     )
                 )
+                mask_paths.append((row.get("mask_path"), row.get("truth_mask_path")))
         else:
             raise MedgenValueError(
                 "Translator.fit: pix2pix trains on aligned pairs, and the manifest has neither a "
@@ -776,7 +799,28 @@ class Translator(GenerativeModel):
                 )
             a.append(x)
             b.append(y)
-        return a, b
+        if self.pix2pix_config().lesion_weight <= 0:
+            return a, b, None
+        masks = []
+        for x, (ms, mt) in zip(a, mask_paths, strict=True):
+            m = np.zeros(x.shape, dtype=bool)
+            for path in (ms, mt):
+                lesion = _load_mask(path)
+                if lesion is not None and lesion.shape != x.shape:
+                    raise MedgenValueError(
+                        f"Translator.fit: pix2pix lesion_weight: the lesion mask {path} has "
+                        f"shape {lesion.shape}, its image {x.shape}; fix the 'mask_path' column."
+                    )
+                if lesion is not None:
+                    m |= lesion
+            masks.append(m)
+        if not any(m.any() for m in masks):
+            raise MedgenValueError(
+                "Translator.fit: pix2pix lesion_weight > 0 weights the L1 by the training rows' "
+                "lesion masks, but no training pair has one (manifest column 'mask_path'); add "
+                "the masks or use detail_weight, which needs none."
+            )
+        return a, b, masks
 
     def fit_images(
         self,
@@ -787,10 +831,12 @@ class Translator(GenerativeModel):
         progress: bool = False,
         _target_paths: Sequence[str] | None = None,
         _run: Mapping[str, Any] | None = None,
+        _masks: Sequence[np.ndarray] | None = None,
     ) -> Translator:
         """Fit on two lists of images (arrays ``(X, Y[, Z])`` in their own units); for
         ``"pix2pix"`` the lists are aligned pairs (``target_images[i]`` is ``source_images[i]``
-        in the target's appearance, on the same grid)."""
+        in the target's appearance, on the same grid). pix2pix's ``lesion_weight`` needs the
+        lesion masks, which only :meth:`fit` reads (from the training rows' ``mask_path``)."""
         from medgen.generative._restorer import as_spatial
 
         a = [as_spatial(im, f"source_images[{i}]")[0] for i, im in enumerate(source_images)]
@@ -818,13 +864,23 @@ class Translator(GenerativeModel):
             for i, arr in enumerate(imgs):
                 h.update(f"{tag}{i}{arr.shape}".encode())
                 h.update(np.ascontiguousarray(arr).tobytes())
+        if self.model == "pix2pix" and self.pix2pix_config().lesion_weight > 0:
+            if _masks is None:
+                raise ConfigError(
+                    "Translator.fit_images: pix2pix lesion_weight > 0 needs lesion masks, which "
+                    "fit(cohort) reads from the training rows' 'mask_path' column; call fit, or "
+                    "use detail_weight (no masks needed)."
+                )
+            for i, m in enumerate(_masks):  # the masks shape the training: part of the data
+                h.update(f"m{i}".encode())
+                h.update(np.ascontiguousarray(m).tobytes())
         self.data_hash = h.hexdigest()
         if self.model == "histogram":
             self._nets = {"state": _state_module({"reference": _quantile_reference(b)})}
         elif self.model == "nyul":
             self._nets = {"state": _state_module({"landmarks": _nyul_landmarks(b, _target_paths)})}
         elif self.model == "pix2pix":
-            self._fit_pix2pix(a, b, config=config, progress=progress, run=_run)
+            self._fit_pix2pix(a, b, config=config, progress=progress, run=_run, masks=_masks)
         else:
             self._fit_cyclegan(a, b, config=config, progress=progress, run=_run)
         return self
@@ -864,6 +920,7 @@ class Translator(GenerativeModel):
         config: Any,
         progress: bool,
         run: Mapping[str, Any] | None = None,
+        masks: Sequence[np.ndarray] | None = None,
     ) -> None:
         import torch
 
@@ -876,14 +933,19 @@ class Translator(GenerativeModel):
 
         ec = self._engine_config(config)
         cfg = self.pix2pix_config()
-        pairs: list[tuple[np.ndarray, np.ndarray]] = []
-        for x, y in zip(a, b, strict=True):
+        pairs: list[tuple[np.ndarray, ...]] = []
+        use_masks = masks is not None and cfg.lesion_weight > 0
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             ux, uy = unit_range(x, NORM_PERCENTILES), unit_range(y, NORM_PERCENTILES)
+            extra = (masks[i].astype(np.float32),) if use_masks and masks is not None else ()
             if self.spatial_dims == 2 and ux.ndim == 3:  # the source's foreground slices
-                pairs.extend((ux[..., k], uy[..., k]) for k in foreground_slice_indices(ux))
+                pairs.extend(
+                    (ux[..., k], uy[..., k], *(e[..., k] for e in extra))
+                    for k in foreground_slice_indices(ux)
+                )
             else:
-                pairs.append((ux, uy))
-        for i, (ux, _) in enumerate(pairs):
+                pairs.append((ux, uy, *extra))
+        for i, (ux, *_) in enumerate(pairs):
             if ux.ndim != self.spatial_dims or min(ux.shape) < cfg.patch_size:
                 raise MedgenValueError(
                     f"Translator.fit: pair {i}: expected {self.spatial_dims}D images of at least "

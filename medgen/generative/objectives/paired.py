@@ -8,8 +8,9 @@ optimises the generator on
 + adv_weight * LSGAN``
 
 (the KL term for generators that return posterior moments, see
-:class:`~medgen.generative._nets.GeneratorOutput`), then, once ``adv_warmup_steps`` have passed,
-the conditional PatchGAN on ``cat([input, target])`` (real) vs ``cat([input, prediction])``
+:class:`~medgen.generative._nets.GeneratorOutput`; with :class:`Pix2PixConfig`'s
+``detail_weight`` > 0 the L1 is weighted per pixel by :func:`detail_weight_map`), then, once
+``adv_warmup_steps`` have passed, the conditional PatchGAN on ``cat([input, target])`` (real) vs ``cat([input, prediction])``
 (fake): pix2pix (Isola et al. 2017) with MONAI's least-squares ``PatchAdversarialLoss``. The
 generator has an EMA copy (the inference model); generator and discriminator have their own Adam
 optimisers and learning rates.
@@ -26,6 +27,7 @@ random patch cut from both images of an aligned pair) are what
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -51,6 +53,7 @@ __all__ = [
     "Pix2PixConfig",
     "build_pix2pix_networks",
     "check_paired_options",
+    "detail_weight_map",
     "paired_patches",
 ]
 
@@ -108,6 +111,18 @@ class Pix2PixConfig(PairedConfig):
         discriminator_channels: width of the conditional PatchGAN's first layer.
         num_layers_d: discriminator depth (receptive field).
         patch_size: training patch edge (pixels/voxels), divisible by ``2**(len(channels)-1)``.
+        detail_weight: detail-weighted L1 (lesion preservation): the L1 term weights each pixel
+            by :func:`detail_weight_map` of the target, ``1 + detail_weight * c(target)``, with
+            ``c`` the target's local contrast normalised by its batch mean. Small structures
+            (lesions of a few pixels, tissue edges) then count as much as the large flat
+            background that otherwise dominates the mean. Uses only the images, no masks, so
+            it works on real pairs. 0 (the default) is plain L1, bitwise the same training.
+        detail_sigma: the Gaussian scale (pixels/voxels) of that local contrast.
+        lesion_weight: mask-weighted L1: pixels inside the training pair's lesion mask weigh
+            ``1 + lesion_weight`` (added to the detail weight). Needs masks: the
+            :class:`~medgen.generative.Translator` reads them from the *training* rows'
+            ``mask_path`` column (source row and its counterfactual target), never from test
+            rows; batches then carry a ``"mask"`` tensor. 0 (the default): no masks read.
 
     The loss options are :class:`PairedConfig`'s, with pix2pix's balance by default: L1 plus
     ``adv_weight = 0.01`` LSGAN (the paper's lambda = 100 for L1 against 1 for the GAN), Adam
@@ -124,10 +139,15 @@ class Pix2PixConfig(PairedConfig):
     ssim_weight: float = 0.0
     kl_weight: float = 0.0
     adv_weight: float = 0.01
+    detail_weight: float = 0.0
+    detail_sigma: float = 1.0
+    lesion_weight: float = 0.0
 
     def __post_init__(self) -> None:
         owner = "Pix2PixConfig"
         check_paired_options(self, owner)
+        _checks.check_non_negative(self, owner, ("detail_weight", "lesion_weight"))
+        _checks.check_positive(self, owner, ("detail_sigma",))
         _checks.check_network(self, owner)
         _checks.check_patch_size(self, owner)
         _checks.check_int(self, owner, ("num_res_units", "num_layers_d"), minimum=0)
@@ -154,24 +174,91 @@ def build_pix2pix_networks(config: Pix2PixConfig) -> dict[str, nn.Module]:
 
 
 def paired_patches(
-    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    pairs: Sequence[tuple[np.ndarray, ...]],
     n: int,
     patch_size: int,
     rng: np.random.Generator,
 ) -> dict[str, torch.Tensor]:
     """``n`` random patches of aligned pairs (uniform pair, uniform corner; the same window in
-    both images): ``{"input": Bx1x[P]*D, "target": Bx1x[P]*D}`` float32."""
-    xs, ys = [], []
+    both images): ``{"input": Bx1x[P]*D, "target": Bx1x[P]*D}`` float32; pairs of three
+    (source, target, lesion mask) add ``"mask"``, the same window of the mask."""
+    cut: list[list[np.ndarray]] = []
     for _ in range(int(n)):
-        a, b = pairs[int(rng.integers(len(pairs)))]
-        starts = [int(rng.integers(s - patch_size + 1)) for s in a.shape]
+        images = pairs[int(rng.integers(len(pairs)))]
+        starts = [int(rng.integers(s - patch_size + 1)) for s in images[0].shape]
         window = tuple(slice(s, s + patch_size) for s in starts)
-        xs.append(a[window])
-        ys.append(b[window])
+        cut.append([im[window] for im in images])
+    names = ("input", "target", "mask")
     return {
-        "input": torch.from_numpy(np.stack(xs)[:, None].astype(np.float32)),
-        "target": torch.from_numpy(np.stack(ys)[:, None].astype(np.float32)),
+        names[k]: torch.from_numpy(np.stack([c[k] for c in cut])[:, None].astype(np.float32))
+        for k in range(len(cut[0]))
     }
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``x`` (``BxCx[SPATIAL]``) smoothed by a separable Gaussian of standard deviation ``sigma``
+    pixels (kernel radius ``ceil(3 sigma)``, edges replicated)."""
+    import torch.nn.functional as F
+
+    radius = max(1, math.ceil(3.0 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    dims = x.ndim - 2
+    conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    b, ch = x.shape[:2]
+    out = x.reshape(b * ch, 1, *x.shape[2:])
+    for axis in range(dims):
+        shape = [1, 1] + [1] * dims
+        shape[2 + axis] = kernel.numel()
+        pad = [0, 0] * dims
+        pad[2 * (dims - 1 - axis)] = pad[2 * (dims - 1 - axis) + 1] = radius
+        out = conv(F.pad(out, pad, mode="replicate"), kernel.reshape(shape))
+    return out.reshape(x.shape)
+
+
+def detail_weight_map(
+    target: torch.Tensor, detail_weight: float, *, sigma: float = 1.0
+) -> torch.Tensor:
+    """Per-pixel weights ``1 + detail_weight * c`` of the detail-weighted L1 (pix2pix's
+    ``detail_weight``): ``c`` is the target's local contrast, the absolute difference of
+    Gaussians ``|G_sigma * target - G_2sigma * target|``, divided by its mean over the whole
+    batch (so a patch of flat background in a batch with lesions keeps weights near 1).
+
+    Why this ``c`` (measured on the ``tiny`` preset's 64x64 site_B and T2 renders, 15 images
+    each with lesions, ``c`` scaled to mean 1 per image): on site_B (blurred, noisy) the
+    difference of Gaussians at sigma 1 gives lesion pixels 2.96x the mean against 2.05x for a
+    finer band (0.5..1) and 1.79x for ``|y - G_1 y|`` (which picks up pixel noise) and 1.08x
+    for the rest of the foreground; on T2 every variant gave lesions 0.65-0.90x (the CSF
+    edges dominate there). The batch mean (not a per-image one) keeps a patch without
+    structure from having its noise amplified; the 99th percentile of ``c`` is 4-5x its mean,
+    so no clipping is needed.
+
+    Args:
+        target: ``BxCx[SPATIAL]`` target images (any range; only ``c``'s shape matters).
+        detail_weight: >= 0; 0 gives all ones.
+        sigma: the finer Gaussian's standard deviation (pixels/voxels).
+
+    Returns:
+        ``BxCx[SPATIAL]`` float32 weights, >= 1 everywhere, exactly 1 on a flat target.
+
+    Example:
+        >>> y = torch.zeros(1, 1, 16, 16)
+        >>> y[..., 6:10, 6:10] = 1.0
+        >>> w = detail_weight_map(y, 2.0)
+        >>> bool(w.min() >= 1.0), bool(w[0, 0, 7, 7] > w[0, 0, 0, 0])
+        (True, True)
+    """
+    with torch.no_grad():
+        y = target.detach().float()
+        if detail_weight <= 0:
+            return torch.ones_like(y)
+        c = torch.abs(_gaussian_blur(y, sigma) - _gaussian_blur(y, 2.0 * sigma))
+        scale = c.mean()
+        # a flat batch (its blur differences only rounding): nothing to weight
+        if not bool(scale > 1e-6 * (float(y.abs().max()) + 1e-12)):
+            return torch.ones_like(y)
+        return 1.0 + float(detail_weight) * (c / scale)
 
 
 class PairedObjective(Objective):
@@ -259,7 +346,16 @@ class PairedObjective(Objective):
             out: GeneratorOutput = generator(x)
             pred = out.image
             terms: dict[str, torch.Tensor] = {}
-            terms["l1"] = torch.mean(torch.abs(pred.float() - y.float()))
+            detail = float(getattr(c, "detail_weight", 0.0))
+            lesion = float(getattr(c, "lesion_weight", 0.0))
+            mask = batch.get("mask")
+            if detail > 0 or (lesion > 0 and mask is not None):  # Pix2PixConfig's weighted L1
+                w = detail_weight_map(y, detail, sigma=float(getattr(c, "detail_sigma", 1.0)))
+                if lesion > 0 and mask is not None:
+                    w = w + lesion * mask.float()
+                terms["l1"] = torch.mean(w * torch.abs(pred.float() - y.float()))
+            else:
+                terms["l1"] = torch.mean(torch.abs(pred.float() - y.float()))
             if c.mse_weight > 0:
                 terms["mse"] = torch.mean((pred.float() - y.float()) ** 2)
             if self._ssim is not None:

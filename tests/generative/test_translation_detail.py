@@ -1,0 +1,183 @@
+"""The detail-weighted L1 of pix2pix (``Pix2PixConfig.detail_weight``, issue 14): the weight map,
+bitwise-unchanged training at 0, a Translator run with the option, old run folders, bad values;
+and the mask-weighted variant (``lesion_weight``), which reads only the training rows' masks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from medgen.errors import ConfigError
+from medgen.generative import Translator, load
+from medgen.generative.objectives.paired import Pix2PixConfig, detail_weight_map
+
+A, B = {"site": "site_A"}, {"site": "site_B"}
+TINY: dict[str, Any] = {"channels": (4, 8), "discriminator_channels": 4}
+ENGINE: dict[str, Any] = {"epochs": 2, "steps_per_epoch": 5, "batch_size": 4, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from medgen.cohort import Cohort
+    from medgen.simulate import preset, simulate
+
+    cfg = preset("tiny")
+    cfg.population.n_subjects = 16
+    out = tmp_path_factory.mktemp("tiny_cf_site")
+    return Cohort.from_manifest(
+        simulate(cfg, out, seed=0, progress=False, counterfactual=("site",))
+    )
+
+
+def _fit(cohort: Any, engine: dict[str, Any] = ENGINE, **options: Any) -> Translator:
+    t = Translator("pix2pix", source=A, target=B, patch_size=16, pix2pix={**TINY, **options})
+    return t.fit(cohort, config=engine)
+
+
+def test_weight_map_flat_edge_and_blob() -> None:
+    flat = torch.full((2, 1, 24, 24), 0.7)
+    assert torch.equal(detail_weight_map(flat, 5.0), torch.ones_like(flat))
+    y = torch.zeros(1, 1, 24, 24)
+    y[..., 10:13, 10:13] = 1.0  # a 3-pixel blob
+    y[..., :, 20:] = 0.5  # an edge
+    w = detail_weight_map(y, 2.0)
+    assert w.shape == y.shape and bool((w >= 1.0).all())
+    background = w[0, 0, :4, :4]  # flat, beyond the kernels of both
+    assert torch.allclose(background, torch.ones_like(background), atol=1e-3)
+    assert w[0, 0, 11, 11] > 3.0 and w[0, 0, 5, 20] > 2.0
+    assert torch.equal(detail_weight_map(y, 0.0), torch.ones_like(y))
+    # linear in the weight above 1; 3D works the same
+    w4 = (detail_weight_map(y, 4.0) - 1).numpy()
+    np.testing.assert_allclose(w4, 2 * (w - 1).numpy(), rtol=1e-5, atol=1e-6)
+    cube = torch.zeros(1, 1, 12, 12, 12)
+    cube[..., 5:8, 5:8, 5:8] = 1.0
+    w3 = detail_weight_map(cube, 1.0)
+    assert bool((w3 >= 1).all()) and w3[0, 0, 6, 6, 6] > w3[0, 0, 0, 0, 0] + 1
+
+
+def test_weight_map_finds_simulated_lesions(cohort: Any) -> None:
+    from medgen.generative.objectives._common import unit_range
+    from medgen.generative.translation import NORM_PERCENTILES, foreground_mask
+    from medgen.io import load as load_image
+
+    df = cohort.df
+    rows = df[(df["site"] == "site_B") & df["mask_path"].notna()]
+    images, lesions = [], []
+    for _, r in rows.iterrows():
+        lesion = load_image(r["mask_path"]).numpy()[0] > 0
+        if lesion.sum() >= 3:
+            images.append(unit_range(load_image(r["image_path"]).numpy()[0], NORM_PERCENTILES))
+            lesions.append(lesion)
+    assert len(images) >= 3
+    w = detail_weight_map(torch.from_numpy(np.stack(images)[:, None]), 1.0).numpy()[:, 0]
+    les = np.stack(lesions)
+    fg = np.stack([foreground_mask(x) for x in images]) & ~les
+    # lesion pixels of the blurred, noisy site_B renders weigh more than the rest of the brain
+    assert w[les].mean() > 1.3 * w[fg].mean()
+
+
+def test_zero_detail_weight_is_todays_training(cohort: Any) -> None:
+    plain = _fit(cohort)
+    zero = _fit(cohort, detail_weight=0.0, detail_sigma=3.0)
+    assert zero.weights_sha256 == plain.weights_sha256  # bitwise the same weights
+    detail = _fit(cohort, detail_weight=2.0)
+    assert detail.weights_sha256 != plain.weights_sha256
+    assert detail.data_hash == plain.data_hash  # same pairs, another loss
+
+
+def test_translator_with_detail_weight_trains_saves_loads(cohort: Any, tmp_path: Path) -> None:
+    t = _fit(cohort, {**ENGINE, "steps_per_epoch": 10}, detail_weight=2.0, detail_sigma=1.5)
+    h = t.history
+    assert t.steps_trained == 20 and h[-1]["l1"] < h[0]["l1"]  # the weighted L1 falls
+    cfg = t.pix2pix_config()
+    assert cfg.detail_weight == 2.0 and cfg.detail_sigma == 1.5
+    again = load(t.save(tmp_path / "p2p"))
+    assert isinstance(again, Translator)
+    assert again.pix2pix_config().detail_weight == 2.0
+    assert again.weights_sha256 == t.weights_sha256
+    x = np.random.default_rng(1).normal(300, 50, (32, 32)).astype(np.float32)
+    np.testing.assert_allclose(again.apply(x), t.apply(x), rtol=1e-5, atol=1e-3)
+
+
+def test_old_config_without_the_option_loads_as_before(cohort: Any, tmp_path: Path) -> None:
+    folder = _fit(cohort).save(tmp_path / "old")
+    config = json.loads((Path(folder) / "config.json").read_text())
+    options = config["model"]["pix2pix"]
+    assert "detail_weight" not in options and "detail_sigma" not in options  # an old layout
+    again = load(folder)
+    assert isinstance(again, Translator)
+    assert again.pix2pix_config().detail_weight == 0.0
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"detail_weight": -1.0}, "detail_weight"),
+        ({"detail_weight": "2"}, "detail_weight"),
+        ({"detail_sigma": 0.0}, "detail_sigma"),
+        ({"detail_sigma": float("nan")}, "detail_sigma"),
+        ({"lesion_weight": -0.5}, "lesion_weight"),
+    ],
+)
+def test_bad_detail_options(options: dict[str, Any], name: str) -> None:
+    with pytest.raises(ConfigError, match=rf"Pix2PixConfig.*{name}"):
+        Translator("pix2pix", source=A, target=B, pix2pix=options)
+    with pytest.raises(ConfigError, match=name):
+        Pix2PixConfig(**options)
+
+
+def test_paired_patches_cut_the_mask_with_the_pair() -> None:
+    from medgen.generative.objectives.paired import paired_patches
+
+    a = np.arange(24 * 24, dtype=np.float32).reshape(24, 24)
+    mask = (a % 7 == 0).astype(np.float32)
+    rng = np.random.default_rng(0)
+    batch = paired_patches([(a, 2 * a, mask)], 3, 8, rng)
+    assert set(batch) == {"input", "target", "mask"}
+    x, m = batch["input"].numpy()[:, 0], batch["mask"].numpy()[:, 0]
+    np.testing.assert_array_equal(m, (x % 7 == 0).astype(np.float32))  # the same window
+    np.testing.assert_array_equal(batch["target"].numpy()[:, 0], 2 * x)
+    assert set(paired_patches([(a, a)], 2, 8, rng)) == {"input", "target"}
+
+
+def test_lesion_weight_reads_training_masks_only(cohort: Any, tmp_path: Path) -> None:
+    import medgen.io
+    from medgen.errors import MedgenValueError
+
+    options = {**TINY, "lesion_weight": 10.0}
+    t = Translator("pix2pix", source=A, target=B, patch_size=16, pix2pix=options)
+    t.fit(cohort, config=ENGINE)
+    a, _, masks = t._pairs(cohort)
+    assert masks is not None and len(masks) == len(a) and any(m.any() for m in masks)
+    plain = _fit(cohort)
+    assert t.steps_trained == 10 and t.weights_sha256 != plain.weights_sha256
+    assert t.data_hash != plain.data_hash  # the masks are part of the training data
+    # the test and validation rows' masks are never read: all-lesion masks there change nothing
+    df = cohort.df.copy()
+    medgen.io.save(np.ones((1, *a[0].shape), np.float32), tmp_path / "all.nii.gz")
+    df.loc[df["split"] != "train", "mask_path"] = str(tmp_path / "all.nii.gz")
+    manifest = tmp_path / "manifest.csv"
+    df.to_csv(manifest, index=False)
+    same = Translator("pix2pix", source=A, target=B, patch_size=16, pix2pix=options)
+    same.fit(manifest, config=ENGINE)
+    assert same.data_hash == t.data_hash and same.weights_sha256 == t.weights_sha256
+    df.loc[df["split"] == "train", "mask_path"] = str(tmp_path / "all.nii.gz")  # and these are
+    df.to_csv(manifest, index=False)
+    other = Translator("pix2pix", source=A, target=B, patch_size=16, pix2pix=options)
+    assert other.fit(manifest, config=ENGINE).data_hash != t.data_hash
+    with pytest.raises(ConfigError, match="lesion_weight > 0 needs lesion masks"):
+        t.fit_images([np.ones((16, 16))], [np.ones((16, 16))])
+    medgen.io.save(np.ones((1, 8, 8), np.float32), tmp_path / "small.nii.gz")
+    df.loc[df["split"] == "train", "mask_path"] = str(tmp_path / "small.nii.gz")
+    df.to_csv(manifest, index=False)
+    with pytest.raises(MedgenValueError, match=r"lesion mask .*small.nii.gz has shape \(8, 8\)"):
+        other.fit(manifest, config=ENGINE)
+    df["mask_path"] = np.nan
+    df.to_csv(manifest, index=False)
+    with pytest.raises(MedgenValueError, match=r"no training pair has one.*'mask_path'"):
+        t.fit(manifest, config=ENGINE)
