@@ -93,6 +93,15 @@ def engine_config(args: argparse.Namespace, *, epochs: int, budget: float | None
     }
 
 
+#: the VAE-GAN trained with classifier guidance (``guide_weight=--guide-weight``)
+GUIDED = "vae-gan-guided"
+
+
+def base_model(kind: str) -> str:
+    """The ``Synthesizer`` model of a benchmark model name."""
+    return "vae-gan" if kind == GUIDED else kind
+
+
 def new_model(kind: str, size: tuple[int, int], **extra: Any) -> Any:
     from medgen.generative import Synthesizer
 
@@ -135,7 +144,11 @@ def train(args: argparse.Namespace, kind: str, manifest: Path, size: tuple[int, 
         extra["autoencoder_steps"] = plan["autoencoder_steps"]
         epochs = plan["epochs"]
         info.update(plan)
-    syn = new_model(kind, size, **extra)
+    if kind == GUIDED:
+        extra["guide_weight"] = args.guide_weight
+        if args.guide_conditions:
+            extra["guide_conditions"] = args.guide_conditions.split(",")
+    syn = new_model(base_model(kind), size, **extra)
     t = time.perf_counter()
     syn.fit(
         manifest,
@@ -397,7 +410,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--models", default="vae-gan,ldm", help="comma-separated: vae-gan, ldm")
+    ap.add_argument(
+        "--models",
+        default="vae-gan,ldm",
+        help=f"comma-separated: vae-gan, ldm, {GUIDED} (the VAE-GAN with --guide-weight)",
+    )
+    ap.add_argument(
+        "--guide-weight", type=float, default=0.1, help=f"{GUIDED}: the classifier guidance"
+    )
+    ap.add_argument(
+        "--guide-conditions",
+        default="",
+        help=f"{GUIDED}: comma-separated conditions the guide learns (default: all)",
+    )
     ap.add_argument("--budget-s", type=float, default=1200.0, help="training seconds per model")
     ap.add_argument("--preset", default="demo", help="simulator preset of the cohort")
     ap.add_argument("--cohort", type=Path, default=None, help="a manifest to use instead")

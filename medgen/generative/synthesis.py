@@ -340,6 +340,13 @@ class Synthesizer(GenerativeModel):
             Gaussian per condition combination fitted to the training images' latents at the
             end of :meth:`fit` (saved with the weights; coverage 0.013 -> 0.66 on the demo
             cohort, docs/synthesis.md); ``"normal"``: ``N(0, I)``. Ignored by ``"ldm"``.
+        guide_weight: ``"vae-gan"``: weight of the classifier guidance during training (0: off;
+            :class:`~medgen.generative.objectives.conditional.ConditionalVAEGANConfig`): a
+            classifier learning the conditions from the real images alongside makes the decoder
+            draw what the conditions say, also under the conditions of another image.
+        guide_warmup_steps: ``"vae-gan"``: steps the guide classifier trains alone first.
+        guide_conditions: ``"vae-gan"``: the conditions the guide learns and guides
+            (``None``: all); leave out conditions the images barely show.
     """
 
     def __init__(
@@ -361,6 +368,9 @@ class Synthesizer(GenerativeModel):
         cond_dropout: float = 0.1,
         autoencoder_steps: int | None = None,
         latent_prior: str = "fitted",
+        guide_weight: float = 0.0,
+        guide_warmup_steps: int = 200,
+        guide_conditions: str | Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if model not in MODELS:
@@ -396,7 +406,20 @@ class Synthesizer(GenerativeModel):
             "cond_dropout": float(cond_dropout),
             "autoencoder_steps": autoencoder_steps,
             "latent_prior": latent_prior,
+            "guide_weight": float(guide_weight),
+            "guide_warmup_steps": int(guide_warmup_steps),
+            "guide_conditions": (
+                None
+                if guide_conditions is None
+                else list(_to_tuple(guide_conditions, "guide_conditions"))
+            ),
         }
+        unknown = [g for g in self.options["guide_conditions"] or [] if g not in self.conditions]
+        if unknown:
+            raise ConfigError(
+                f"Synthesizer: guide_conditions {unknown} are not conditions of the model "
+                f"{list(self.conditions)}; guide a subset of them (or None: all)."
+            )
         if not num_inference_steps >= 1:
             raise ConfigError(
                 f"Synthesizer: num_inference_steps must be >= 1, not {num_inference_steps!r}."
@@ -467,6 +490,11 @@ class Synthesizer(GenerativeModel):
                 **common,
                 image_size=tuple(o["image_size"]),
                 num_classes=self._num_classes(),
+                guide_weight=o.get("guide_weight", 0.0),
+                guide_warmup_steps=o.get("guide_warmup_steps", 200),
+                guide_conditions=tuple(
+                    self.conditions.index(g) for g in o.get("guide_conditions") or []
+                ),
                 **weights,
             )
             return

@@ -169,6 +169,27 @@ class ConditionalVAEGANConfig(AutoencoderConfig):
     Attributes:
         image_size: the training image size (each axis divisible by ``2**(len(channels)-1)``).
         num_classes: the number of values of each condition.
+        guide_weight: weight of the classifier guidance (0: off). A guide classifier (the small
+            MONAI ``DenseNet`` of :func:`build_guide`, one logit group per condition) learns the
+            conditions from the real training images during the run; after
+            ``guide_warmup_steps`` the autoencoder also minimises ``guide_weight`` times its
+            cross-entropy on the reconstructions (their own conditions) and on *counterfactual*
+            decodes ``decoder(z + E[c'])`` of the same latents under the conditions ``c'`` of
+            another image of the batch, which the discriminator also sees as fakes under
+            ``c'``. Why: without it the decoder draws what ``z`` says and ignores the condition
+            embeddings, so samples conditioned on ``label = 1`` carry no lesions
+            (docs/synthesis.md).
+        guide_warmup_steps: steps of the guide's own training before the guidance starts.
+        guide_conditions: the indices of the conditions the guide learns and guides (``()``:
+            all). A condition the images barely show (the demo cohort's ``sex``: AUC 0.58 on
+            real images) gives the guide nothing real to learn, and guiding it only teaches the
+            decoder patterns that fool the guide.
+        lr_guide: Adam learning rate of the guide classifier.
+        guide_noise: standard deviation of the Gaussian noise added to every image the guide
+            sees (real and generated, in the 0..1 units): a classifier trained and applied on
+            noisy images has smoother gradients, which the decoder cannot satisfy with
+            imperceptible, adversarial patterns as easily (Dhariwal & Nichol 2021 train their
+            guidance classifiers on noisy inputs for the same reason).
         (the rest: see :class:`~medgen.generative.objectives.latent.AutoencoderConfig`;
         ``patch_size`` is set to the smallest image edge: whole images are used).
     """
@@ -182,9 +203,18 @@ class ConditionalVAEGANConfig(AutoencoderConfig):
     lr_g: float = 5e-4
     discriminator_channels: int = 16
     num_layers_d: int = 2
+    guide_weight: float = 0.0
+    guide_warmup_steps: int = 200
+    lr_guide: float = 1e-3
+    guide_noise: float = 0.1
+    guide_conditions: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         owner = "ConditionalVAEGANConfig"
+        _checks.check_non_negative(self, owner, ("guide_weight", "guide_noise"))
+        _checks.check_int(self, owner, ("guide_warmup_steps",), minimum=0)
+        _checks.check_positive(self, owner, ("lr_guide",))
+        self.guide_conditions = tuple(int(k) for k in self.guide_conditions)
         self.channels = tuple(int(c) for c in self.channels)
         self.image_size = check_image_size(self.image_size, self.channels, owner)
         if len(self.image_size) != self.spatial_dims:
@@ -200,6 +230,45 @@ class ConditionalVAEGANConfig(AutoencoderConfig):
                 f"{self.num_classes!r}."
             )
         super().__post_init__()
+        k = len(self.num_classes)
+        if any(not 0 <= g < k for g in self.guide_conditions) or len(
+            set(self.guide_conditions)
+        ) != len(self.guide_conditions):
+            raise ConfigError(
+                f"{owner}.guide_conditions must be distinct condition indices in [0, {k}), not "
+                f"{self.guide_conditions!r}."
+            )
+
+    @property
+    def guided(self) -> tuple[int, ...]:
+        """The indices of the guided conditions (all when ``guide_conditions`` is empty)."""
+        return self.guide_conditions or tuple(range(len(self.num_classes)))
+
+
+def build_guide(spatial_dims: int, num_classes: Sequence[int]) -> nn.Module:
+    """The guide classifier of the conditional VAE-GAN: a small MONAI ``DenseNet`` (16 initial
+    features, growth 8, blocks (2, 2, 2)) with ``sum(num_classes)`` logits, one group of
+    ``V_k`` per condition (:func:`split_logits`)."""
+    from monai.networks.nets import DenseNet
+
+    return DenseNet(
+        spatial_dims=spatial_dims,
+        in_channels=1,
+        out_channels=sum(int(v) for v in num_classes),
+        init_features=16,
+        growth_rate=8,
+        block_config=(2, 2, 2),
+    )
+
+
+def guide_loss(
+    logits: torch.Tensor, index: torch.Tensor, num_classes: Sequence[int]
+) -> torch.Tensor:
+    """The mean over conditions of the cross-entropy of each logit group ``BxV_k`` against the
+    condition indices ``index[:, k]``."""
+    parts = torch.split(logits.float(), [int(v) for v in num_classes], dim=1)
+    losses = [nn.functional.cross_entropy(part, index[:, k].long()) for k, part in enumerate(parts)]
+    return torch.stack(losses).mean()
 
 
 def build_conditional_autoencoder(config: ConditionalVAEGANConfig) -> ConditionalAutoencoder:
@@ -236,9 +305,12 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
         config: options.
 
     Batches: ``{"image": Bx1x[SPATIAL], "condition": BxK}``. Networks: ``"autoencoder"`` (a
-    :class:`ConditionalAutoencoder`; EMA, inference) and, with ``adv_weight > 0``,
-    ``"discriminator"`` (a PatchGAN on the image and ``sum V_k`` condition maps).
+    :class:`ConditionalAutoencoder`; EMA, inference), with ``adv_weight > 0``
+    ``"discriminator"`` (a PatchGAN on the image and ``sum V_k`` condition maps), and with
+    ``guide_weight > 0`` ``"guide"`` (:func:`build_guide`; trained, not part of the model).
     """
+
+    log_keys = ("loss_g", "l1", "kl", "adv", "loss_d", "guide", "guide_recon", "guide_cf")  # type: ignore[assignment]
 
     kind: ClassVar[str] = "conditional-vae-gan"
 
@@ -276,7 +348,20 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
                 channels=c.discriminator_channels,
                 num_layers_d=c.num_layers_d,
             )
+        if c.guide_weight > 0:
+            nets["guide"] = build_guide(c.spatial_dims, [c.num_classes[k] for k in c.guided])
         return nets
+
+    def build_optimizers(
+        self, networks: Mapping[str, nn.Module]
+    ) -> dict[str, torch.optim.Optimizer]:
+        opts = super().build_optimizers(networks)
+        if "guide" in networks:
+            c = self.config
+            opts["guide"] = torch.optim.Adam(
+                networks["guide"].parameters(), lr=c.lr_guide, betas=c.betas
+            )
+        return opts
 
     def sample_batch(self, step: int) -> Mapping[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, step])
@@ -286,6 +371,21 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
             "condition": torch.from_numpy(self.conditions[idx].copy()),
         }
 
+    def _guide_loss(
+        self, guide: nn.Module, x: torch.Tensor, cond: torch.Tensor, *, noisy: bool = True
+    ) -> torch.Tensor:
+        """:func:`guide_loss` of the guide on ``x`` (noised first unless ``noisy=False``)
+        against the guided columns of ``cond``."""
+        c = self.config
+        k = list(c.guided)
+        logits = guide(self._noisy(x) if noisy else x)
+        return guide_loss(logits, cond[:, k], [c.num_classes[i] for i in k])
+
+    def _noisy(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` plus ``guide_noise`` Gaussian noise (the guide's inputs)."""
+        s = float(self.config.guide_noise)
+        return x + s * torch.randn_like(x) if s > 0 else x
+
     def train_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, Any]:
         from monai.losses import PatchAdversarialLoss
 
@@ -293,22 +393,44 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
 
         c = self.config
         x, cond = batch["image"], batch["condition"]
-        ae = ctx.networks["autoencoder"]
+        ae = cast(ConditionalAutoencoder, ctx.networks["autoencoder"])
         disc = ctx.networks.get("discriminator")
         adv = PatchAdversarialLoss(criterion="least_squares")
         adv_on = disc is not None and ctx.step >= c.adv_warmup_steps
         maps = condition_maps(one_hots(cond, c.num_classes), x.shape[2:]).to(x)
+        guide = ctx.networks.get("guide")
+        guide_on = guide is not None and ctx.step >= c.guide_warmup_steps
+        cf: torch.Tensor | None = None  # the counterfactual decodes and their conditions
+        cf_maps: torch.Tensor | None = None
         ae.train()
         with ctx.autocast():
-            recon, z_mu, z_sigma = ae(x, cond)
+            mu, sigma = ae.encode(x)
+            z = cast(Any, ae.autoencoder).sampling(mu, sigma)
+            recon = ae.decode(z, one_hots(cond, c.num_classes))
             logs: dict[str, torch.Tensor] = {
                 "l1": torch.mean(torch.abs(recon.float() - x.float())),
-                "kl": kl_divergence(z_mu.float(), z_sigma.float()),
+                "kl": kl_divergence(mu.float(), sigma.float()),
             }
             loss_g = c.l1_weight * logs["l1"] + c.kl_weight * logs["kl"]
+            if guide_on and guide is not None:
+                # the conditions of another image of the batch (a random permutation keeps the
+                # joint distribution of the conditions)
+                cf_cond = cond[torch.randperm(len(cond)).to(cond.device)]
+                cf = ae.decode(z, one_hots(cf_cond, c.num_classes))
+                cf_maps = condition_maps(one_hots(cf_cond, c.num_classes), x.shape[2:]).to(x)
+                guide.eval()  # its batch statistics stay those of real images
+                logs["guide_recon"] = self._guide_loss(guide, recon, cond)
+                logs["guide_cf"] = self._guide_loss(guide, cf, cf_cond)
+                loss_g = loss_g + c.guide_weight * (logs["guide_recon"] + logs["guide_cf"])
             if adv_on and disc is not None:
                 fake = torch.cat([recon, maps.to(recon.dtype)], dim=1)
                 logs["adv"] = adv(disc(fake)[-1], target_is_real=True, for_discriminator=False)
+                if cf is not None and cf_maps is not None:
+                    fake_cf = torch.cat([cf, cf_maps.to(cf.dtype)], dim=1)
+                    logs["adv"] = 0.5 * (
+                        logs["adv"]
+                        + adv(disc(fake_cf)[-1], target_is_real=True, for_discriminator=False)
+                    )
                 loss_g = loss_g + c.adv_weight * logs["adv"]
         ctx.backward(loss_g, "autoencoder")
         logs["loss_g"] = loss_g
@@ -316,11 +438,26 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
             with ctx.autocast():
                 real = torch.cat([x, maps], dim=1)
                 fake = torch.cat([recon.detach(), maps.to(recon.dtype)], dim=1)
+                loss_fake = adv(disc(fake)[-1], target_is_real=False, for_discriminator=True)
+                if cf is not None and cf_maps is not None:
+                    fake_cf = torch.cat([cf.detach(), cf_maps.to(cf.dtype)], dim=1)
+                    loss_fake = 0.5 * (
+                        loss_fake
+                        + adv(disc(fake_cf)[-1], target_is_real=False, for_discriminator=True)
+                    )
                 logs["loss_d"] = 0.5 * (
-                    adv(disc(real)[-1], target_is_real=True, for_discriminator=True)
-                    + adv(disc(fake)[-1], target_is_real=False, for_discriminator=True)
+                    adv(disc(real)[-1], target_is_real=True, for_discriminator=True) + loss_fake
                 )
             ctx.backward(logs["loss_d"], "discriminator")
+        if guide is not None:
+            # the guide learns the conditions from real images only (left-right flips: the
+            # anatomy, lesions and conditions do not change with them)
+            flip = (torch.rand(len(x)) < 0.5).to(x.device).view(-1, *([1] * (x.ndim - 1)))
+            guide.train()
+            with ctx.autocast():
+                xg = self._noisy(torch.where(flip, x.flip(-1), x))
+                logs["guide"] = self._guide_loss(guide, xg, cond, noisy=False)
+            ctx.backward(logs["guide"], "guide")
         return {k: v.detach() for k, v in logs.items()}
 
 
