@@ -27,9 +27,10 @@ On the demo cohort (simulated into ``--out/cohort`` unless ``--cohort``), images
 ``--image-size`` (64x64), one process, ``--threads`` torch threads:
 
   1. pretraining on the ``train`` split's images, labels ignored, ``--pretrain-budget`` seconds
-     each: ``pretrain(method="mae", model=--mae-model)`` (default ``--vit-model``; a ViT on a
-     convolutional stem, such as ``vit_hybrid``, is refused up front: see :func:`mae_problem`)
-     and ``pretrain(method="contrastive", model=--cnn-model)``;
+     each: ``pretrain(method=--vit-method, model=--mae-model)`` (default ``mae`` and
+     ``--vit-model``; MAE on a ViT with a convolutional stem, such as ``vit_hybrid``, is refused
+     up front: see :func:`mae_problem`; ``--vit-method contrastive`` pretrains it with SimCLR
+     instead) and ``pretrain(method="contrastive", model=--cnn-model)``;
   2. rows, each trained for ``--budget`` seconds (``time_budget_s``; ``patience=None``, the best
      validation epoch kept, seed ``--seed``; learning rate, augmentation and schedule: the model's
      training recipe unless ``--vit-lr``/``--cnn-lr``/``--*-train-kwargs``): ``densenet121``, the
@@ -37,7 +38,9 @@ On the demo cohort (simulated into ``--out/cohort`` unless ``--cohort``), images
      differs, the MAE ViT fine-tuned from MAE (``init=``), the CNN fine-tuned from contrastive.
      For each: test AUC with a bootstrap percentile CI (images resampled), AUC per sex, wall time,
      epochs and steps, and the pointing game per sex with its random-map baseline from
-     ``medgen.audit.explanations(clf, cohort, --mask-column, method="auto", split="test")``;
+     ``medgen.audit.explanations(clf, cohort, --mask-column, method=--explain-method,
+     split="test")`` (default ``auto``: GradCAM / rollout; ``occlusion`` localises the demo's
+     small lesions where GradCAM's 2x2 map at 64x64 cannot, docs/explanations.md);
   3. label efficiency: the ``train`` split subsampled by subject (stratified by the subject's
      label, seed ``--seed``) to each of ``--fractions``, pretrained vs from scratch for each of
      ``--pairs`` (``vit``: --mae-model scratch vs MAE; ``cnn``: --cnn-model scratch vs contrastive); the
@@ -216,7 +219,8 @@ def suite_rows(args: argparse.Namespace) -> list[Row]:
     mae = mae_model(args)
     if mae != args.vit_model:  # the MAE pair needs its own from-scratch row
         rows.append(Row(f"{mae} (scratch)", mae))
-    rows.append(Row(f"{mae} + MAE", mae, "mae"))
+    vm = args.vit_method
+    rows.append(Row(f"{mae} + {METHOD_LABEL[vm]}", mae, vm))
     rows.append(
         Row(f"{args.cnn_model} + {METHOD_LABEL['contrastive']}", args.cnn_model, "contrastive")
     )
@@ -231,7 +235,7 @@ def mae_model(args: argparse.Namespace) -> str:
 def label_rows(args: argparse.Namespace) -> list[Row]:
     """The label-efficiency rows below 100 %: for each pair and fraction, scratch then pretrained."""
     pairs = {
-        "vit": (mae_model(args), "mae"),
+        "vit": (mae_model(args), args.vit_method),
         "cnn": (args.cnn_model, "contrastive"),
     }
     out = []
@@ -316,7 +320,7 @@ def auc_ci(
 
 
 def fit_row(
-    row: Row, cohort: Any, args: argparse.Namespace, inits: dict[str, Path]
+    row: Row, cohort: Any, args: argparse.Namespace, inits: dict[tuple[str, str], Path]
 ) -> tuple[dict[str, Any], Any]:
     """Train one row for ``--budget`` seconds and score it on the test split."""
     import math
@@ -346,7 +350,7 @@ def fit_row(
         seed=args.seed,
         progress=False,
         device="cpu",
-        init=inits[row.init] if row.init else None,
+        init=inits[(row.init, row.model)] if row.init else None,
         **kwargs,
     )
     wall = time.perf_counter() - t
@@ -394,7 +398,7 @@ def pointing(clf: Any, cohort: Any, args: argparse.Namespace) -> tuple[dict[str,
             clf,
             cohort,
             args.mask_column,
-            method="auto",
+            method=args.explain_method,
             by=("sex",),
             split="test",
             n_boot=args.n_boot,
@@ -506,7 +510,8 @@ def run_suite(args: argparse.Namespace) -> None:
     print(
         f"CPU budget: {args.budget:.0f} s of training per row ({est['n_train']:.0f} trainings: "
         f"{len(main_rows)} rows + {len(extra_rows)} label-efficiency), "
-        f"{args.pretrain_budget:.0f} s per pretraining (MAE {mae_model(args)}, "
+        f"{args.pretrain_budget:.0f} s per pretraining ({METHOD_LABEL[args.vit_method]} "
+        f"{mae_model(args)}, "
         f"contrastive {args.cnn_model}), each on {args.threads} thread(s)"
     )
     print(
@@ -534,9 +539,16 @@ def run_suite(args: argparse.Namespace) -> None:
     print(f"cohort: {co.splits}", flush=True)
 
     print("\n## pretraining on the train split's images (labels ignored)")
-    inits: dict[str, Path] = {}
+    inits: dict[tuple[str, str], Path] = {}
     pre_rows = []
-    for method, model in (("mae", mae_model(args)), ("contrastive", args.cnn_model)):
+    plan = [(args.vit_method, mae_model(args)), ("contrastive", args.cnn_model)]
+    earlier = _earlier_pretraining(out) if args.reuse_pretrain else {}
+    for method, model in dict.fromkeys(plan):  # once each (a ViT and a CNN may share one)
+        if (method, model) in earlier:
+            inits[(method, model)] = out / f"pretrain_{method}_{model}"
+            pre_rows.append({**earlier[(method, model)], "reused": True})
+            print(f"{method:<12} {model:<12} reused from {inits[(method, model)]}", flush=True)
+            continue
         t = time.perf_counter()
         why = mae_problem(model, args.image_size) if method == "mae" else None
         if why is not None:
@@ -547,7 +559,7 @@ def run_suite(args: argparse.Namespace) -> None:
                 co,
                 method=method,
                 model=model,
-                out_dir=out / f"pretrain_{method}",
+                out_dir=out / f"pretrain_{method}_{model}",
                 overwrite=True,
                 image_size=(args.image_size, args.image_size),
                 epochs=args.epochs,
@@ -560,7 +572,7 @@ def run_suite(args: argparse.Namespace) -> None:
         except Exception as err:  # report it and go on with the other rows
             print(f"{method:<12} {model:<12} FAILED: {type(err).__name__}: {err}", flush=True)
             continue
-        inits[method] = out / f"pretrain_{method}"
+        inits[(method, model)] = out / f"pretrain_{method}_{model}"
         m = res.metrics
         steps = int(res.history["steps"].sum()) if res.history is not None else 0
         pre_rows.append(
@@ -670,8 +682,24 @@ def run_suite(args: argparse.Namespace) -> None:
     print(f"\nsuite wall time {(time.perf_counter() - t_all) / 60:.1f} min; CSVs in {out}")
 
 
-def _runnable(row: Row, inits: dict[str, Path]) -> bool:
-    if row.init is None or row.init in inits:
+def _earlier_pretraining(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """``--reuse-pretrain``: the finished pretraining runs of an earlier suite run in ``out``
+    (a ``run_complete.json`` and a row of ``suite_pretrain.csv``), by (method, model)."""
+    import pandas as pd
+
+    table = out / "suite_pretrain.csv"
+    if not table.is_file():
+        return {}
+    found = {}
+    for row in pd.read_csv(table).to_dict("records"):
+        key = (str(row["method"]), str(row["model"]))
+        if (out / f"pretrain_{key[0]}_{key[1]}" / "run_complete.json").is_file():
+            found[key] = {k: v for k, v in row.items() if k != "reused"}
+    return found
+
+
+def _runnable(row: Row, inits: dict[tuple[str, str], Path]) -> bool:
+    if row.init is None or (row.init, row.model) in inits:
         return True
     print(
         f"{row.name:<26} skipped: no {row.init} pretraining (skipped or failed above)", flush=True
@@ -683,7 +711,7 @@ def _pair_keys(args: argparse.Namespace) -> set[tuple[str, str]]:
     keys = set()
     for pair in _csv(args.pairs):
         model, method = (
-            (mae_model(args), "mae") if pair == "vit" else (args.cnn_model, "contrastive")
+            (mae_model(args), args.vit_method) if pair == "vit" else (args.cnn_model, "contrastive")
         )
         keys |= {(model, "scratch"), (model, method)}
     return keys
@@ -729,7 +757,7 @@ def _targets(
     def auc(model: str, init: str) -> float:
         return float(by_key.get((model, init), {}).get("test_auc", nan))
 
-    vit_s, vit_p = auc(args.vit_model, "scratch"), auc(mae_model(args), "mae")
+    vit_s, vit_p = auc(args.vit_model, "scratch"), auc(mae_model(args), args.vit_method)
     dn121 = auc("densenet121", "scratch")
     rows = []
     if memory is not None:
@@ -762,11 +790,16 @@ def _targets(
         )
     )
     rows.append(
-        (f"{mae_model(args)} + MAE: test AUC", vit_p, ">= 0.90", vit_p >= TARGETS["vit_pretrained"])
+        (
+            f"{mae_model(args)} + {METHOD_LABEL[args.vit_method]}: test AUC",
+            vit_p,
+            ">= 0.90",
+            vit_p >= TARGETS["vit_pretrained"],
+        )
     )
     rows.append(
         (
-            "densenet121 - (ViT + MAE) test AUC",
+            f"densenet121 - (ViT + {METHOD_LABEL[args.vit_method]}) test AUC",
             dn121 - vit_p,
             "<= 0.03",
             dn121 - vit_p <= TARGETS["vit_vs_densenet121"],
@@ -824,13 +857,25 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("--seed", type=int, default=0)
     su.add_argument("--pretrain-budget", type=float, default=240.0, help="seconds per pretraining")
     su.add_argument("--pretrain-batch", type=int, default=32)
+    su.add_argument(
+        "--reuse-pretrain",
+        action="store_true",
+        help="reuse finished pretraining runs of an earlier suite run in --out",
+    )
     su.add_argument("--baselines", default="densenet121,densenet", help="CNNs from scratch")
     su.add_argument("--vit-model", default="vit", help="ViT from scratch (and MAE's default)")
     su.add_argument(
         "--mae-model",
         default=None,
-        help="ViT pretrained by MAE (default: --vit-model); "
+        help="ViT pretrained by --vit-method (default: --vit-model); "
         "when it differs, its own from-scratch row is added (the label-efficiency pair)",
+    )
+    su.add_argument(
+        "--vit-method",
+        choices=("mae", "contrastive"),
+        default="mae",
+        help="how the pretrained ViT row is pretrained (contrastive: e.g. vit_hybrid, which MAE "
+        "refuses)",
     )
     su.add_argument("--cnn-model", default="densenet", help="CNN: after contrastive pretraining")
     su.add_argument("--vit-lr", type=float, default=None, help="default: the model's recipe")
@@ -840,6 +885,12 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("--pairs", default="vit,cnn", help="label-efficiency pairs: vit, cnn or both")
     su.add_argument("--fractions", default="0.1,0.25,1", help="shares of the training labels")
     su.add_argument("--mask-column", default="mask_path")
+    su.add_argument(
+        "--explain-method",
+        default="auto",
+        choices=("auto", "gradcam", "rollout", "occlusion"),
+        help="explanation method of the pointing game (auto: GradCAM for CNNs, rollout for ViTs)",
+    )
     su.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (AUC, pointing)")
     su.add_argument("--memory", action="store_true", help="run classify_memory's disk-cache rows")
     su.add_argument("--memory-sizes", type=int, nargs=2, default=[2000, 20000])

@@ -144,6 +144,8 @@ def train(args: argparse.Namespace, kind: str, manifest: Path, size: tuple[int, 
         extra["autoencoder_steps"] = plan["autoencoder_steps"]
         epochs = plan["epochs"]
         info.update(plan)
+    if args.adv_weight is not None and kind != "ldm":
+        extra["adv_weight"] = args.adv_weight
     if kind == GUIDED:
         extra["guide_weight"] = args.guide_weight
         if args.guide_conditions:
@@ -417,6 +419,12 @@ def main() -> None:
     )
     ap.add_argument(
         "--guide-weight", type=float, default=0.1, help=f"{GUIDED}: the classifier guidance"
+    )
+    ap.add_argument(
+        "--adv-weight",
+        type=float,
+        default=None,
+        help="the VAE-GANs' adversarial weight (default: the model's, 0.05)",
     )
     ap.add_argument(
         "--guide-conditions",
