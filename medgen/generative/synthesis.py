@@ -490,10 +490,10 @@ class Synthesizer(GenerativeModel):
                 **common,
                 image_size=tuple(o["image_size"]),
                 num_classes=self._num_classes(),
-                guide_weight=o.get("guide_weight", 0.0),
-                guide_warmup_steps=o.get("guide_warmup_steps", 200),
+                guide_weight=o["guide_weight"],
+                guide_warmup_steps=o["guide_warmup_steps"],
                 guide_conditions=tuple(
-                    self.conditions.index(g) for g in o.get("guide_conditions") or []
+                    self.conditions.index(g) for g in o["guide_conditions"] or []
                 ),
                 **weights,
             )

@@ -456,7 +456,6 @@ class Translator(GenerativeModel):
         self.cyclegan_options = dict(cyclegan or {})
         self.pix2pix_options = dict(pix2pix or {})
         self._nets: dict[str, nn.Module] = {}
-        self._masks: list[np.ndarray] | None = None  # pix2pix lesion masks during a fit
         if model == "pix2pix":
             from medgen.generative.objectives.paired import build_pix2pix_networks
 
@@ -654,11 +653,10 @@ class Translator(GenerativeModel):
         if not isinstance(cohort, Cohort):
             cohort = Cohort.from_manifest(cohort)
         if run_dir is None or self.model not in LEARNED:
-            a, b, paths = self._training_images(cohort)
+            a, b, paths, masks = self._training_images(cohort)
             self.fit_images(
-                a, b, config=config, progress=progress, _target_paths=paths, _masks=self._masks
+                a, b, config=config, progress=progress, _target_paths=paths, _masks=masks
             )
-            self._masks = None
             if run_dir is not None:
                 self.save(run_dir, overwrite=overwrite)
             return self
@@ -668,7 +666,7 @@ class Translator(GenerativeModel):
         rd = Path(run_dir).expanduser()
         what = "translator training run"
         check_training(rd, resume=resume, overwrite=overwrite, what=what)
-        a, b, paths = self._training_images(cohort)
+        a, b, paths, masks = self._training_images(cohort)
         with run_lock(rd, what=what, owned=OWNED):
 
             def prepare() -> None:
@@ -680,25 +678,22 @@ class Translator(GenerativeModel):
             run = {"run_dir": rd, "resume": resume, "prepare": None if early else prepare}
             self.fit_images(
                 a, b, config=config, progress=progress, _target_paths=paths, _run=run,
-                _masks=self._masks,
+                _masks=masks,
             )  # fmt: skip
-            self._masks = None
             self._write_model(rd)  # weights, config.json, then run_complete.json
         return self
 
     def _training_images(
         self, cohort: Any
-    ) -> tuple[list[np.ndarray], list[np.ndarray], list[str] | None]:
-        """``(source images, target images, target paths)`` that :meth:`fit` trains on: the
-        selected factual training rows, or pix2pix's aligned pairs (with ``lesion_weight`` > 0
-        their lesion masks go to ``self._masks``)."""
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[str] | None, list[np.ndarray] | None]:
+        """``(source images, target images, target paths, lesion masks)`` that :meth:`fit`
+        trains on: the selected factual training rows, or pix2pix's aligned pairs (with their
+        lesion masks when ``lesion_weight`` > 0, else ``None``)."""
         from medgen.generative._restorer import load_images
 
-        self._masks = None
         if self.model == "pix2pix":
             pa, pb, masks = self._pairs(cohort)
-            self._masks = masks
-            return pa, pb, None
+            return pa, pb, None, masks
         src = self._rows(cohort, self.source, "source")
         tgt = self._rows(cohort, self.target, "target")
         shared = sorted(set(src.image_ids) & set(tgt.image_ids))
@@ -709,7 +704,7 @@ class Translator(GenerativeModel):
             )
         a = [arr for _, arr, _ in load_images(src)]
         b = [arr for _, arr, _ in load_images(tgt)]
-        return a, b, [str(p) for p in tgt.paths]
+        return a, b, [str(p) for p in tgt.paths], None
 
     def _pairs(
         self, cohort: Any

@@ -246,18 +246,22 @@ class ConditionalVAEGANConfig(AutoencoderConfig):
 
 
 def build_guide(spatial_dims: int, num_classes: Sequence[int]) -> nn.Module:
-    """The guide classifier of the conditional VAE-GAN: a small MONAI ``DenseNet`` (16 initial
-    features, growth 8, blocks (2, 2, 2)) with ``sum(num_classes)`` logits, one group of
-    ``V_k`` per condition (:func:`split_logits`)."""
+    """The guide classifier of the conditional VAE-GAN: the small MONAI ``DenseNet`` of
+    :meth:`Synthesizer.evaluate`'s classifier (``CLASSIFIER_DENSENET``: 16 initial features,
+    growth 8, blocks (2, 2, 2)) with ``sum(num_classes)`` logits, one group of ``V_k`` per
+    condition (:func:`guide_loss`)."""
     from monai.networks.nets import DenseNet
 
+    from medgen.generative._synth_eval import CLASSIFIER_DENSENET
+
+    init_features, growth_rate, blocks = CLASSIFIER_DENSENET
     return DenseNet(
         spatial_dims=spatial_dims,
         in_channels=1,
         out_channels=sum(int(v) for v in num_classes),
-        init_features=16,
-        growth_rate=8,
-        block_config=(2, 2, 2),
+        init_features=init_features,
+        growth_rate=growth_rate,
+        block_config=blocks,
     )
 
 
@@ -371,14 +375,12 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
             "condition": torch.from_numpy(self.conditions[idx].copy()),
         }
 
-    def _guide_loss(
-        self, guide: nn.Module, x: torch.Tensor, cond: torch.Tensor, *, noisy: bool = True
-    ) -> torch.Tensor:
-        """:func:`guide_loss` of the guide on ``x`` (noised first unless ``noisy=False``)
-        against the guided columns of ``cond``."""
+    def _guide_loss(self, guide: nn.Module, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """:func:`guide_loss` of the guide on ``x`` plus ``guide_noise`` Gaussian noise against
+        the guided columns of ``cond``."""
         c = self.config
         k = list(c.guided)
-        logits = guide(self._noisy(x) if noisy else x)
+        logits = guide(self._noisy(x))
         return guide_loss(logits, cond[:, k], [c.num_classes[i] for i in k])
 
     def _noisy(self, x: torch.Tensor) -> torch.Tensor:
@@ -455,8 +457,7 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
             flip = (torch.rand(len(x)) < 0.5).to(x.device).view(-1, *([1] * (x.ndim - 1)))
             guide.train()
             with ctx.autocast():
-                xg = self._noisy(torch.where(flip, x.flip(-1), x))
-                logs["guide"] = self._guide_loss(guide, xg, cond, noisy=False)
+                logs["guide"] = self._guide_loss(guide, torch.where(flip, x.flip(-1), x), cond)
             ctx.backward(logs["guide"], "guide")
         return {k: v.detach() for k, v in logs.items()}
 
