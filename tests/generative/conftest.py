@@ -15,6 +15,26 @@ import torch
 WriteCohort = Callable[..., Path]
 #: ``run_tensors(engine_result)``: every network's and EMA copy's tensors by name
 RunTensors = Callable[[Any], dict[str, torch.Tensor]]
+#: ``simulate_counterfactual(name, n_subjects, counterfactual)``: the manifest path
+SimulateCounterfactual = Callable[[str, int, Sequence[str]], Path]
+
+
+@pytest.fixture(scope="session")
+def simulate_counterfactual(tmp_path_factory: pytest.TempPathFactory) -> SimulateCounterfactual:
+    """Simulates the ``tiny`` preset with ``n_subjects`` subjects (seed 0) into a new folder
+    named after ``name``, every subject also rendered at the other values of each attribute of
+    ``counterfactual``; returns the manifest path."""
+    from medgen.simulate import preset, simulate
+
+    def run(name: str, n_subjects: int, counterfactual: Sequence[str]) -> Path:
+        cfg = preset("tiny")
+        cfg.population.n_subjects = n_subjects
+        out = tmp_path_factory.mktemp(name)
+        return Path(
+            simulate(cfg, out, seed=0, progress=False, counterfactual=tuple(counterfactual))
+        )
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,13 +15,8 @@ from medgen.errors import MedgenValueError
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from medgen.simulate import preset, simulate
-
-    cfg = preset("tiny")
-    cfg.population.n_subjects = 24
-    out = tmp_path_factory.mktemp("tiny_cf")
-    return simulate(cfg, out, seed=0, progress=False, counterfactual=("site",))
+def manifest(simulate_counterfactual: Any) -> Path:
+    return simulate_counterfactual("tiny_cf", 24, ("site",))
 
 
 def _train(manifest: Path, out: Path, *extra: str) -> object:

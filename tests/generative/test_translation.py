@@ -25,16 +25,10 @@ TINY_CYCLEGAN: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def cohort(simulate_counterfactual: Any) -> Any:
     from medgen.cohort import Cohort
-    from medgen.simulate import preset, simulate
 
-    cfg = preset("tiny")
-    cfg.population.n_subjects = 40
-    out = tmp_path_factory.mktemp("tiny_cf")
-    return Cohort.from_manifest(
-        simulate(cfg, out, seed=0, progress=False, counterfactual=("site",))
-    )
+    return Cohort.from_manifest(simulate_counterfactual("tiny_cf", 40, ("site",)))
 
 
 @pytest.fixture(scope="module")

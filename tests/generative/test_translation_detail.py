@@ -22,16 +22,10 @@ ENGINE: dict[str, Any] = {"epochs": 2, "steps_per_epoch": 5, "batch_size": 4, "d
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def cohort(simulate_counterfactual: Any) -> Any:
     from medgen.cohort import Cohort
-    from medgen.simulate import preset, simulate
 
-    cfg = preset("tiny")
-    cfg.population.n_subjects = 16
-    out = tmp_path_factory.mktemp("tiny_cf_site")
-    return Cohort.from_manifest(
-        simulate(cfg, out, seed=0, progress=False, counterfactual=("site",))
-    )
+    return Cohort.from_manifest(simulate_counterfactual("tiny_cf_site", 16, ("site",)))
 
 
 def _fit(cohort: Any, engine: dict[str, Any] = ENGINE, **options: Any) -> Translator:

@@ -25,16 +25,10 @@ ENGINE: dict[str, Any] = {"epochs": 2, "steps_per_epoch": 10, "batch_size": 4, "
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def cohort(simulate_counterfactual: Any) -> Any:
     from medgen.cohort import Cohort
-    from medgen.simulate import preset, simulate
 
-    cfg = preset("tiny")
-    cfg.population.n_subjects = 40
-    out = tmp_path_factory.mktemp("tiny_cf_sev")
-    return Cohort.from_manifest(
-        simulate(cfg, out, seed=0, progress=False, counterfactual=("site", "severity"))
-    )
+    return Cohort.from_manifest(simulate_counterfactual("tiny_cf_sev", 40, ("site", "severity")))
 
 
 @pytest.fixture(scope="module")
