@@ -390,7 +390,8 @@ def run_pretrained(args: argparse.Namespace) -> None:
     band = (int(args.train_band[0]), int(args.train_band[1]))
     slices = test_images(band)
     volumes = test_volumes(band)
-    settings, sr_settings = list(DENOISE_SETTINGS), list(SR_SETTINGS)
+    settings = [] if args.skip_denoise else list(DENOISE_SETTINGS)
+    sr_settings = [] if args.skip_sr else list(SR_SETTINGS)
     if args.quick:
         keep = {"example4d_z8", "MR_small", "CT_small", f"mni_z{band[0] - 25}"}
         slices = [s for s in slices if s[0] in keep]
@@ -541,9 +542,12 @@ def run_pretrained(args: argparse.Namespace) -> None:
     targets = _targets(den_rows, sr_rows, settings, sr_settings, ref_den)
     print("== targets ==")
     print(targets.astype(object).where(targets.notna(), "").to_string(index=False))
-    den = pd.concat(den_rows, ignore_index=True)
-    den.to_csv(out / "pretrained_denoise_per_image.csv", index=False)
-    pd.concat(sr_rows, ignore_index=True).to_csv(out / "pretrained_sr_per_image.csv", index=False)
+    if den_rows:
+        den = pd.concat(den_rows, ignore_index=True)
+        den.to_csv(out / "pretrained_denoise_per_image.csv", index=False)
+    if sr_rows:
+        sr_table = pd.concat(sr_rows, ignore_index=True)
+        sr_table.to_csv(out / "pretrained_sr_per_image.csv", index=False)
     pd.concat(summaries, ignore_index=True).to_csv(out / "pretrained_summary.csv", index=False)
     pd.concat(by_source, ignore_index=True).to_csv(out / "pretrained_by_source.csv", index=False)
     targets.to_csv(out / "pretrained_targets.csv", index=False)
@@ -730,6 +734,11 @@ def main() -> None:
         help="no U-Net vs VAE comparison: the U-Net trains --denoise-budget s in one go",
     )
     ap.add_argument("--skip-sr", action="store_true", help="no super-resolution part")
+    ap.add_argument(
+        "--skip-denoise",
+        action="store_true",
+        help="--pretrained: no denoising part (with --skip-scratch: the SR rows only)",
+    )
     ap.add_argument(
         "--evaluate-only",
         action="store_true",

@@ -467,7 +467,7 @@ def register(app: typer.Typer) -> None:
         output: Annotated[Path, typer.Option("-o", "--output", help="run folder to write")],
         scale: Annotated[int | None, _net_option("2 or 4", "2")] = None,
         axes: Annotated[
-            str | None, _net_option("inplane | through (thick slices, 3D)", "inplane")
+            str | None, _net_option("inplane | through (thick slices along Z)", "inplane")
         ] = None,
         model: Annotated[str | None, _net_option("unet | vae", "unet")] = None,
         spatial_dims: Annotated[int | None, _net_option("2 (slices) or 3 (patches)", "2")] = None,

@@ -588,14 +588,15 @@ class Restorer(GenerativeModel):
             return RestorationOutput(image=self._restore(batch))
         plane = (2, 3)  # the first two spatial axes
         total = torch.zeros((batch.shape[0], 1, *batch.shape[2:]), dtype=torch.float32)
-        for k in range(4):
+        ks = self._ensemble_rotations()
+        for k in ks:
             for flip in (False, True):
                 x = torch.rot90(batch, k, dims=plane)
                 x = torch.flip(x, dims=(3,)) if flip else x
                 y = self._restore(x)
                 y = torch.flip(y, dims=(3,)) if flip else y
                 total += torch.rot90(y, -k, dims=plane)
-        return RestorationOutput(image=total / 8)
+        return RestorationOutput(image=total / (2 * len(ks)))
 
     def _restore(self, batch: torch.Tensor) -> torch.Tensor:
         import torch
@@ -636,8 +637,17 @@ class Restorer(GenerativeModel):
         """Input image (X, Y[, Z]) -> network-grid image in input units (e.g. upsampled)."""
         return arr
 
-    def _output_affine(self, affine: np.ndarray) -> np.ndarray:
+    def _output_affine(self, affine: np.ndarray, ndim: int) -> np.ndarray:
+        """The output grid's affine for an input of ``ndim`` spatial axes with ``affine``."""
         return affine
+
+    def _plane_axes(self) -> tuple[int, ...]:
+        """The axes a 2D model slices a volume along (the outputs of several are averaged)."""
+        return (2,)
+
+    def _ensemble_rotations(self) -> tuple[int, ...]:
+        """Self-ensemble: the in-plane rotations (quarter turns), each also flipped."""
+        return (0, 1, 2, 3)
 
     def apply(
         self,
@@ -653,7 +663,8 @@ class Restorer(GenerativeModel):
             image: a one-channel MetaTensor ``(1, X, Y[, Z])`` (from :func:`medgen.io.load`), or
                 an array/tensor ``(X, Y)`` / ``(X, Y, Z)``.
             slices: let a 2D model (``spatial_dims=2``) restore a volume slice by slice along
-                its last axis (Z). Volumes of one slice need no flag.
+                its last axis (Z). Volumes of one slice need no flag, nor does a 2D through-plane
+                super-resolver, which restores a volume's (Y, Z) and (X, Z) planes.
             sigma: noise s.d. in the image's units, for denoisers with a noise-level map
                 (``Denoiser(noise_map=True)``); estimated from the image when ``None``.
             batch_size: slices per forward pass.
@@ -675,7 +686,14 @@ class Restorer(GenerativeModel):
                 f"apply: this model is 3D (spatial_dims=3) but the image has shape {arr.shape}; "
                 "use a 2D model for 2D images."
             )
-        if self.config.spatial_dims == 2 and arr.ndim == 3 and arr.shape[-1] > 1 and not slices:
+        planes = self._plane_axes()
+        if (
+            self.config.spatial_dims == 2
+            and arr.ndim == 3
+            and arr.shape[-1] > 1
+            and not slices
+            and planes == (2,)
+        ):
             raise MedgenValueError(
                 f"apply: this model is 2D but the image is a volume of shape {arr.shape}; pass "
                 "slices=True to restore it slice by slice along the last axis (Z), or use a 3D "
@@ -693,11 +711,14 @@ class Restorer(GenerativeModel):
             return torch.cat([t, torch.full_like(t, level)], dim=1)
 
         if self.config.spatial_dims == 2 and x.ndim == 3:
-            stack = np.moveaxis(x, -1, 0)[:, None]
-            outs = []
-            for i in range(0, stack.shape[0], batch_size):
-                outs.append(self(net_input(stack[i : i + batch_size])).image.numpy())
-            y = np.moveaxis(np.concatenate(outs)[:, 0], 0, -1)
+            results = []
+            for ax in planes:  # slice by slice along each axis; the results averaged
+                stack = np.moveaxis(x, ax, 0)[:, None]
+                outs = []
+                for i in range(0, stack.shape[0], batch_size):
+                    outs.append(self(net_input(stack[i : i + batch_size])).image.numpy())
+                results.append(np.moveaxis(np.concatenate(outs)[:, 0], 0, ax))
+            y = results[0] if len(results) == 1 else np.asarray(np.mean(results, axis=0), np.float32)
         else:
             y = self(net_input(x[None, None])).image.numpy()[0, 0]
         y = (y * (hi - lo) + lo).astype(np.float32)
@@ -707,7 +728,7 @@ class Restorer(GenerativeModel):
             return torch.from_numpy(y)
         from monai.data import MetaTensor
 
-        new_aff = self._output_affine(affine) if affine is not None else None
+        new_aff = self._output_affine(affine, arr.ndim) if affine is not None else None
         meta = dict(getattr(image, "meta", {}) or {})
         if new_aff is not None:
             meta["spacing"] = tuple(float(v) for v in np.linalg.norm(new_aff[:3, :3], axis=0))

@@ -3,7 +3,14 @@
 The process: a clean image is down-sampled by block averaging (:func:`medgen.simulate.degrade`,
 ``downsample=`` in plane or ``slice_thickness=`` through plane), interpolated back to the fine
 grid (bicubic in 2D, trilinear in 3D: the classical baseline, :func:`~medgen.generative.baselines.upsample`),
-and the generator learns the residual between that interpolation and the truth. At inference the
+and the generator learns the residual between that interpolation and the truth.
+
+Through plane there are two models. A 3D model (``spatial_dims=3``) refines the trilinear
+interpolation of the whole volume. A 2D model (``spatial_dims=2``) works on the planes that
+contain Z: it trains on (X, Z) and (Y, Z) planes, and on any 2D image with one of its axes
+treated as Z (block-averaged along it), and refines the cubic B-spline interpolation along Z
+(the ``cubic_z`` baseline, :func:`~medgen.generative.quality.upsample_z`). On a volume it
+restores every (Y, Z) plane and every (X, Z) plane and averages the two results. At inference the
 output lies on the fine grid: its affine has voxel sizes divided by the factor, with the origin
 moved so that the fine voxels tile the coarse ones exactly (voxel centres at
 ``(i + 0.5) / f - 0.5`` in coarse index units).
@@ -62,7 +69,7 @@ class SuperResolver(Restorer):
     Args:
         scale: 2 or 4.
         axes: ``"inplane"`` (axes X and Y; 2D or 3D models) or ``"through"`` (axis Z: thick
-            slices; needs ``spatial_dims=3``).
+            slices; a 3D model, or a 2D model of the planes that contain Z).
         model, spatial_dims, channels, patch_size, discriminator_channels, self_ensemble,
             model_kwargs: as
             for :class:`~medgen.generative.Denoiser`. ``patch_size`` is on the fine grid and must
@@ -91,11 +98,6 @@ class SuperResolver(Restorer):
             raise ConfigError(f"scale must be one of {SCALES}, not {scale!r}.")
         if axes not in AXES:
             raise ConfigError(f"axes must be one of {AXES}, not {axes!r}.")
-        if axes == "through" and spatial_dims != 3:
-            raise ConfigError(
-                "axes='through' (thick-slice super-resolution) needs spatial_dims=3: the model "
-                "must see neighbouring slices."
-            )
         if patch_size is None:
             patch_size = default_patch_size(spatial_dims)
         if isinstance(patch_size, int) and patch_size % scale:
@@ -115,10 +117,18 @@ class SuperResolver(Restorer):
         """``"inplane"`` or ``"through"``."""
         return str(self.config.task_options["axes"])
 
+    @property
+    def planar_through(self) -> bool:
+        """A 2D through-plane model: it restores the planes of a volume that contain Z."""
+        return self.axes == "through" and self.config.spatial_dims == 2
+
     def factors(self, ndim: int) -> tuple[int, ...]:
-        """Per-axis factors for an image with ``ndim`` spatial axes."""
+        """Per-axis factors for an image with ``ndim`` spatial axes (a 2D through-plane model's
+        2D images are planes ``(X or Y, Z)``)."""
         f = self.scale
         if self.axes == "through":
+            if ndim == 2 and self.planar_through:
+                return (1, f)
             if ndim != 3:
                 raise MedgenValueError(
                     f"through-plane super-resolution needs a volume (X, Y, Z), not a {ndim}D image."
@@ -144,7 +154,9 @@ class SuperResolver(Restorer):
                     f"not a multiple of the scale {f}; crop it to "
                     f"{arr.shape[ax] - arr.shape[ax] % f} first."
                 )
-        if self.axes == "through":
+        if self.axes == "through" and arr.ndim == 2:  # a plane (X or Y, Z)
+            out = np.asarray(degrade(arr[None], slice_thickness=self.scale, seed=seed).degraded)[0]
+        elif self.axes == "through":
             out = degrade(arr, slice_thickness=self.scale, seed=seed).degraded
         else:
             out = degrade(arr, downsample=self.scale, seed=seed).degraded
@@ -153,21 +165,46 @@ class SuperResolver(Restorer):
     def _prepare(self, arr: np.ndarray) -> np.ndarray:
         from medgen.generative.baselines import upsample
 
+        if self.planar_through:  # cubic B-spline along Z (the cubic_z baseline)
+            from medgen.generative.quality import upsample_z
+
+            vol = arr if arr.ndim == 3 else arr[None]
+            out = upsample_z(vol, self.scale, order=3)
+            return out if arr.ndim == 3 else out[0]
         return upsample(arr, self.factors(arr.ndim))
 
-    def _output_affine(self, affine: np.ndarray) -> np.ndarray:
-        return output_affine(affine, self.factors(3))
+    def _output_affine(self, affine: np.ndarray, ndim: int) -> np.ndarray:
+        fac = self.factors(ndim)
+        return output_affine(affine, (*fac, *(1,) * (3 - len(fac))))
+
+    def _plane_axes(self) -> tuple[int, ...]:
+        return (0, 1) if self.planar_through else (2,)
+
+    def _ensemble_rotations(self) -> tuple[int, ...]:
+        # a plane (X or Y, Z) must keep Z where it is: flips only (rotations by 0 and 180 degrees)
+        return (0, 2) if self.planar_through else (0, 1, 2, 3)
+
+    def _slices(self, arr: np.ndarray) -> list[np.ndarray]:
+        if not (self.planar_through and arr.ndim == 3):
+            return super()._slices(arr)
+        from medgen.generative.objectives._common import foreground_slices
+
+        # the planes that contain Z: (Y, Z) planes along X, then (X, Z) planes along Y
+        return [
+            *foreground_slices(np.moveaxis(arr, 0, -1)),
+            *foreground_slices(np.moveaxis(arr, 1, -1)),
+        ]
 
     def _make_pair(
         self, clean: np.ndarray, degraded: np.ndarray | None, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
-        from medgen.generative.baselines import upsample
-
         if degraded is not None:
             raise ConfigError(
                 "SuperResolver trains on clean images (pairs are made by down-sampling); "
                 "drop the noisy/clean pair columns from the manifest."
             )
+        if self.planar_through and clean.ndim == 2 and rng.random() < 0.5:
+            clean = clean.T  # either axis of a plane or a 2D image plays Z
         fac = self.factors(clean.ndim)
         src = clean
         if clean.ndim == 3:  # a context crop around one patch
@@ -181,7 +218,7 @@ class SuperResolver(Restorer):
                 : clean.shape[1] - clean.shape[1] % fac[1],
             ]
         low = self.downsample(src, seed=rng)
-        up = upsample(low, fac)
+        up = self._prepare(low)
         lo, hi = robust_range(low, self.config.norm_percentiles)
         x = (up - lo) / (hi - lo)
         y = (src - lo) / (hi - lo)

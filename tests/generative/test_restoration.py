@@ -257,8 +257,8 @@ def test_real_pairs_from_a_manifest(tmp_path: Path, mni_slices: np.ndarray) -> N
 def test_superres_geometry_and_errors(mni_slices: np.ndarray) -> None:
     with pytest.raises(ConfigError, match=r"scale must be one of \(2, 4\), not 3"):
         SuperResolver(scale=3)
-    with pytest.raises(ConfigError, match="needs spatial_dims=3"):
-        SuperResolver(axes="through")
+    with pytest.raises(ConfigError, match="axes must be one of"):
+        SuperResolver(axes="z")
     with pytest.raises(ConfigError, match="patch_size=18 must be divisible by scale=4; try 20"):
         SuperResolver(scale=4, patch_size=18)
     sr = SuperResolver(scale=4, **TINY)
