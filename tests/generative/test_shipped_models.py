@@ -18,7 +18,13 @@ from medgen.generative import (
     pretrained_dir,
 )
 
-SHIPPED = {"mri": "denoise", "ct": "denoise", "x2": "superres", "x4": "superres"}
+SHIPPED = {
+    "mri": "denoise",
+    "ct": "denoise",
+    "x2": "superres",
+    "x4": "superres",
+    "through_x4": "superres",
+}
 #: the card's one-image figure is reproduced to this many dB (CPU float32, any thread count)
 CARD_TOLERANCE_DB = 0.05
 
@@ -69,6 +75,14 @@ def test_a_shipped_model_reproduces_its_card_figure(name: str) -> None:
             progress=False,
             **kw,
         )
+    elif name == "through_x4":  # a volume: nibabel's anatomical.nii, its first 24 slices
+        import nibabel as nib
+
+        from medgen.io import load
+
+        path = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
+        vol = np.asarray(load(path)[0])[..., :24]
+        t = evaluate(model, [vol], baselines=[], progress=False)
     else:
         t = evaluate(model, [_pydicom_slice("MR_small.dcm")], baselines=[], progress=False)
     psnr = float(t.loc[t.method == "model", "psnr"].iloc[0])
