@@ -212,6 +212,12 @@ class Row:
 
 def suite_rows(args: argparse.Namespace) -> list[Row]:
     """The main rows (100 % of the labels): baseline CNNs, the ViT pair and the CNN pair."""
+    if getattr(args, "vit_only", False):  # a seed check of the ViT pair
+        mae = mae_model(args)
+        return [
+            Row(f"{mae} (scratch)", mae),
+            Row(f"{mae} + {METHOD_LABEL[args.vit_method]}", mae, args.vit_method),
+        ]
     rows = [Row(m, m) for m in args.baselines.split(",") if m]
     if args.cnn_model not in {r.model for r in rows}:
         rows.append(Row(args.cnn_model, args.cnn_model))
@@ -883,6 +889,11 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("--vit-train-kwargs", default="{}", help="JSON: more train() options, ViTs")
     su.add_argument("--cnn-train-kwargs", default="{}", help="JSON: more train() options, CNNs")
     su.add_argument("--pairs", default="vit,cnn", help="label-efficiency pairs: vit, cnn or both")
+    su.add_argument(
+        "--vit-only",
+        action="store_true",
+        help="only the ViT pair's rows (with --pairs vit: a quicker check of another --seed)",
+    )
     su.add_argument("--fractions", default="0.1,0.25,1", help="shares of the training labels")
     su.add_argument("--mask-column", default="mask_path")
     su.add_argument(
