@@ -718,7 +718,11 @@ class Restorer(GenerativeModel):
                 for i in range(0, stack.shape[0], batch_size):
                     outs.append(self(net_input(stack[i : i + batch_size])).image.numpy())
                 results.append(np.moveaxis(np.concatenate(outs)[:, 0], 0, ax))
-            y = results[0] if len(results) == 1 else np.asarray(np.mean(results, axis=0), np.float32)
+            y = (
+                results[0]
+                if len(results) == 1
+                else np.asarray(np.mean(results, axis=0), np.float32)
+            )
         else:
             y = self(net_input(x[None, None])).image.numpy()[0, 0]
         y = (y * (hi - lo) + lo).astype(np.float32)
