@@ -212,7 +212,7 @@ class Row:
 
 def suite_rows(args: argparse.Namespace) -> list[Row]:
     """The main rows (100 % of the labels): baseline CNNs, the ViT pair and the CNN pair."""
-    if getattr(args, "vit_only", False):  # a seed check of the ViT pair
+    if args.vit_only:  # a seed check of the ViT pair
         mae = mae_model(args)
         return [
             Row(f"{mae} (scratch)", mae),

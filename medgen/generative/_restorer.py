@@ -576,8 +576,10 @@ class Restorer(GenerativeModel):
 
         2D slices up to ``WHOLE_SLICE_MAX_PIXELS`` go through the network whole; larger slices and
         3D volumes through MONAI's sliding-window inference (``patch_size`` windows, Gaussian
-        blending). With ``config.self_ensemble`` the result is the mean over the 8 in-plane
-        rotations and flips of the input (each mapped back).
+        blending). With ``config.self_ensemble`` the result is the mean over the in-plane
+        rotations of :meth:`_ensemble_rotations` (all 4 quarter turns, so 8 passes; 0 and 180
+        degrees for a plane that must keep its axes, 4 passes), each also flipped, every result
+        mapped back.
 
         The output is deterministic (VAEs decode the posterior mean); ``generator`` is accepted
         for the common model signature and unused.
@@ -687,6 +689,8 @@ class Restorer(GenerativeModel):
                 "use a 2D model for 2D images."
             )
         planes = self._plane_axes()
+        # slicing along Z needs the caller's consent (a 2D in-plane model may be the wrong model
+        # for a volume); a model whose planes run along X and Y is a volume model by definition
         if (
             self.config.spatial_dims == 2
             and arr.ndim == 3

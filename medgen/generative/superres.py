@@ -178,11 +178,11 @@ class SuperResolver(Restorer):
         return output_affine(affine, (*fac, *(1,) * (3 - len(fac))))
 
     def _plane_axes(self) -> tuple[int, ...]:
-        return (0, 1) if self.planar_through else (2,)
+        return (0, 1) if self.planar_through else super()._plane_axes()
 
     def _ensemble_rotations(self) -> tuple[int, ...]:
         # a plane (X or Y, Z) must keep Z where it is: flips only (rotations by 0 and 180 degrees)
-        return (0, 2) if self.planar_through else (0, 1, 2, 3)
+        return (0, 2) if self.planar_through else super()._ensemble_rotations()
 
     def _slices(self, arr: np.ndarray) -> list[np.ndarray]:
         if not (self.planar_through and arr.ndim == 3):
