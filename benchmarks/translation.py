@@ -1,7 +1,7 @@
 """Benchmark: image-to-image translation against the simulator's counterfactual truth (issue 14).
 
 Two tasks on simulated 2D cohorts (64x64 axial slices of the ``tiny`` preset's anatomy,
-``--n-subjects`` subjects, seed 0), each with the truth rendered by the simulator:
+``--n-subjects`` subjects, ``--seed``, default 0), each with the truth rendered by the simulator:
 
 - ``site``: site_A -> site_B of the ``tiny`` preset (both FLAIR; site_B blurred, noisier,
   stronger bias field, other units), truth from ``counterfactual=("site",)``;
@@ -92,9 +92,9 @@ def fit_models(
         "steps_per_epoch": min(args.steps_per_epoch, args.max_steps),
         "batch_size": args.batch_size,
         "time_budget_s": args.budget_s,
-        "lr_schedule": "constant",
+        "lr_schedule": args.lr_schedule,
         "device": args.device,
-        "seed": 0,
+        "seed": args.seed,
     }
     nets = {"channels": tuple(args.channels), "discriminator_channels": args.channels[0]}
     for name in ("histogram", "nyul", *LEARNED):
@@ -232,7 +232,9 @@ def run_task(task: str, args: argparse.Namespace, out: Path) -> tuple[pd.DataFra
 
     cfg, cf = task_config(task, args.n_subjects, args.image_size)
     t0 = time.perf_counter()
-    manifest = simulate(cfg, out / f"cohort_{task}", seed=0, progress=False, counterfactual=cf)
+    manifest = simulate(
+        cfg, out / f"cohort_{task}", seed=args.seed, progress=False, counterfactual=cf
+    )
     cohort = Cohort.from_manifest(manifest)
     logging.info(
         "%s: simulated %d images in %.1f s", task, len(cohort.df), time.perf_counter() - t0
@@ -244,7 +246,7 @@ def run_task(task: str, args: argparse.Namespace, out: Path) -> tuple[pd.DataFra
     t0 = time.perf_counter()
     sel = TASKS[task]
     clf = train_target_classifier(
-        cohort, sel["source"], sel["target"], epochs=args.classifier_epochs, seed=0
+        cohort, sel["source"], sel["target"], epochs=args.classifier_epochs, seed=args.seed
     )
     logging.info(
         "%s: target classifier: %d images, val accuracy %.3f, %.1f s",
@@ -342,6 +344,18 @@ def main() -> None:
         "--save-models",
         action="store_true",
         help="save every fitted translator to OUT/models_<task>/<label> (medgen.generative.load)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the simulated cohort (anatomy, lesions, splits), the models and the target "
+        "classifier",
+    )
+    p.add_argument(
+        "--lr-schedule",
+        default="constant",
+        help="the learned models' engine lr_schedule (constant, cosine, ...)",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

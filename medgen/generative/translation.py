@@ -1314,6 +1314,60 @@ def _methods(
     return out
 
 
+#: the fewest foreground pixels of a truth slice that ``evaluate_translation(per_slice=True)``
+#: scores (slices at the edge of the head are left out)
+MIN_SLICE_FOREGROUND = 16
+
+
+def _slice(mask: np.ndarray | None, k: int) -> np.ndarray | None:
+    return None if mask is None else mask[..., k]
+
+
+class _TruthScorer:
+    """The measures of :func:`evaluate_translation` of any output against one truth image (a
+    volume or one of its slices): its foreground, lesion masks and scalings computed once."""
+
+    def __init__(
+        self, truth_raw: np.ndarray, src_lesion: np.ndarray | None, lesion: np.ndarray | None
+    ) -> None:
+        from scipy import ndimage
+
+        self.truth = _scaled(truth_raw)
+        self.fg = foreground_mask(self.truth)
+        masks = [m for m in (src_lesion, lesion) if m is not None]
+        self.union = np.logical_or.reduce(masks) if masks else np.zeros(self.fg.shape, bool)
+        self.clear = (
+            ~ndimage.binary_dilation(self.union, iterations=2) if self.union.any() else ~self.union
+        )
+        self.outside = self.fg & self.clear
+        self.truth_clear = _scaled_on(truth_raw, self.clear)
+        self.lesion = lesion if lesion is not None else np.zeros(self.fg.shape, bool)
+        self.truth_contrast = (
+            _lesion_contrast(self.truth, self.lesion, self.fg) if self.lesion.any() else np.nan
+        )
+
+    def score(self, raw: np.ndarray) -> dict[str, float]:
+        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+        sc = _scaled(raw)
+        sc_clear = _scaled_on(raw, self.clear)
+        fg = self.fg
+        psnr = peak_signal_noise_ratio(self.truth[fg], sc[fg], data_range=1.0)
+        win = min(7, *(d if d % 2 else d - 1 for d in sc.shape))
+        _, smap = structural_similarity(self.truth, sc, data_range=1.0, full=True, win_size=win)
+        tc = self.truth_contrast
+        ratio = (
+            _lesion_contrast(sc, self.lesion, fg) / tc if np.isfinite(tc) and tc != 0 else np.nan
+        )
+        return {
+            "psnr": float(psnr),
+            "ssim": float(np.mean(smap[fg])),
+            "lesion_contrast_ratio": float(ratio),
+            "psnr_lesion": _psnr(self.truth_clear[self.union], sc_clear[self.union]),
+            "psnr_outside": _psnr(self.truth_clear[self.outside], sc_clear[self.outside]),
+        }
+
+
 def evaluate_translation(
     translator: Translator,
     cohort: Any,
@@ -1325,6 +1379,7 @@ def evaluate_translation(
     target_classifier: bool | TargetClassifier = False,
     classifier_epochs: int = 30,
     slices: bool = False,
+    per_slice: bool = False,
     seed: int = 0,
 ) -> pd.DataFrame:
     r"""Score ``translator`` against the counterfactual truth of a simulated cohort.
@@ -1360,20 +1415,27 @@ def evaluate_translation(
             The table's ``attrs["target_classifier"]`` holds its validation accuracy and its
             rate on the truth images.
         slices: apply a 2D learned translator to volumes slice by slice.
+        per_slice: for volumes, score every axial slice (last axis) on its own as well: one
+            more row per image, method and slice whose truth has at least
+            :data:`MIN_SLICE_FOREGROUND` foreground pixels, with the same measures computed on
+            that slice (its own foreground, lesion mask and scaling; the SSIM window fitted to
+            the slice); the whole-volume rows keep ``slice`` NaN. A volume's
+            ``target_score`` / ``target_rate`` (the classifier sees whole volumes) is repeated
+            on its slice rows. An error for 2D images.
 
     Returns:
         A tidy DataFrame, one row per image and method: ``image_id``, ``truth_id``,
         ``subject_id``, ``method``, ``psnr``, ``ssim``, ``lesion_contrast_ratio``,
         ``psnr_lesion``, ``psnr_outside`` (and ``target_score``, ``target_rate``) and the
-        subgroup columns (``sex``, ``age_group``, ``label``, ``site``) the manifest has.
+        subgroup columns (``sex``, ``age_group``, ``label``, ``site``) the manifest has; with
+        ``per_slice``, a ``slice`` column and the slice rows after each volume's row.
 
     Raises:
         MedgenValueError: the cohort has no ``counterfactual_of`` column, or no ``split`` source
-            image has a counterfactual at the target; ``n`` is not positive.
+            image has a counterfactual at the target; ``n`` is not positive; ``per_slice`` on
+            2D images.
     """
     import pandas as pd
-    from scipy import ndimage
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     from medgen.cohort import Cohort
     from medgen.generative._restorer import as_spatial
@@ -1425,57 +1487,53 @@ def evaluate_translation(
     groups = [c for c in ("sex", "age_group", "label", "site") if c in pairs.columns]
     out = []
     outputs: list[np.ndarray] = []
+    owners: list[int] = []  # the output each row scores (slice rows share their volume's)
     truths: list[np.ndarray] = []
     for _, row in pairs.iterrows():
         x = as_spatial(load(row["image_path"]), str(row["image_id"]))[0]
         truth_raw = as_spatial(load(row["truth_path"]), str(row["truth_id"]))[0]
-        truth_img = _scaled(truth_raw)
-        truths.append(truth_img)
-        fg = foreground_mask(truth_img)
+        if per_slice and truth_raw.ndim != 3:
+            raise MedgenValueError(
+                f"evaluate_translation: per_slice=True scores the slices of volumes, but "
+                f"{row['truth_id']!r} is a {truth_raw.ndim}D image; leave per_slice off for 2D "
+                "cohorts."
+            )
+        truths.append(_scaled(truth_raw))
         src_lesion = _load_mask(row.get("mask_path"))
         lesion = _load_mask(row.get("truth_mask_path"))
         if lesion is None:
             lesion = src_lesion
-        masks = [m for m in (src_lesion, lesion) if m is not None]
-        union = np.logical_or.reduce(masks) if masks else np.zeros(fg.shape, bool)
-        clear = ~ndimage.binary_dilation(union, iterations=2) if union.any() else ~union
-        outside = fg & clear
-        truth_clear = _scaled_on(truth_raw, clear)
-        if lesion is None:
-            lesion = np.zeros(fg.shape, bool)
-        has_lesion = bool(lesion.any())
-        truth_contrast = _lesion_contrast(truth_img, lesion, fg) if has_lesion else np.nan
+        ident = {
+            "image_id": row["image_id"],
+            "truth_id": row["truth_id"],
+            "subject_id": row["subject_id"],
+        }
+        groups_of = {g: row[g] for g in groups}
+        truth_scores = _TruthScorer(truth_raw, src_lesion, lesion)
+        slice_scorers = (
+            [
+                (k, _TruthScorer(truth_raw[..., k], _slice(src_lesion, k), _slice(lesion, k)))
+                for k in range(truth_raw.shape[-1])
+            ]
+            if per_slice
+            else []
+        )
+        slice_scorers = [(k, t) for k, t in slice_scorers if t.fg.sum() >= MIN_SLICE_FOREGROUND]
         for method, t in methods:
             img = x if t is None else t.apply(x, slices=slices)
             raw = as_spatial(img, "output")[0]
-            sc = _scaled(raw)
-            outputs.append(sc)
-            sc_clear = _scaled_on(raw, clear)
-            psnr = peak_signal_noise_ratio(truth_img[fg], sc[fg], data_range=1.0)
-            win = min(7, *(d if d % 2 else d - 1 for d in sc.shape))
-            _, smap = structural_similarity(truth_img, sc, data_range=1.0, full=True, win_size=win)
-            ratio = (
-                _lesion_contrast(sc, lesion, fg) / truth_contrast
-                if has_lesion and np.isfinite(truth_contrast) and truth_contrast != 0
-                else np.nan
-            )
-            out.append(
-                {
-                    "image_id": row["image_id"],
-                    "truth_id": row["truth_id"],
-                    "subject_id": row["subject_id"],
-                    "method": method,
-                    "psnr": float(psnr),
-                    "ssim": float(np.mean(smap[fg])),
-                    "lesion_contrast_ratio": float(ratio),
-                    "psnr_lesion": _psnr(truth_clear[union], sc_clear[union]),
-                    "psnr_outside": _psnr(truth_clear[outside], sc_clear[outside]),
-                    **{g: row[g] for g in groups},
-                }
-            )
+            outputs.append(_scaled(raw))
+            base = {**ident, "method": method}
+            if per_slice:
+                base["slice"] = np.nan
+            out.append({**base, **truth_scores.score(raw), **groups_of})
+            owners.append(len(outputs) - 1)
+            for k, scorer in slice_scorers:
+                out.append({**base, "slice": k, **scorer.score(raw[..., k]), **groups_of})
+                owners.append(len(outputs) - 1)
     table = pd.DataFrame(out)
     if clf is not None:
-        score = clf.predict(outputs)
+        score = clf.predict(outputs)[np.asarray(owners, dtype=int)]
         table["target_score"] = score
         table["target_rate"] = (score > 0.5).astype(float)
         table.attrs["target_classifier"] = {
