@@ -27,7 +27,8 @@
   standardisation, CycleGAN, pix2pix) scored against the simulator's counterfactual truth;
   :func:`transfer_style` (to one reference image), :func:`counterfactual_score_test` (does a
   classifier's score follow the translated disease?) and :func:`train_target_classifier`
-  (docs/translation.md).
+  (docs/translation.md); :class:`StyleTransfer` / :func:`evaluate_style_transfer`: a learned
+  (AdaIN-style) style transfer conditioned on one reference image (docs/style_transfer.md).
 
 Names are imported lazily so ``import medgen.generative`` does not import torch. See
 docs/restoration.md and docs/engine.md.
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
         fit_objective,
     )
     from medgen.generative.quality import evaluate, image_metrics, summarize
+    from medgen.generative.style import StyleTransfer, evaluate_style_transfer
     from medgen.generative.superres import SuperResolver
     from medgen.generative.synthesis import SynthesisResult, Synthesizer
     from medgen.generative.synthesis_metrics import (
@@ -101,6 +103,7 @@ __all__ = [
     "RestorationOutput",
     "RestorerConfig",
     "StepContext",
+    "StyleTransfer",
     "SuperResolver",
     "SynthesisEvaluation",
     "SynthesisResult",
@@ -115,6 +118,7 @@ __all__ = [
     "count_near_copies",
     "counterfactual_score_test",
     "evaluate",
+    "evaluate_style_transfer",
     "evaluate_translation",
     "export_pretrained",
     "fit_objective",
@@ -174,6 +178,8 @@ _LAZY = {
     "SynthesisResult": "medgen.generative.synthesis",
     "SynthesisEvaluation": "medgen.generative._synth_eval",
     "MemorisationGate": "medgen.generative._synth_eval",
+    "StyleTransfer": "medgen.generative.style",
+    "evaluate_style_transfer": "medgen.generative.style",
     **{
         name: "medgen.generative.translation"
         for name in (

@@ -86,6 +86,7 @@ _BUILTIN_KINDS = {
     "superres": "medgen.generative.superres",
     "synthesizer": "medgen.generative.synthesis",
     "translator": "medgen.generative.translation",
+    "style-transfer": "medgen.generative.style",
 }
 
 T = TypeVar("T", bound="GenerativeModel")

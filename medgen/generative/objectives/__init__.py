@@ -12,6 +12,8 @@
 - :mod:`~medgen.generative.objectives.conditional`: the conditional VAE-GAN
   (``"conditional-vae-gan"``) and conditional latent diffusion with classifier-free guidance
   (``"conditional-ldm"``) behind :class:`~medgen.generative.Synthesizer`.
+- :mod:`~medgen.generative.objectives.reference`: translation conditioned on a reference image
+  (``"reference-style"``, AdaIN-style) behind :class:`~medgen.generative.StyleTransfer`.
 
 Adding an objective needs no change to the engine: subclass
 :class:`~medgen.generative.engine.Objective` (docs/engine.md).
@@ -33,6 +35,10 @@ if TYPE_CHECKING:
     from medgen.generative.objectives.diffusion import DiffusionConfig, DiffusionObjective
     from medgen.generative.objectives.latent import AutoencoderConfig, AutoencoderObjective
     from medgen.generative.objectives.paired import PairedConfig, PairedObjective
+    from medgen.generative.objectives.reference import (
+        ReferenceStyleObjective,
+        StyleTransferConfig,
+    )
     from medgen.generative.objectives.unpaired import CycleGANConfig, CycleGANObjective
 
 __all__ = [
@@ -48,6 +54,8 @@ __all__ = [
     "DiffusionObjective",
     "PairedConfig",
     "PairedObjective",
+    "ReferenceStyleObjective",
+    "StyleTransferConfig",
 ]
 
 _LAZY = {
@@ -63,6 +71,8 @@ _LAZY = {
     "DiffusionObjective": "medgen.generative.objectives.diffusion",
     "PairedConfig": "medgen.generative.objectives.paired",
     "PairedObjective": "medgen.generative.objectives.paired",
+    "ReferenceStyleObjective": "medgen.generative.objectives.reference",
+    "StyleTransferConfig": "medgen.generative.objectives.reference",
 }
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
