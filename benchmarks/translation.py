@@ -107,6 +107,7 @@ def fit_models(
                 opts["cyclegan"]["identity_weight"] = args.cyclegan_identity_weight
             if args.cyclegan_gain_init is not None:
                 opts["cyclegan"]["gain_init"] = args.cyclegan_gain_init
+            opts["cyclegan"].update(parse_options(args.cyclegan_set))
         variants: list[tuple[str, dict[str, Any]]] = [(name, opts)]
         if name == "pix2pix":
             variants = []
@@ -137,6 +138,21 @@ def fit_models(
             steps = f", {t.steps_trained} steps" if name in LEARNED else ""
             logging.info("%s %s: fitted in %.1f s%s", task, label, times[label], steps)
     return models, times
+
+
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``["cycle_weight=2", "lr_g=1e-3"]`` -> ``{"cycle_weight": 2.0, "lr_g": 0.001}`` (numbers
+    where they parse, else strings)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--cyclegan-set: expected KEY=VALUE, not {item!r}")
+        try:
+            out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            out[key.strip()] = value.strip()
+    return out
 
 
 def pix2pix_label(
@@ -309,6 +325,13 @@ def main() -> None:
         default=None,
         help="CycleGAN generators' starting gain (default: the model's, 0 = the identity); 1 for "
         "contrast changes (the identity is a stationary point of the cycle loss)",
+    )
+    p.add_argument(
+        "--cyclegan-set",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="another CycleGANConfig option, e.g. cycle_weight=2 (repeatable)",
     )
     p.add_argument(
         "--detail-weight",

@@ -1356,13 +1356,14 @@ class _TruthScorer:
         win = min(7, *(d if d % 2 else d - 1 for d in sc.shape))
         _, smap = structural_similarity(self.truth, sc, data_range=1.0, full=True, win_size=win)
         tc = self.truth_contrast
-        ratio = (
-            _lesion_contrast(sc, self.lesion, fg) / tc if np.isfinite(tc) and tc != 0 else np.nan
-        )
+        contrast = _lesion_contrast(sc, self.lesion, fg) if self.lesion.any() else np.nan
+        ratio = contrast / tc if np.isfinite(tc) and tc != 0 else np.nan
         return {
             "psnr": float(psnr),
             "ssim": float(np.mean(smap[fg])),
             "lesion_contrast_ratio": float(ratio),
+            "lesion_contrast": float(contrast),
+            "truth_lesion_contrast": float(tc),
             "psnr_lesion": _psnr(self.truth_clear[self.union], sc_clear[self.union]),
             "psnr_outside": _psnr(self.truth_clear[self.outside], sc_clear[self.outside]),
         }
@@ -1426,7 +1427,10 @@ def evaluate_translation(
     Returns:
         A tidy DataFrame, one row per image and method: ``image_id``, ``truth_id``,
         ``subject_id``, ``method``, ``psnr``, ``ssim``, ``lesion_contrast_ratio``,
-        ``psnr_lesion``, ``psnr_outside`` (and ``target_score``, ``target_rate``) and the
+        ``psnr_lesion``, ``psnr_outside``, ``lesion_contrast`` and ``truth_lesion_contrast``
+        (the ratio's numerator and denominator, in robust-range units: a pooled ratio over
+        images, ``sum(lesion_contrast) / sum(truth_lesion_contrast)``, is not dominated by
+        truths whose lesions barely stand out) (and ``target_score``, ``target_rate``) and the
         subgroup columns (``sex``, ``age_group``, ``label``, ``site``) the manifest has; with
         ``per_slice``, a ``slice`` column and the slice rows after each volume's row.
 

@@ -144,6 +144,14 @@ def test_evaluate_translation(cohort: Any, histogram: Translator) -> None:
     means = table.groupby("method")[["psnr", "ssim"]].mean()
     assert means.loc["histogram", "psnr"] > means.loc["identity", "psnr"] + 1.0
     assert table["lesion_contrast_ratio"].notna().any()
+    # the ratio's parts: the identity's contrast is that of the source image against the truth's
+    lesion = table.dropna(subset=["lesion_contrast_ratio"])
+    np.testing.assert_allclose(
+        lesion["lesion_contrast"] / lesion["truth_lesion_contrast"],
+        lesion["lesion_contrast_ratio"],
+        rtol=1e-6,
+    )
+    assert table.loc[table["lesion_contrast_ratio"].isna(), "lesion_contrast"].isna().all()
     assert len(evaluate_translation(histogram, cohort, n=1)) == 2
     with pytest.raises(MedgenValueError, match="n must be a positive integer"):
         evaluate_translation(histogram, cohort, n=0)
