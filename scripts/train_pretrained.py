@@ -428,6 +428,27 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def measured_text(spec: dict[str, Any]) -> str:
+    """What a card's figures are means of, for the model's kind."""
+    check = "`check`: the one image the tests recompute (tolerance 0.05 dB)."
+    if spec["kind"] == "denoise":
+        return (
+            "Mean PSNR (dB) over the held-out slices, the model blind (noise level estimated), "
+            f"noise seed = image index; {check}"
+        )
+    scale = spec["options"]["scale"]
+    if spec["options"].get("axes") == "through":
+        return (
+            "Mean PSNR (dB) over the held-out volumes, each restored from its thick-slice "
+            f"version (every {scale} slices averaged into one along Z), against cubic B-spline "
+            f"interpolation along Z (`cubic_z`); {check}"
+        )
+    return (
+        f"Mean PSNR (dB) over the held-out slices, each restored from its x{scale} "
+        f"block-averaged version, against bicubic interpolation; {check}"
+    )
+
+
 def card_text(name: str, model: Any, figures: dict[str, Any], seconds: float) -> str:
     spec = MODELS[name]
     lines = [
@@ -450,9 +471,7 @@ def card_text(name: str, model: Any, figures: dict[str, Any], seconds: float) ->
         "",
         "## Measured on the held-out set (`benchmarks/restoration.py --pretrained` for all rows)",
         "",
-        "Mean PSNR (dB) over the held-out slices, the model blind (noise level estimated), "
-        "noise seed = image index; `check`: the one image the tests recompute (tolerance "
-        "0.05 dB).",
+        measured_text(spec),
         "",
         "```json",
         json.dumps(figures, indent=2),
