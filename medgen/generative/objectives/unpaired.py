@@ -58,7 +58,9 @@ class CycleGANConfig:
             ``0`` (ReZero) starts them at the identity, the right start for harmonisation
             between similar sites; but the identity is a stationary point of the cycle and
             identity losses, so a change that must reorder intensities (T1 -> T2) never
-            leaves it: use ``1`` there (and ``identity_weight=0``; docs/translation.md).
+            leaves it: use ``1`` there, with ``identity_weight=0`` and ``cycle_weight=1``
+            (measured on the simulator's T1 -> T2: +6.0 dB over histogram matching in 14,000
+            steps, against +2.5 dB at the paper's cycle weight of 10; docs/translation.md).
     """
 
     spatial_dims: int = 2
