@@ -93,6 +93,12 @@ def register(app: typer.Typer) -> None:
             float | None,
             typer.Option(help="cross-entropy label smoothing; default: recipe, else 0"),
         ] = None,
+        grad_clip: Annotated[
+            float | None,
+            typer.Option(
+                help="clip each step's gradient norm to this; default: recipe, else 0 (off)"
+            ),
+        ] = None,
         balance: Annotated[
             list[str] | None, typer.Option(help="column(s) to balance by; 'label' = target")
         ] = None,
@@ -158,6 +164,7 @@ def register(app: typer.Typer) -> None:
             lr_schedule=lr_schedule,
             warmup_fraction=warmup_fraction,
             label_smoothing=label_smoothing,
+            grad_clip=grad_clip,
             balance=balance or None,
             class_weights=class_weights,
             focal_gamma=focal_gamma,

@@ -51,6 +51,9 @@ LEGACY_FORMATS = ("medgen.classify/1",)
 CHECKPOINT_FORMAT = "medgen.classify.checkpoint/1"
 #: options a resumed run may change (``epochs``: to train longer; the LR is constant)
 RESUME_FREE = ("epochs", "time_budget_s", "device")
+#: options added after runs were first saved, with the value that reproduces a stored run that
+#: lacks them (the behaviour of its time) when it is resumed
+ADDED_OPTIONS: dict[str, Any] = {"grad_clip": 0.0}
 
 RESUME_HINT = "--resume (Python: resume=True)"
 OVERWRITE_HINT = "--overwrite (Python: overwrite=True)"
@@ -193,7 +196,7 @@ def check_resumable(
     """Refuse a resume whose options (other than :data:`RESUME_FREE`) or data differ from the
     stored ones, naming each difference with both values."""
     now = jsonable({k: v for k, v in config.items() if k not in RESUME_FREE})
-    old = dict(stored.get("config", {}))
+    old = {**ADDED_OPTIONS, **dict(stored.get("config", {}))}
     diffs = [
         f"{k} (stored {old.get(k)!r}, now {now.get(k)!r})"
         for k in sorted(set(now) | (set(old) - set(RESUME_FREE)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import csv
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -60,6 +61,8 @@ class TrainConfig:
     lr_schedule: str = "constant"
     warmup_fraction: float = 0.0
     label_smoothing: float = 0.0
+    #: clip the gradient's global L2 norm to this before every step (0: off)
+    grad_clip: float = 0.0
     balance: list[str] | None = None
     class_weights: bool = False
     focal_gamma: float | None = None
@@ -86,6 +89,7 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "lr_schedule": "constant",
     "warmup_fraction": 0.0,
     "label_smoothing": 0.0,
+    "grad_clip": 0.0,
 }
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -113,8 +117,9 @@ def resolve_recipe(model: str, **given: Any) -> dict[str, Any]:
 
 
 def check_recipe(cfg: TrainConfig) -> None:
-    """Refuse invalid ``lr``, ``weight_decay``, ``lr_schedule``, ``warmup_fraction`` or
-    ``label_smoothing`` (and label smoothing with the focal loss), naming the option."""
+    """Refuse invalid ``lr``, ``weight_decay``, ``lr_schedule``, ``warmup_fraction``,
+    ``label_smoothing`` (and label smoothing with the focal loss) or ``grad_clip``, naming the
+    option."""
     from medgen._internal.suggest import did_you_mean
 
     def number(name: str, value: Any, ok: bool, rule: str) -> None:
@@ -142,6 +147,13 @@ def check_recipe(cfg: TrainConfig) -> None:
         ls,
         isinstance(ls, int | float) and 0 <= ls < 1,
         "a number in [0, 1) (e.g. 0.1; 0 turns it off)",
+    )
+    gc = cfg.grad_clip
+    number(
+        "grad_clip",
+        gc,
+        isinstance(gc, int | float) and gc >= 0 and math.isfinite(gc),
+        "a number >= 0, the largest gradient norm of a step (e.g. 1.0; 0 turns it off)",
     )
     if ls > 0 and cfg.focal_gamma is not None:
         raise ConfigError(
@@ -582,6 +594,8 @@ def fit_tensors(
                     set_lr(epoch * steps_per_epoch + step)
                 loss = loss_fn(train_net(xb), yb)
                 loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(train_net.parameters(), cfg.grad_clip)
                 opt.step()
                 losses.append(float(loss.detach()))
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -785,6 +799,7 @@ def train(
     lr_schedule: str | None = None,
     warmup_fraction: float | None = None,
     label_smoothing: float | None = None,
+    grad_clip: float | None = None,
     balance: str | Sequence[str] | None = None,
     class_weights: bool = False,
     focal_gamma: float | None = None,
@@ -829,10 +844,13 @@ def train(
             first).
         warmup_fraction: share of the training in [0, 1) with a linear learning-rate warm-up.
         label_smoothing: cross-entropy label smoothing in [0, 1) (not with ``focal_gamma``).
+        grad_clip: clip the gradient's global L2 norm to this before every optimiser step
+            (``torch.nn.utils.clip_grad_norm_``); 0 turns it off.
 
-            The six options above default to ``None``: the model's recipe
+            The seven options above default to ``None``: the model's recipe
             (``ModelSpec.train_defaults``; the ViTs': docs/classify.md), else ``lr=1e-3``,
-            ``weight_decay=1e-4``, ``augment="light"``, constant rate, no warm-up, no smoothing.
+            ``weight_decay=1e-4``, ``augment="light"``, constant rate, no warm-up, no
+            smoothing, no clipping.
             The resolved values are recorded in ``config``.
         balance: re-sample so groups are drawn equally often: ``"label"`` (the target), an attribute
             column (``"sex"``), or a list of columns (``["label", "sex"]``).
@@ -919,6 +937,7 @@ def train(
         lr_schedule=lr_schedule,
         warmup_fraction=warmup_fraction,
         label_smoothing=label_smoothing,
+        grad_clip=grad_clip,
     )
     check_recipe(
         TrainConfig(
