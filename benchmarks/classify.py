@@ -274,7 +274,7 @@ def estimate_wall_s(args: argparse.Namespace) -> dict[str, float]:
     n_train = n_main + n_label
     parts = {
         "simulate": OVERHEAD_S["simulate"] if args.cohort is None else 0.0,
-        "pretrain": 2 * (args.pretrain_budget + OVERHEAD_S["pretrain"]),
+        "pretrain": (1 if args.vit_only else 2) * (args.pretrain_budget + OVERHEAD_S["pretrain"]),
         "train": n_train * (args.budget + OVERHEAD_S["train"]),
         "explain": n_main * OVERHEAD_S["explain"],
         "memory": OVERHEAD_S["memory"] if args.memory else 0.0,
@@ -517,8 +517,9 @@ def run_suite(args: argparse.Namespace) -> None:
         f"CPU budget: {args.budget:.0f} s of training per row ({est['n_train']:.0f} trainings: "
         f"{len(main_rows)} rows + {len(extra_rows)} label-efficiency), "
         f"{args.pretrain_budget:.0f} s per pretraining ({METHOD_LABEL[args.vit_method]} "
-        f"{mae_model(args)}, "
-        f"contrastive {args.cnn_model}), each on {args.threads} thread(s)"
+        f"{mae_model(args)}"
+        + ("" if args.vit_only else f", contrastive {args.cnn_model}")
+        + f"), each on {args.threads} thread(s)"
     )
     print(
         "estimated wall time on the demo cohort (budgets + fixed costs, OVERHEAD_S): "
@@ -547,7 +548,9 @@ def run_suite(args: argparse.Namespace) -> None:
     print("\n## pretraining on the train split's images (labels ignored)")
     inits: dict[tuple[str, str], Path] = {}
     pre_rows = []
-    plan = [(args.vit_method, mae_model(args)), ("contrastive", args.cnn_model)]
+    plan = [(args.vit_method, mae_model(args))]
+    if not args.vit_only:  # the seed check trains no CNN pair
+        plan.append(("contrastive", args.cnn_model))
     earlier = _earlier_pretraining(out) if args.reuse_pretrain else {}
     for method, model in dict.fromkeys(plan):  # once each (a ViT and a CNN may share one)
         if (method, model) in earlier:
