@@ -37,23 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from translation import parse_options  # benchmarks/translation.py: the same KEY=VALUE parser
 
 SOURCE, TARGET = {"site": "site_C"}, {"site": "site_A"}
 TRANSLATORS = ("histogram", "pix2pix", "cyclegan")
-
-
-def parse_options(items: list[str] | None) -> dict[str, Any]:
-    """``["lesion_weight=30"]`` -> ``{"lesion_weight": 30}`` (numbers where they parse)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"expected KEY=VALUE, not {item!r}")
-        try:
-            out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
-        except ValueError:
-            out[key.strip()] = value.strip()
-    return out
 
 
 def fit_translator(name: str, manifest: Path, args: argparse.Namespace) -> tuple[Any, float]:

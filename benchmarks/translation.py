@@ -147,7 +147,7 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--cyclegan-set: expected KEY=VALUE, not {item!r}")
+            raise SystemExit(f"expected KEY=VALUE, not {item!r}")
         try:
             out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
         except ValueError:
