@@ -15,12 +15,35 @@ from medgen.errors import MedgenValueError
 
 __all__ = [
     "as_pool",
+    "conditional_discriminator_step",
     "foreground_slices",
     "generator_optimizers",
     "kl_divergence",
     "random_patches",
     "unit_range",
 ]
+
+
+def conditional_discriminator_step(
+    ctx: Any,
+    discriminator: nn.Module,
+    adv_loss: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    pred: torch.Tensor,
+) -> torch.Tensor:
+    """One step of a conditional PatchGAN (pix2pix): real pairs ``(x, y)`` against fakes
+    ``(x, pred)`` (detached), the half-sum of the two adversarial losses, back-propagated into
+    the ``"discriminator"`` optimiser; returns the detached loss for the logs."""
+    with ctx.autocast():
+        real = discriminator(torch.cat([x, y], dim=1))[-1]
+        fake = discriminator(torch.cat([x, pred.detach()], dim=1))[-1]
+        loss_d = 0.5 * (
+            adv_loss(real, target_is_real=True, for_discriminator=True)
+            + adv_loss(fake, target_is_real=False, for_discriminator=True)
+        )
+    ctx.backward(loss_d, "discriminator")
+    return loss_d.detach()
 
 
 def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

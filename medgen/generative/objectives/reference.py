@@ -41,7 +41,10 @@ from torch import nn
 from medgen.errors import ConfigError
 from medgen.generative import _checks
 from medgen.generative.engine import Objective, StepContext
-from medgen.generative.objectives._common import generator_optimizers
+from medgen.generative.objectives._common import (
+    conditional_discriminator_step,
+    generator_optimizers,
+)
 
 __all__ = [
     "REFERENCE_LOG_KEYS",
@@ -377,13 +380,7 @@ class ReferenceStyleObjective(Objective):
             **{k: v.detach() for k, v in terms.items()},
         }
         if adv_on and discriminator is not None:
-            with ctx.autocast():
-                real = discriminator(torch.cat([x, y], dim=1))[-1]
-                fake = discriminator(torch.cat([x, pred.detach()], dim=1))[-1]
-                loss_d = 0.5 * (
-                    adv_loss(real, target_is_real=True, for_discriminator=True)
-                    + adv_loss(fake, target_is_real=False, for_discriminator=True)
-                )
-            ctx.backward(loss_d, "discriminator")
-            logs["loss_d"] = loss_d.detach()
+            logs["loss_d"] = conditional_discriminator_step(
+                ctx, discriminator, adv_loss, x, y, pred
+            )
         return logs
