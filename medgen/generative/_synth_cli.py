@@ -80,6 +80,13 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
         seed: Annotated[int, typer.Option(help="random seed")] = 0,
         progress: Annotated[bool, typer.Option(help="progress bars")] = True,
+        lesion_weight: Annotated[
+            float,
+            typer.Option(help="weight the L1 inside lesion masks 1 + W (needs --mask-column)"),
+        ] = 0.0,
+        mask_column: Annotated[
+            str, typer.Option(help="manifest column of the lesion masks")
+        ] = "mask_path",
     ) -> None:
         """Train a conditional synthesizer on MANIFEST into the run folder OUTPUT."""
         from medgen.generative.synthesis import Synthesizer
@@ -91,6 +98,8 @@ def register(app: typer.Typer) -> None:
             spatial_dims=len(size),
             image_size=size,
             channels=_ints(channels, "--channels"),
+            lesion_weight=lesion_weight,
+            mask_column=mask_column,
         )
         config: dict[str, Any] = {
             "epochs": epochs,

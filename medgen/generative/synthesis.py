@@ -347,6 +347,12 @@ class Synthesizer(GenerativeModel):
         guide_warmup_steps: ``"vae-gan"``: steps the guide classifier trains alone first.
         guide_conditions: ``"vae-gan"``: the conditions the guide learns and guides
             (``None``: all); leave out conditions the images barely show.
+        lesion_weight: the autoencoder's L1 (the VAE-GAN's, the LDM's stage 1) weighs pixels
+            inside each training image's lesion mask ``1 + lesion_weight`` (0: off). Why: a
+            lesion of a few pixels is a thousandth of the plain L1, so the latent drops it and
+            samples conditioned on the label carry none (docs/synthesis.md). Needs masks:
+            :meth:`fit` reads ``mask_column`` of the train rows (an empty cell: no lesion).
+        mask_column: the manifest column of the lesion masks (same grid as each image).
     """
 
     def __init__(
@@ -371,6 +377,8 @@ class Synthesizer(GenerativeModel):
         guide_weight: float = 0.0,
         guide_warmup_steps: int = 200,
         guide_conditions: str | Sequence[str] | None = None,
+        lesion_weight: float = 0.0,
+        mask_column: str = "mask_path",
     ) -> None:
         super().__init__()
         if model not in MODELS:
@@ -413,7 +421,13 @@ class Synthesizer(GenerativeModel):
                 if guide_conditions is None
                 else list(_to_tuple(guide_conditions, "guide_conditions"))
             ),
+            "lesion_weight": float(lesion_weight),
+            "mask_column": str(mask_column),
         }
+        if not math.isfinite(self.options["lesion_weight"]) or self.options["lesion_weight"] < 0:
+            raise ConfigError(
+                f"Synthesizer: lesion_weight must be a number >= 0 (0: off), not {lesion_weight!r}."
+            )
         unknown = [g for g in self.options["guide_conditions"] or [] if g not in self.conditions]
         if unknown:
             raise ConfigError(
@@ -439,6 +453,7 @@ class Synthesizer(GenerativeModel):
         #: the manifest fit() read (resolved path), the memorisation gate's default reference
         self.training_manifest: str | None = None
         self._gate: Any = None  # the memorisation gate of training_manifest, built once
+        self._masks: np.ndarray | None = None  # fit's lesion masks, until the objective has them
         self._build_configs()
 
     # ------------------------------------------------------------------ configs and networks
@@ -485,6 +500,7 @@ class Synthesizer(GenerativeModel):
             "latent_channels": o["latent_channels"],
         }
         weights = {k: o[k] for k in ("kl_weight", "adv_weight") if o[k] is not None}
+        weights["lesion_weight"] = float(o.get("lesion_weight", 0.0))
         if self.model == "vae-gan":
             self.vae_config = ConditionalVAEGANConfig(
                 **common,
@@ -548,6 +564,47 @@ class Synthesizer(GenerativeModel):
         return next(self.networks()["autoencoder"].parameters()).device
 
     # ------------------------------------------------------------------ data
+    def _training_masks(
+        self, df: pd.DataFrame, shapes: Sequence[tuple[int, ...]]
+    ) -> np.ndarray | None:
+        """The train rows' lesion masks (``lesion_weight`` > 0) on the model's grid: ``N x
+        [SPATIAL]`` occupancy 0..1 (``mask > 0``, resized like the images), zeros for an empty
+        cell; ``None`` when ``lesion_weight`` is 0."""
+        from medgen.io import load
+
+        if float(self.options.get("lesion_weight", 0.0)) <= 0:
+            return None
+        col = str(self.options.get("mask_column", "mask_path"))
+        if col not in df.columns:
+            raise MedgenValueError(
+                f"fit: lesion_weight > 0 weights the L1 by lesion masks, but the manifest has no "
+                f"column {col!r}; add one (a mask file per row, empty for none), pass "
+                "mask_column=, or lesion_weight=0."
+            )
+        sd = int(self.options["spatial_dims"])
+        masks, found = [], 0
+        for row, shape in zip(df.to_dict("records"), shapes, strict=True):
+            path, iid = row.get(col), str(row["image_id"])
+            if path is None or (isinstance(path, float) and math.isnan(path)) or str(path) == "":
+                masks.append(np.zeros(self.image_size, dtype=np.float32))
+                continue
+            m = _spatial_array(load(path), sd, f"mask {path}")
+            if m.shape != tuple(shape):
+                raise MedgenValueError(
+                    f"fit: the lesion mask {path} (column {col!r}, image {iid}) has shape "
+                    f"{m.shape}, its image {tuple(shape)}; give masks on the images' grid."
+                )
+            found += int(bool((m > 0).any()))
+            masks.append(np.clip(_resize((m > 0).astype(np.float32), self.image_size), 0, 1))
+        if found == 0:
+            raise MedgenValueError(
+                f"fit: lesion_weight > 0 but no train row's {col!r} mask has a lesion; check the "
+                "column, or pass lesion_weight=0."
+            )
+        w = 1 + float(self.options["lesion_weight"])
+        log.info("fit: lesion-weighted L1 (x%g) on %d train images with lesions", w, found)
+        return np.stack(masks).astype(np.float32)
+
     def _training_data(self, cohort: Any) -> tuple[np.ndarray, pd.DataFrame, np.ndarray, str]:
         """``(images N x [SPATIAL] in unit intensities, condition rows, indices N x K,
         data hash)`` of the train split; sets the vocabulary and the training statistics."""
@@ -564,7 +621,7 @@ class Synthesizer(GenerativeModel):
         vocab = _check_vocabulary(df, self.conditions)
         size = self.image_size
         sd = int(self.options["spatial_dims"])
-        images, lows, highs, spacings = [], [], [], []
+        images, lows, highs, spacings, shapes = [], [], [], [], []
         h = hashlib.sha256()
         for row in df.to_dict("records"):
             iid = str(row["image_id"])
@@ -579,6 +636,7 @@ class Synthesizer(GenerativeModel):
             sp = [float(s) for s in (img.meta.get("spacing") or [1.0] * sd)][:sd]
             sp += [1.0] * (sd - len(sp))
             spacings.append([s * a / b for s, a, b in zip(sp, arr.shape, size, strict=True)])
+            shapes.append(tuple(arr.shape))
             arr = _resize(arr, size)
             lo, hi = robust_range(arr, NORM_PERCENTILES)
             images.append((arr - lo) / (hi - lo))
@@ -603,6 +661,7 @@ class Synthesizer(GenerativeModel):
             .reset_index()
         )
         self.combinations = counts
+        self._masks = self._training_masks(df, shapes)
         return np.stack(images).astype(np.float32), cond, index, h.hexdigest()
 
     def _combined(self, index: np.ndarray) -> np.ndarray:
@@ -696,14 +755,18 @@ class Synthesizer(GenerativeModel):
         self._build_configs(total_steps=ec.total_steps)
         objective: Any
         if self.model == "vae-gan":
-            objective = ConditionalVAEGANObjective(images, index, config=self.vae_config)
+            objective = ConditionalVAEGANObjective(
+                images, index, config=self.vae_config, masks=self._masks
+            )
         else:
             objective = ConditionalLDMObjective(
                 images,
                 self._combined(index),
                 config=self.diffusion_config,
                 autoencoder_config=self.ae_config,
+                masks=self._masks,
             )
+        self._masks = None  # the objective holds them for the run
         run_info = {
             "synthesizer": {**self.options},
             "vocabulary": {k: [str(v) for v in vs] for k, vs in self.vocabulary.items()},

@@ -300,6 +300,28 @@ def _whole_images(
     return arr, idx
 
 
+def _masks(masks: Any, images: np.ndarray, owner: str) -> np.ndarray | None:
+    """``masks`` as float32 ``N x [SPATIAL]`` (0..1) of the images' shape, or ``None``."""
+    if masks is None:
+        return None
+    m = np.ascontiguousarray(np.asarray(masks, dtype=np.float32))
+    if m.shape != images.shape:
+        raise MedgenValueError(
+            f"{owner}: masks must have the images' shape {images.shape}, got {m.shape}."
+        )
+    return np.clip(m, 0.0, 1.0)
+
+
+def _batch(
+    images: np.ndarray, masks: np.ndarray | None, idx: np.ndarray, **extra: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """``{"image": Bx1x[SPATIAL]}`` of rows ``idx`` (and ``"mask"``, the same shape), + extra."""
+    out = {"image": torch.from_numpy(images[idx][:, None].copy())}
+    if masks is not None:
+        out["mask"] = torch.from_numpy(masks[idx][:, None].copy())
+    return {**out, **extra}
+
+
 class ConditionalVAEGANObjective(AutoencoderObjective):
     """Conditional VAE-GAN on whole images (see the module docstring).
 
@@ -307,8 +329,9 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
         images: ``N x [SPATIAL]`` float array (0..1), one size (``config.image_size``).
         conditions: ``N x K`` integer indices (``0 <= c_k < config.num_classes[k]``).
         config: options.
+        masks: ``N x [SPATIAL]`` lesion masks (0..1) for ``config.lesion_weight``, or ``None``.
 
-    Batches: ``{"image": Bx1x[SPATIAL], "condition": BxK}``. Networks: ``"autoencoder"`` (a
+    Batches: ``{"image": Bx1x[SPATIAL], "condition": BxK}`` (and ``"mask"`` with masks). Networks: ``"autoencoder"`` (a
     :class:`ConditionalAutoencoder`; EMA, inference), with ``adv_weight > 0``
     ``"discriminator"`` (a PatchGAN on the image and ``sum V_k`` condition maps), and with
     ``guide_weight > 0`` ``"guide"`` (:func:`build_guide`; trained, not part of the model).
@@ -319,7 +342,12 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
     kind: ClassVar[str] = "conditional-vae-gan"
 
     def __init__(
-        self, images: Any, conditions: Any, *, config: ConditionalVAEGANConfig | None = None
+        self,
+        images: Any,
+        conditions: Any,
+        *,
+        config: ConditionalVAEGANConfig | None = None,
+        masks: Any = None,
     ) -> None:
         self.config: ConditionalVAEGANConfig = (
             config if config is not None else ConditionalVAEGANConfig()
@@ -339,6 +367,7 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
                 f"{type(self).__name__}: conditions must hold {len(c.num_classes)} indices per "
                 f"image in [0, num_classes) = {c.num_classes}."
             )
+        self.masks = _masks(masks, self.images, type(self).__name__)
 
     def build_networks(self) -> dict[str, nn.Module]:
         from medgen.generative._nets import build_discriminator
@@ -370,10 +399,8 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
     def sample_batch(self, step: int) -> Mapping[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, step])
         idx = rng.integers(len(self.images), size=self.batch_size)
-        return {
-            "image": torch.from_numpy(self.images[idx][:, None].copy()),
-            "condition": torch.from_numpy(self.conditions[idx].copy()),
-        }
+        cond = torch.from_numpy(self.conditions[idx].copy())
+        return _batch(self.images, self.masks, idx, condition=cond)
 
     def _guide_loss(self, guide: nn.Module, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """:func:`guide_loss` of the guide on ``x`` plus ``guide_noise`` Gaussian noise against
@@ -391,7 +418,7 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
     def train_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, Any]:
         from monai.losses import PatchAdversarialLoss
 
-        from medgen.generative.objectives._common import kl_divergence
+        from medgen.generative.objectives._common import kl_divergence, lesion_weighted_l1
 
         c = self.config
         x, cond = batch["image"], batch["condition"]
@@ -410,7 +437,7 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
             z = cast(Any, ae.autoencoder).sampling(mu, sigma)
             recon = ae.decode(z, one_hots(cond, c.num_classes))
             logs: dict[str, torch.Tensor] = {
-                "l1": torch.mean(torch.abs(recon.float() - x.float())),
+                "l1": lesion_weighted_l1(recon, x, batch.get("mask"), c.lesion_weight),
                 "kl": kl_divergence(mu.float(), sigma.float()),
             }
             loss_g = c.l1_weight * logs["l1"] + c.kl_weight * logs["kl"]
@@ -511,8 +538,10 @@ class ConditionalLDMObjective(DiffusionObjective):
         config: the diffusion stage's options.
         autoencoder_config: stage 1's (the ``"autoencoder"`` objective's; its ``patch_size``
             must be the smallest image edge, its ``spatial_dims`` the same).
+        masks: ``N x [SPATIAL]`` lesion masks (0..1) for stage 1's ``lesion_weight``, or
+            ``None``.
 
-    Batches: ``{"image": Bx1x[SPATIAL], "label": B}``. Networks: ``"autoencoder"`` (trained in
+    Batches: ``{"image": Bx1x[SPATIAL], "label": B}`` (and ``"mask"`` with masks). Networks: ``"autoencoder"`` (trained in
     stage 1, frozen after; inference), ``"discriminator"`` (stage 1, with ``adv_weight > 0``),
     ``"unet"`` (EMA; inference). State: the latent ``scale_factor`` (``None`` until stage 2).
     """
@@ -529,6 +558,7 @@ class ConditionalLDMObjective(DiffusionObjective):
         *,
         config: ConditionalDiffusionConfig | None = None,
         autoencoder_config: AutoencoderConfig | None = None,
+        masks: Any = None,
     ) -> None:
         self.config: ConditionalDiffusionConfig = (
             config if config is not None else ConditionalDiffusionConfig()
@@ -539,6 +569,7 @@ class ConditionalLDMObjective(DiffusionObjective):
             images, lab, spatial_dims=c.spatial_dims, owner=type(self).__name__
         )
         self.labels = idx[:, 0]
+        self.masks = _masks(masks, self.images, type(self).__name__)
         if self.labels.min() < 0 or self.labels.max() >= c.num_class_embeds:
             raise MedgenValueError(
                 f"{type(self).__name__}: labels must be in [0, num_class_embeds = "
@@ -581,10 +612,7 @@ class ConditionalLDMObjective(DiffusionObjective):
     def sample_batch(self, step: int) -> Mapping[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, step])
         idx = rng.integers(len(self.images), size=self.batch_size)
-        return {
-            "image": torch.from_numpy(self.images[idx][:, None].copy()),
-            "label": torch.from_numpy(self.labels[idx].copy()),
-        }
+        return _batch(self.images, self.masks, idx, label=torch.from_numpy(self.labels[idx].copy()))
 
     def state_dict(self) -> dict[str, Any]:
         return {"scale_factor": self.scale_factor}
@@ -606,7 +634,9 @@ class ConditionalLDMObjective(DiffusionObjective):
     def train_step(self, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict[str, Any]:
         c = self.config
         if ctx.step < c.autoencoder_steps:
-            return self.stage1.train_step({"image": batch["image"]}, ctx)
+            return self.stage1.train_step(
+                {k: v for k, v in batch.items() if k in ("image", "mask")}, ctx
+            )
         ae = ctx.networks["autoencoder"]
         ae.eval()
         for p in ae.parameters():

@@ -27,6 +27,7 @@ from medgen.generative.objectives._common import (
     as_pool,
     generator_optimizers,
     kl_divergence,
+    lesion_weighted_l1,
     random_patches,
 )
 
@@ -50,6 +51,9 @@ class AutoencoderConfig:
         betas: Adam betas.
         l1_weight, kl_weight, adv_weight: loss weights (``adv_weight=0``: no discriminator).
         adv_warmup_steps: steps before the discriminator and the adversarial term start.
+        lesion_weight: the L1 weighs pixels inside a batch's lesion masks (a batch ``"mask"``,
+            0..1) ``1 + lesion_weight`` (``_common.lesion_weighted_l1``); batches without
+            masks, or 0: the plain L1.
     """
 
     spatial_dims: int = 2
@@ -67,13 +71,16 @@ class AutoencoderConfig:
     kl_weight: float = 1e-6
     adv_weight: float = 0.0
     adv_warmup_steps: int = 0
+    lesion_weight: float = 0.0
 
     def __post_init__(self) -> None:
         owner = "AutoencoderConfig"
         _checks.check_network(self, owner, norm_groups=True)
         _checks.check_patch_size(self, owner)
         _checks.check_positive(self, owner, ("lr_g", "lr_d"))
-        _checks.check_non_negative(self, owner, ("l1_weight", "kl_weight", "adv_weight"))
+        _checks.check_non_negative(
+            self, owner, ("l1_weight", "kl_weight", "adv_weight", "lesion_weight")
+        )
         _checks.normalise_betas(self)
 
 
@@ -156,7 +163,7 @@ class AutoencoderObjective(Objective):
         with ctx.autocast():
             recon, z_mu, z_sigma = ae(x)
             logs: dict[str, torch.Tensor] = {
-                "l1": torch.mean(torch.abs(recon.float() - x.float())),
+                "l1": lesion_weighted_l1(recon, x, batch.get("mask"), c.lesion_weight),
                 "kl": kl_divergence(z_mu.float(), z_sigma.float()),
             }
             loss_g = c.l1_weight * logs["l1"] + c.kl_weight * logs["kl"]
