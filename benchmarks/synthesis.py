@@ -15,7 +15,8 @@ Printed per model, each figure beside its named baseline:
   the real-vs-real ``*_floor``, not by raw FID): FID, KID, precision, recall, density,
   coverage, and ``fid / floor``;
 - conditioning fidelity of ``label`` and ``sex``: AUC of a real-trained classifier on samples vs
-  the same classifier on real held-out images (the ceiling), and their ratio;
+  the same classifier on real held-out images (the ceiling), and their ratio, and on the
+  model's reconstructions of those images (what its latent keeps of each condition);
 - TSTR: the label AUC on real test images when trained on synthetic vs on real images;
 - near-copies of the evaluation samples per subgroup (vs the gate's quantile, 1 %);
 - sampling: images/s of ``sample(--n-speed)`` (under ``--sample-threads``), then those samples
@@ -146,6 +147,8 @@ def train(args: argparse.Namespace, kind: str, manifest: Path, size: tuple[int, 
         info.update(plan)
     if args.adv_weight is not None and kind != "ldm":
         extra["adv_weight"] = args.adv_weight
+    if args.lesion_weight > 0:
+        extra["lesion_weight"] = args.lesion_weight
     if kind == GUIDED:
         extra["guide_weight"] = args.guide_weight
         if args.guide_conditions:
@@ -356,7 +359,10 @@ def print_model(kind: str, info: dict[str, Any], ev: Any, speed: dict[str, Any])
     print(quality_view(ev.quality).round(4).to_string())
     print(f"\n== {kind}: the same on the evaluation classifier's features (cross-check) ==")
     print(quality_view(ev.quality_classifier).round(4).to_string())
-    print(f"\n== {kind}: conditioning fidelity (real-trained classifier; *_real = the ceiling) ==")
+    print(
+        f"\n== {kind}: conditioning fidelity (real-trained classifier; *_real = the ceiling, "
+        "*_reconstruction = on the model's reconstructions of the held-out images) =="
+    )
     f = ev.fidelity.copy()
     f["auc/real"] = f["auc"] / f["auc_real"].replace(0, np.nan)
     print(f.round(3).to_string())
@@ -397,6 +403,7 @@ def summary_row(kind: str, info: dict[str, Any], ev: Any, speed: dict[str, Any])
         "coverage": o["coverage"],
         "auc_label": f.loc[("label", "overall"), "auc"],
         "auc_label_real": f.loc[("label", "overall"), "auc_real"],
+        "auc_label_recon": f.loc[("label", "overall"), "auc_reconstruction"],
         "auc_sex": f.loc[("sex", "overall"), "auc"],
         "auc_sex_real": f.loc[("sex", "overall"), "auc_real"],
         "tstr_auc": t.loc["synthetic", "auc"] if "synthetic" in t.index else np.nan,
@@ -425,6 +432,12 @@ def main() -> None:
         type=float,
         default=None,
         help="the VAE-GANs' adversarial weight (default: the model's, 0.05)",
+    )
+    ap.add_argument(
+        "--lesion-weight",
+        type=float,
+        default=0.0,
+        help="every model's autoencoder L1 weighs pixels in the lesion masks 1 + W (0: off)",
     )
     ap.add_argument(
         "--guide-conditions",

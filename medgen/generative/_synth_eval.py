@@ -108,6 +108,30 @@ def result_units(syn: Synthesizer, samples: SynthesisResult) -> torch.Tensor:
     return torch.from_numpy(scaled[:, None].astype(np.float32)).to(syn.device)
 
 
+def reconstruct_units(
+    syn: Synthesizer, units: torch.Tensor, conditions: pd.DataFrame, batch_size: int = 64
+) -> torch.Tensor:
+    """The model's reconstructions ``decode(posterior mean, conditions)`` of ``units`` (unit
+    intensities, ``Nx1x[SPATIAL]``), each under its own row of ``conditions``."""
+    import torch
+
+    from medgen.generative.synthesis import condition_index
+
+    index = condition_index(conditions, syn.conditions, syn.vocabulary)
+    ae: Any = syn.networks()["autoencoder"]
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(units), batch_size):
+            x = units[i : i + batch_size].to(syn.device)
+            mu, _ = ae.encode(x)
+            if syn.model == "ldm":
+                out.append(syn._decode_units(mu * syn.scale_factor, None).cpu())
+            else:
+                w = syn._weights(index[i : i + batch_size], len(x))
+                out.append(syn._decode_units(mu, w).cpu())
+    return torch.cat(out) if out else units
+
+
 def encoder_features(syn: Synthesizer, units: torch.Tensor, batch_size: int = 64) -> np.ndarray:
     """``(N, D)`` features: the encoder's posterior mean, average-pooled and flattened."""
     import torch
@@ -556,6 +580,9 @@ def evaluate(
     )
     p_fake = clf_real.predict(s_units)
     p_hold = clf_real.predict(hold_units)
+    # the same classifier on the model's reconstructions of the held-out images (under their
+    # own conditions): what the autoencoder keeps of each condition, before any sampling
+    p_rec = clf_real.predict(reconstruct_units(syn, hold_units, hold[conds]))
     quality_clf = quality_table(
         clf_real.embed(hold_units), clf_real.embed(s_units), real_groups=real_groups,
         fake_groups=fake_groups, by=cols, kid_subsets=kid_subsets, k=k, seed=int(seed),
@@ -569,10 +596,12 @@ def evaluate(
         masks_h = [np.ones(len(y_h), bool), *[y_h == j for j in range(heads[col])]]
         auc_f, acc_f = _auc_acc(y_f, p_fake[col])
         auc_h, acc_h = _auc_acc(y_h, p_hold[col])
+        auc_rc, acc_rc = _auc_acc(y_h, p_rec[col])
         for j, (value, mf, mh) in enumerate(zip(values, masks_f, masks_h, strict=True)):
             if j == 0:
                 rec = {"n": int(mf.sum()), "accuracy": acc_f, "auc": auc_f}
                 rec.update({"n_real": int(mh.sum()), "accuracy_real": acc_h, "auc_real": auc_h})
+                rec.update({"accuracy_reconstruction": acc_rc, "auc_reconstruction": auc_rc})
             else:
                 rec = {
                     "n": int(mf.sum()),
@@ -585,6 +614,10 @@ def evaluate(
                     if mh.any()
                     else np.nan,
                     "auc_real": _ovr_auc(mh, p_hold[col][:, j - 1]),
+                    "accuracy_reconstruction": float((p_rec[col][mh].argmax(1) == j - 1).mean())
+                    if mh.any()
+                    else np.nan,
+                    "auc_reconstruction": _ovr_auc(mh, p_rec[col][:, j - 1]),
                 }
             fid_rows.append(((col, value), rec))
     fidelity = pd.DataFrame(

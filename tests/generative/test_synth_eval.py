@@ -66,9 +66,13 @@ def test_evaluation_tables(evaluation: Any, tiny_manifest: Path) -> None:
         ("label", "overall"), ("label", "0"), ("label", "1"),
         ("sex", "overall"), ("sex", "F"), ("sex", "M"),
     ]  # fmt: skip
-    assert list(f.columns) == ["n", "accuracy", "auc", "n_real", "accuracy_real", "auc_real"]
+    assert list(f.columns) == [
+        "n", "accuracy", "auc", "n_real", "accuracy_real", "auc_real",
+        "accuracy_reconstruction", "auc_reconstruction",
+    ]  # fmt: skip
     assert f.loc[("label", "overall"), "n"] == len(hold)
-    assert ((f["auc"] >= 0) & (f["auc"] <= 1)).all()
+    for col in ("auc", "auc_real", "auc_reconstruction"):
+        assert ((f[col] >= 0) & (f[col] <= 1)).all()
 
     t = evaluation.tstr
     assert t.index.name == "train_on" and list(t.index) == ["real", "synthetic"]
@@ -142,6 +146,20 @@ def test_gate_flags_a_planted_copy_and_write_skips_it(
     info = json.loads((tmp_path / "all" / "synthesis.json").read_text())
     assert info["memorisation_gate"]["allow_copies"] is True and info["n_dropped"] == 0
     assert info["near_copies_written"][0].endswith("-00002")
+
+
+def test_reconstructions_are_of_their_own_images(syn: Synthesizer, tiny_manifest: Path) -> None:
+    from medgen.generative._synth_eval import load_units, reconstruct_units
+
+    df = pd.read_csv(tiny_manifest)
+    hold = df[df["split"] != "train"].reset_index(drop=True)
+    hold = hold.assign(image_path=[str(tiny_manifest.parent / p) for p in hold["image_path"]])
+    units, _ = load_units(syn, hold, "test")
+    rec = reconstruct_units(syn, units, hold[list(syn.conditions)], batch_size=5)
+    assert rec.shape == units.shape and torch.isfinite(rec).all()
+    # each reconstruction is nearer its own image than the other images are, on average
+    d = torch.cdist(rec.flatten(1), units.flatten(1))
+    assert float(d.diagonal().mean()) < float(d.mean())
 
 
 def test_sample_with_reference_and_select(syn: Synthesizer, tiny_manifest: Path) -> None:
