@@ -453,7 +453,6 @@ class Synthesizer(GenerativeModel):
         #: the manifest fit() read (resolved path), the memorisation gate's default reference
         self.training_manifest: str | None = None
         self._gate: Any = None  # the memorisation gate of training_manifest, built once
-        self._masks: np.ndarray | None = None  # fit's lesion masks, until the objective has them
         self._build_configs()
 
     # ------------------------------------------------------------------ configs and networks
@@ -585,7 +584,7 @@ class Synthesizer(GenerativeModel):
         masks, found = [], 0
         for row, shape in zip(df.to_dict("records"), shapes, strict=True):
             path, iid = row.get(col), str(row["image_id"])
-            if path is None or (isinstance(path, float) and math.isnan(path)) or str(path) == "":
+            if not isinstance(path, str) or not path:  # an empty cell (NaN in a CSV): no lesion
                 masks.append(np.zeros(self.image_size, dtype=np.float32))
                 continue
             m = _spatial_array(load(path), sd, f"mask {path}")
@@ -605,9 +604,12 @@ class Synthesizer(GenerativeModel):
         log.info("fit: lesion-weighted L1 (x%g) on %d train images with lesions", w, found)
         return np.stack(masks).astype(np.float32)
 
-    def _training_data(self, cohort: Any) -> tuple[np.ndarray, pd.DataFrame, np.ndarray, str]:
+    def _training_data(
+        self, cohort: Any
+    ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray, str, np.ndarray | None]:
         """``(images N x [SPATIAL] in unit intensities, condition rows, indices N x K,
-        data hash)`` of the train split; sets the vocabulary and the training statistics."""
+        data hash, lesion masks or None)`` of the train split (:meth:`_training_masks`); sets
+        the vocabulary and the training statistics."""
         from medgen.io import load
 
         c = _as_cohort(cohort)
@@ -661,8 +663,8 @@ class Synthesizer(GenerativeModel):
             .reset_index()
         )
         self.combinations = counts
-        self._masks = self._training_masks(df, shapes)
-        return np.stack(images).astype(np.float32), cond, index, h.hexdigest()
+        masks = self._training_masks(df, shapes)
+        return np.stack(images).astype(np.float32), cond, index, h.hexdigest(), masks
 
     def _combined(self, index: np.ndarray) -> np.ndarray:
         """Combined condition index (row-major over the vocabularies) of ``N x K`` indices."""
@@ -746,7 +748,7 @@ class Synthesizer(GenerativeModel):
             ConditionalVAEGANObjective,
         )
 
-        images, _, index, data_hash = self._training_data(cohort)
+        images, _, index, data_hash, masks = self._training_data(cohort)
         from medgen.generative._synth_eval import _reference_name
 
         ref = _reference_name(cohort)
@@ -756,7 +758,7 @@ class Synthesizer(GenerativeModel):
         objective: Any
         if self.model == "vae-gan":
             objective = ConditionalVAEGANObjective(
-                images, index, config=self.vae_config, masks=self._masks
+                images, index, config=self.vae_config, masks=masks
             )
         else:
             objective = ConditionalLDMObjective(
@@ -764,9 +766,8 @@ class Synthesizer(GenerativeModel):
                 self._combined(index),
                 config=self.diffusion_config,
                 autoencoder_config=self.ae_config,
-                masks=self._masks,
+                masks=masks,
             )
-        self._masks = None  # the objective holds them for the run
         run_info = {
             "synthesizer": {**self.options},
             "vocabulary": {k: [str(v) for v in vs] for k, vs in self.vocabulary.items()},

@@ -331,10 +331,11 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
         config: options.
         masks: ``N x [SPATIAL]`` lesion masks (0..1) for ``config.lesion_weight``, or ``None``.
 
-    Batches: ``{"image": Bx1x[SPATIAL], "condition": BxK}`` (and ``"mask"`` with masks). Networks: ``"autoencoder"`` (a
-    :class:`ConditionalAutoencoder`; EMA, inference), with ``adv_weight > 0``
-    ``"discriminator"`` (a PatchGAN on the image and ``sum V_k`` condition maps), and with
-    ``guide_weight > 0`` ``"guide"`` (:func:`build_guide`; trained, not part of the model).
+    Batches: ``{"image": Bx1x[SPATIAL], "condition": BxK}`` (and ``"mask"`` with masks).
+    Networks: ``"autoencoder"`` (a :class:`ConditionalAutoencoder`; EMA, inference), with
+    ``adv_weight > 0`` ``"discriminator"`` (a PatchGAN on the image and ``sum V_k`` condition
+    maps), and with ``guide_weight > 0`` ``"guide"`` (:func:`build_guide`; trained, not part of
+    the model).
     """
 
     log_keys = ("loss_g", "l1", "kl", "adv", "loss_d", "guide", "guide_recon", "guide_cf")  # type: ignore[assignment]
@@ -541,9 +542,9 @@ class ConditionalLDMObjective(DiffusionObjective):
         masks: ``N x [SPATIAL]`` lesion masks (0..1) for stage 1's ``lesion_weight``, or
             ``None``.
 
-    Batches: ``{"image": Bx1x[SPATIAL], "label": B}`` (and ``"mask"`` with masks). Networks: ``"autoencoder"`` (trained in
-    stage 1, frozen after; inference), ``"discriminator"`` (stage 1, with ``adv_weight > 0``),
-    ``"unet"`` (EMA; inference). State: the latent ``scale_factor`` (``None`` until stage 2).
+    Batches: ``{"image": Bx1x[SPATIAL], "label": B}`` (and ``"mask"`` with masks). Networks:
+    ``"autoencoder"`` (trained in stage 1, frozen after; inference), ``"discriminator"``
+    (stage 1, with ``adv_weight > 0``), ``"unet"`` (EMA; inference). State: the latent ``scale_factor`` (``None`` until stage 2).
     """
 
     kind: ClassVar[str] = "conditional-ldm"
