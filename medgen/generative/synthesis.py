@@ -567,7 +567,7 @@ class Synthesizer(GenerativeModel):
         self, df: pd.DataFrame, shapes: Sequence[tuple[int, ...]]
     ) -> np.ndarray | None:
         """The train rows' lesion masks (``lesion_weight`` > 0) on the model's grid: ``N x
-        [SPATIAL]`` occupancy 0..1 (``mask > 0``, resized like the images), zeros for an empty
+        [SPATIAL]`` occupancy 0..1 (``mask > 0.5``, resized like the images), zeros for an empty
         cell; ``None`` when ``lesion_weight`` is 0."""
         from medgen.io import load
 
@@ -593,8 +593,10 @@ class Synthesizer(GenerativeModel):
                     f"fit: the lesion mask {path} (column {col!r}, image {iid}) has shape "
                     f"{m.shape}, its image {tuple(shape)}; give masks on the images' grid."
                 )
-            found += int(bool((m > 0).any()))
-            masks.append(np.clip(_resize((m > 0).astype(np.float32), self.image_size), 0, 1))
+            # binarised at 0.5 as translation's masks are (a probability map: its confident part)
+            lesion = m > 0.5
+            found += int(bool(lesion.any()))
+            masks.append(np.clip(_resize(lesion.astype(np.float32), self.image_size), 0, 1))
         if found == 0:
             raise MedgenValueError(
                 f"fit: lesion_weight > 0 but no train row's {col!r} mask has a lesion; check the "

@@ -58,14 +58,21 @@ def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def lesion_weighted_l1(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, lesion_weight: float
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    lesion_weight: float,
+    *,
+    base: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean absolute error with the pixels inside ``mask`` weighted ``1 + lesion_weight``.
 
     ``mask``: ``BxCx[SPATIAL]`` lesion occupancy (0..1; soft values weigh in proportion) or
-    ``None``; with ``None`` or ``lesion_weight == 0`` this is the plain L1. Why: a lesion of a few
-    pixels is a thousandth of a 64x64 image's L1, so an autoencoder trained on the plain mean
-    blurs it away first (docs/synthesis.md).
+    ``None``; with ``None`` or ``lesion_weight == 0`` this is the plain L1. ``base``: per-pixel
+    weights replacing the ``1`` (pix2pix's :func:`~medgen.generative.objectives.paired.
+    detail_weight_map`), the lesion term added to them. Why: a lesion of a few pixels is a
+    thousandth of a 64x64 image's L1, so an autoencoder trained on the plain mean blurs it away
+    first (docs/synthesis.md).
 
     Example:
         >>> x, y = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
@@ -76,9 +83,10 @@ def lesion_weighted_l1(
         (0.0625, 0.25)
     """
     err = torch.abs(pred.float() - target.float())
-    if mask is None or lesion_weight <= 0:
-        return torch.mean(err)
-    return torch.mean((1.0 + float(lesion_weight) * mask.float()) * err)
+    weight = base
+    if mask is not None and lesion_weight > 0:
+        weight = (1.0 if base is None else base) + float(lesion_weight) * mask.float()
+    return torch.mean(err if weight is None else weight * err)
 
 
 def generator_optimizers(

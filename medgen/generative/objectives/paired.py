@@ -43,6 +43,7 @@ from medgen.generative.objectives._common import (
     conditional_discriminator_step,
     generator_optimizers,
     kl_divergence,
+    lesion_weighted_l1,
 )
 
 if TYPE_CHECKING:
@@ -352,14 +353,10 @@ class PairedObjective(Objective):
             terms: dict[str, torch.Tensor] = {}
             detail = float(getattr(c, "detail_weight", 0.0))
             lesion = float(getattr(c, "lesion_weight", 0.0))
-            mask = batch.get("mask")
-            if detail > 0 or (lesion > 0 and mask is not None):  # Pix2PixConfig's weighted L1
-                w = detail_weight_map(y, detail, sigma=float(getattr(c, "detail_sigma", 1.0)))
-                if lesion > 0 and mask is not None:
-                    w = w + lesion * mask.float()
-                terms["l1"] = torch.mean(w * torch.abs(pred.float() - y.float()))
-            else:
-                terms["l1"] = torch.mean(torch.abs(pred.float() - y.float()))
+            base = None  # Pix2PixConfig's detail-weighted L1, plus its lesion term
+            if detail > 0:
+                base = detail_weight_map(y, detail, sigma=float(getattr(c, "detail_sigma", 1.0)))
+            terms["l1"] = lesion_weighted_l1(pred, y, batch.get("mask"), lesion, base=base)
             if c.mse_weight > 0:
                 terms["mse"] = torch.mean((pred.float() - y.float()) ** 2)
             if self._ssim is not None:
