@@ -408,6 +408,9 @@ def summary_row(kind: str, info: dict[str, Any], ev: Any, speed: dict[str, Any])
         "auc_sex_real": f.loc[("sex", "overall"), "auc_real"],
         "tstr_auc": t.loc["synthetic", "auc"] if "synthetic" in t.index else np.nan,
         "trtr_auc": t.loc["real", "auc"] if "real" in t.index else np.nan,
+        "tstr_recon_auc": (
+            t.loc["reconstructions", "auc"] if "reconstructions" in t.index else np.nan
+        ),
         "near_copy_rate": nc["near_copy_rate"],
         "fid_worst/best": fid_subgroup_ratio(q),
         "img_per_s": speed["images_per_s"],

@@ -642,6 +642,16 @@ def evaluate(
         auc_s, acc_s = _auc_acc(y_test, clf_syn.predict(test_units)[target])
         tstr_rows.append(("synthetic", len(syn_train), len(test), auc_s, acc_s))
         hashes["classifier_synthetic_sha256"] = clf_syn.sha256
+        # and on the model's reconstructions of the train images (their own latents, decoded
+        # under their own conditions): what any sampler could teach at best with this decoder,
+        # so the gap to "synthetic" is the sampler's and the gap to "real" the decoder's
+        rec_train = reconstruct_units(syn, train_units, train[conds])
+        clf_rec = train_classifier(
+            rec_train, y_train, heads, spatial_dims=sd, epochs=classifier_epochs, seed=seed
+        )
+        auc_rt, acc_rt = _auc_acc(y_test, clf_rec.predict(test_units)[target])
+        tstr_rows.append(("reconstructions", len(train), len(test), auc_rt, acc_rt))
+        hashes["classifier_reconstruction_sha256"] = clf_rec.sha256
     tstr = pd.DataFrame(
         [
             dict(zip(("n_train", "n_test", "auc", "accuracy"), r[1:], strict=True))

@@ -38,8 +38,9 @@ NOTES = {
     ),
     "tstr": (
         "Train on synthetic, test on real: the same small classifier trained on samples "
-        "conditioned like the train rows (synthetic) or on the real train images (real), "
-        "tested on the real test images."
+        "conditioned like the train rows (synthetic), on the real train images (real) or on "
+        "the model's reconstructions of them (reconstructions: the best a sampler could teach "
+        "with this decoder), tested on the real test images."
     ),
     "near_copies": (
         "Samples closer to a training image (encoder features or pixels, NCC) than all but "

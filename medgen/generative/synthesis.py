@@ -1423,7 +1423,9 @@ class Synthesizer(GenerativeModel):
         - ``fidelity``: a classifier trained on the real train images predicts each condition
           on samples conditioned on it (accuracy, AUC), beside the same on held-out real images;
         - ``tstr``: the ``target`` AUC on the real test images of that classifier trained on
-          synthetic images (conditioned like the train rows) and on the real train images;
+          synthetic images (conditioned like the train rows, row ``synthetic``), on the real
+          train images (``real``) and on the model's reconstructions of them
+          (``reconstructions``: the best any sampler could do with this decoder);
         - ``near_copies`` / ``memorisation``: the memorisation gate of the samples.
 
         Features: this model's encoder (trained on real images only; hashed as

@@ -75,10 +75,12 @@ def test_evaluation_tables(evaluation: Any, tiny_manifest: Path) -> None:
         assert ((f[col] >= 0) & (f[col] <= 1)).all()
 
     t = evaluation.tstr
-    assert t.index.name == "train_on" and list(t.index) == ["real", "synthetic"]
+    assert t.index.name == "train_on"
+    assert list(t.index) == ["real", "synthetic", "reconstructions"]
     assert list(t.columns) == ["n_train", "n_test", "auc", "accuracy"]
-    assert t["n_test"].tolist() == [(df["split"] == "test").sum()] * 2
-    assert t["n_train"].tolist() == [(df["split"] == "train").sum()] * 2
+    assert t["n_test"].tolist() == [(df["split"] == "test").sum()] * 3
+    assert t["n_train"].tolist() == [(df["split"] == "train").sum()] * 3
+    assert ((t["auc"] >= 0) & (t["auc"] <= 1)).all()
 
     nc = evaluation.near_copies
     assert nc.index.names == ["attribute", "group"] and nc.loc[
@@ -88,6 +90,7 @@ def test_evaluation_tables(evaluation: Any, tiny_manifest: Path) -> None:
     p = evaluation.provenance
     assert p["weights_sha256"] in p["feature_extractor"]
     assert len(p["classifier_real_sha256"]) == 64 and len(p["classifier_synthetic_sha256"]) == 64
+    assert len(p["classifier_reconstruction_sha256"]) == 64
 
 
 def test_evaluation_is_deterministic_and_renders(

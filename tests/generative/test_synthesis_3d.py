@@ -151,7 +151,7 @@ def test_evaluate_volumes(run3d: tuple[Synthesizer, Path], cohort3d: Path, tmp_p
     assert np.isfinite(overall["fid"]) and np.isfinite(overall["fid_floor"])
     assert overall["fid"] >= 0 and overall["fid_floor"] >= 0
     assert set(ev.fidelity.index.get_level_values("condition")) == {"label", "sex"}
-    assert list(ev.tstr.index) == ["real", "synthetic"]
+    assert list(ev.tstr.index) == ["real", "synthetic", "reconstructions"]
     assert len(ev.memorisation) == held_out
     # features: the 8^3 latent mean pooled to 4^3 (64 cells per channel, as 8x8 in 2D)
     assert "pooled to <= 4 per axis" in ev.provenance["feature_extractor"]
