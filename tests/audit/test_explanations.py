@@ -140,8 +140,10 @@ def test_explanations_by_sex_on_the_tiny_preset(
     msk = medgen.io.load(tiny_manifest.parent / row["mask_path"])
     sal = tiny_clf.explain(img[None], class_idx=1)[0]
     ref = score_explanation(sal, msk, n_random=0)
+    # the audit explains images in batches, this check one at a time: float32 convolutions sum in
+    # a different order with the batch size, so the maps agree to ~1e-6 relative, not bitwise
     assert pi["pointing"].iloc[0] == pytest.approx(ref["pointing"])
-    assert pi["energy"].iloc[0] == pytest.approx(ref["energy"])
+    assert pi["energy"].iloc[0] == pytest.approx(ref["energy"], rel=1e-4)
     # per group: means of the per-image table, with CIs around them
     bg = res.by_group
     for sex in ("F", "M"):
