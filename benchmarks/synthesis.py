@@ -317,7 +317,8 @@ def fid_subgroup_ratio(q: pd.DataFrame) -> float:
 def targets(model: str, ev: Any, speed: dict[str, Any]) -> list[dict[str, Any]]:
     fid, q, t = ev.fidelity, ev.quality, ev.tstr
     label_auc = float(fid.loc[("label", "overall"), "auc"])
-    gap = float(t.loc["synthetic", "auc"] - t.loc["real", "auc"]) if len(t) == 2 else np.nan
+    has_both = {"synthetic", "real"} <= set(t.index)
+    gap = float(t.loc["synthetic", "auc"] - t.loc["real", "auc"]) if has_both else np.nan
     cov = float(q.loc[("overall", "all"), "coverage"])
     ratio = fid_subgroup_ratio(q)
     rows = [
