@@ -110,22 +110,37 @@ def one_hots(index: torch.Tensor, num_classes: Sequence[int]) -> list[torch.Tens
 
 
 class ConditionalAutoencoder(nn.Module):
-    """MONAI ``AutoencoderKL`` whose decoder input is ``z + sum_k E_k[c_k]``.
+    """MONAI ``AutoencoderKL`` whose decoder input is ``z + sum_k E_k[c_k]`` (``+ M(mask)``).
 
     ``E_k`` (``nn.Embedding(V_k, prod(latent_shape))``) is a learned latent-shaped map per value
     of condition ``k``. Conditions are given as ``K`` weight matrices ``BxV_k``: one-hot for a
     known value, the training frequencies for "unconditioned", a mix of two for interpolation.
 
+    With ``mask_condition`` the decoder also sees where the lesions are: ``M`` is a 3x3 MONAI
+    ``Convolution`` of the lesion mask's occupancy (area-average) and presence (max) pooled to
+    the latent grid, added to the latent like the embeddings. Why: a condition embedding is one
+    fixed map per value, so it cannot say "a lesion *here*" when lesions sit anywhere, and
+    lesions of a label-1 sample then come only from its latent, which a fitted prior does not
+    place (docs/synthesis.md, "mask-conditioned decoding").
+
     Args:
         autoencoder: the ``AutoencoderKL``.
         num_classes: ``V_k``, the number of values of each condition.
         latent_shape: ``(latent_channels, *spatial)`` of the latent.
+        mask_condition: add the mask path ``M``.
     """
 
     def __init__(
-        self, autoencoder: nn.Module, num_classes: Sequence[int], latent_shape: Sequence[int]
+        self,
+        autoencoder: nn.Module,
+        num_classes: Sequence[int],
+        latent_shape: Sequence[int],
+        *,
+        mask_condition: bool = False,
     ) -> None:
         super().__init__()
+        from monai.networks.blocks import Convolution
+
         self.autoencoder = autoencoder
         self.num_classes = tuple(int(v) for v in num_classes)
         self.latent_shape = tuple(int(s) for s in latent_shape)
@@ -133,6 +148,39 @@ class ConditionalAutoencoder(nn.Module):
         self.embeddings = nn.ModuleList(nn.Embedding(v, size) for v in self.num_classes)
         for emb in self.embeddings:
             nn.init.normal_(cast(nn.Embedding, emb).weight, std=0.1)
+        self.mask_embedding: nn.Module | None = None
+        if mask_condition:
+            self.mask_embedding = Convolution(
+                spatial_dims=len(self.latent_shape) - 1,
+                in_channels=2,
+                out_channels=self.latent_shape[0],
+                kernel_size=3,
+                conv_only=True,
+            )
+
+    @property
+    def mask_condition(self) -> bool:
+        """Whether the decoder sees a lesion mask."""
+        return self.mask_embedding is not None
+
+    def mask_offset(self, mask: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """``M(mask)`` (``Bx[latent_shape]``) of masks ``Bx1x[SPATIAL]`` (0..1); ``None``
+        masks: no lesion anywhere. ``None`` without ``mask_condition``."""
+        if self.mask_embedding is None:
+            return None
+        spatial = self.latent_shape[1:]
+        w = next(self.mask_embedding.parameters())
+        if mask is None:
+            m = w.new_zeros((batch, 1, *spatial))
+            pooled = torch.cat([m, m], dim=1)
+        else:
+            m = mask.to(w)
+            f: Any = nn.functional
+            nd = len(spatial)
+            avg = f.adaptive_avg_pool2d if nd == 2 else f.adaptive_avg_pool3d
+            mx = f.adaptive_max_pool2d if nd == 2 else f.adaptive_max_pool3d
+            pooled = torch.cat([avg(m, spatial), mx(m, spatial)], dim=1)
+        return cast(torch.Tensor, self.mask_embedding(pooled))
 
     def offset(self, weights: Sequence[torch.Tensor]) -> torch.Tensor:
         """``sum_k weights_k @ E_k``: the latent offset ``Bx[latent_shape]`` of the conditions."""
@@ -148,18 +196,28 @@ class ConditionalAutoencoder(nn.Module):
         mu, sigma = cast(Any, self.autoencoder).encode(x)
         return mu, sigma
 
-    def decode(self, z: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Images ``Bx1x[SPATIAL]`` of latents ``z`` under the conditions ``weights``."""
+    def decode(
+        self,
+        z: torch.Tensor,
+        weights: Sequence[torch.Tensor],
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Images ``Bx1x[SPATIAL]`` of latents ``z`` under the conditions ``weights`` (and, with
+        ``mask_condition``, the lesion masks ``mask`` ``Bx1x[SPATIAL]``; ``None``: none)."""
         off = self.offset(weights).to(dtype=z.dtype)
+        moff = self.mask_offset(mask, z.shape[0])
+        if moff is not None:
+            off = off + moff.to(dtype=z.dtype)
         return cast(torch.Tensor, cast(Any, self.autoencoder).decode(z + off))
 
     def forward(
-        self, x: torch.Tensor, index: torch.Tensor
+        self, x: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(reconstruction, z_mu, z_sigma)`` of images ``x`` with condition indices ``BxK``."""
+        """``(reconstruction, z_mu, z_sigma)`` of images ``x`` with condition indices ``BxK``
+        (and lesion masks ``mask``, see :meth:`decode`)."""
         mu, sigma = self.encode(x)
         z = cast(Any, self.autoencoder).sampling(mu, sigma)
-        return self.decode(z, one_hots(index, self.num_classes)), mu, sigma
+        return self.decode(z, one_hots(index, self.num_classes), mask), mu, sigma
 
 
 @dataclass
@@ -185,6 +243,9 @@ class ConditionalVAEGANConfig(AutoencoderConfig):
             real images) gives the guide nothing real to learn, and guiding it only teaches the
             decoder patterns that fool the guide.
         lr_guide: Adam learning rate of the guide classifier.
+        mask_condition: the decoder also sees the lesion mask (:class:`ConditionalAutoencoder`;
+            the objective then needs ``masks``) and so does the discriminator (one more input
+            channel), which is what makes the decoder draw a lesion where the mask says.
         guide_noise: standard deviation of the Gaussian noise added to every image the guide
             sees (real and generated, in the 0..1 units): a classifier trained and applied on
             noisy images has smoother gradients, which the decoder cannot satisfy with
@@ -208,9 +269,15 @@ class ConditionalVAEGANConfig(AutoencoderConfig):
     lr_guide: float = 1e-3
     guide_noise: float = 0.1
     guide_conditions: tuple[int, ...] = ()
+    mask_condition: bool = False
 
     def __post_init__(self) -> None:
         owner = "ConditionalVAEGANConfig"
+        if self.mask_condition and self.guide_weight > 0:
+            raise ConfigError(
+                f"{owner}: mask_condition and guide_weight > 0 do not combine (the guide's "
+                "counterfactual decodes would need counterfactual masks); use one of them."
+            )
         _checks.check_non_negative(self, owner, ("guide_weight", "guide_noise"))
         _checks.check_int(self, owner, ("guide_warmup_steps",), minimum=0)
         _checks.check_positive(self, owner, ("lr_guide",))
@@ -278,7 +345,12 @@ def guide_loss(
 def build_conditional_autoencoder(config: ConditionalVAEGANConfig) -> ConditionalAutoencoder:
     """The :class:`ConditionalAutoencoder` of ``config`` (one input channel)."""
     shape = latent_shape(config.image_size, config.channels, config.latent_channels)
-    return ConditionalAutoencoder(build_autoencoder(config), config.num_classes, shape)
+    return ConditionalAutoencoder(
+        build_autoencoder(config),
+        config.num_classes,
+        shape,
+        mask_condition=bool(config.mask_condition),
+    )
 
 
 def _whole_images(
@@ -369,6 +441,11 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
                 f"image in [0, num_classes) = {c.num_classes}."
             )
         self.masks = _masks(masks, self.images, type(self).__name__)
+        if c.mask_condition and self.masks is None:
+            raise MedgenValueError(
+                f"{type(self).__name__}: config.mask_condition decodes under lesion masks; pass "
+                "masks= (one per image, zeros where there is no lesion)."
+            )
 
     def build_networks(self) -> dict[str, nn.Module]:
         from medgen.generative._nets import build_discriminator
@@ -378,7 +455,7 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
         if c.adv_weight > 0:  # it sees the image and one-hot maps of the conditions
             nets["discriminator"] = build_discriminator(
                 spatial_dims=c.spatial_dims,
-                in_channels=1 + sum(c.num_classes),
+                in_channels=1 + sum(c.num_classes) + int(c.mask_condition),
                 channels=c.discriminator_channels,
                 num_layers_d=c.num_layers_d,
             )
@@ -428,6 +505,9 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
         adv = PatchAdversarialLoss(criterion="least_squares")
         adv_on = disc is not None and ctx.step >= c.adv_warmup_steps
         maps = condition_maps(one_hots(cond, c.num_classes), x.shape[2:]).to(x)
+        mask = batch.get("mask") if c.mask_condition else None
+        if mask is not None:  # the discriminator judges the image under its mask too
+            maps = torch.cat([maps, mask.to(maps)], dim=1)
         guide = ctx.networks.get("guide")
         guide_on = guide is not None and ctx.step >= c.guide_warmup_steps
         cf: torch.Tensor | None = None  # the counterfactual decodes and their conditions
@@ -436,7 +516,7 @@ class ConditionalVAEGANObjective(AutoencoderObjective):
         with ctx.autocast():
             mu, sigma = ae.encode(x)
             z = cast(Any, ae.autoencoder).sampling(mu, sigma)
-            recon = ae.decode(z, one_hots(cond, c.num_classes))
+            recon = ae.decode(z, one_hots(cond, c.num_classes), mask)
             logs: dict[str, torch.Tensor] = {
                 "l1": lesion_weighted_l1(recon, x, batch.get("mask"), c.lesion_weight),
                 "kl": kl_divergence(mu.float(), sigma.float()),
