@@ -149,6 +149,8 @@ def train(args: argparse.Namespace, kind: str, manifest: Path, size: tuple[int, 
         extra["adv_weight"] = args.adv_weight
     if args.lesion_weight > 0:
         extra["lesion_weight"] = args.lesion_weight
+    if args.mask_condition and kind != "ldm":
+        extra["mask_condition"] = True
     if kind == GUIDED:
         extra["guide_weight"] = args.guide_weight
         if args.guide_conditions:
@@ -442,6 +444,12 @@ def main() -> None:
         type=float,
         default=0.0,
         help="every model's autoencoder L1 weighs pixels in the lesion masks 1 + W (0: off)",
+    )
+    ap.add_argument(
+        "--mask-condition",
+        action="store_true",
+        help="the VAE-GANs decode under lesion masks (training: the image's; sampling: a "
+        "training mask of the same conditions)",
     )
     ap.add_argument(
         "--guide-conditions",

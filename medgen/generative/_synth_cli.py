@@ -87,6 +87,13 @@ def register(app: typer.Typer) -> None:
         mask_column: Annotated[
             str, typer.Option(help="manifest column of the lesion masks")
         ] = "mask_path",
+        mask_condition: Annotated[
+            bool,
+            typer.Option(
+                help="vae-gan: decode under lesion masks (samples: a training mask of the same "
+                "conditions)"
+            ),
+        ] = False,
     ) -> None:
         """Train a conditional synthesizer on MANIFEST into the run folder OUTPUT."""
         from medgen.generative.synthesis import Synthesizer
@@ -100,6 +107,7 @@ def register(app: typer.Typer) -> None:
             channels=_ints(channels, "--channels"),
             lesion_weight=lesion_weight,
             mask_column=mask_column,
+            mask_condition=mask_condition,
         )
         config: dict[str, Any] = {
             "epochs": epochs,

@@ -109,15 +109,19 @@ def result_units(syn: Synthesizer, samples: SynthesisResult) -> torch.Tensor:
 
 
 def reconstruct_units(
-    syn: Synthesizer, units: torch.Tensor, conditions: pd.DataFrame, batch_size: int = 64
+    syn: Synthesizer, units: torch.Tensor, rows: pd.DataFrame, batch_size: int = 64
 ) -> torch.Tensor:
     """The model's reconstructions ``decode(posterior mean, conditions)`` of ``units`` (unit
-    intensities, ``Nx1x[SPATIAL]``), each under its own row of ``conditions``."""
+    intensities, ``Nx1x[SPATIAL]``), each under the conditions of its manifest row in ``rows``
+    (a mask-conditioned model: and under the row's own lesion mask)."""
     import torch
 
     from medgen.generative.synthesis import condition_index
 
-    index = condition_index(conditions, syn.conditions, syn.vocabulary)
+    index = condition_index(rows[list(syn.conditions)], syn.conditions, syn.vocabulary)
+    masks = None
+    if "mask_bank" in syn.nets:
+        masks = torch.from_numpy(syn._row_masks(rows, "evaluate")[0][:, None])
     ae: Any = syn.networks()["autoencoder"]
     out = []
     with torch.no_grad():
@@ -128,7 +132,8 @@ def reconstruct_units(
                 out.append(syn._decode_units(mu * syn.scale_factor, None).cpu())
             else:
                 w = syn._weights(index[i : i + batch_size], len(x))
-                out.append(syn._decode_units(mu, w).cpu())
+                m = None if masks is None else masks[i : i + batch_size]
+                out.append(syn._decode_units(mu, w, m).cpu())
     return torch.cat(out) if out else units
 
 
@@ -582,7 +587,7 @@ def evaluate(
     p_hold = clf_real.predict(hold_units)
     # the same classifier on the model's reconstructions of the held-out images (under their
     # own conditions): what the autoencoder keeps of each condition, before any sampling
-    p_rec = clf_real.predict(reconstruct_units(syn, hold_units, hold[conds]))
+    p_rec = clf_real.predict(reconstruct_units(syn, hold_units, hold))
     quality_clf = quality_table(
         clf_real.embed(hold_units), clf_real.embed(s_units), real_groups=real_groups,
         fake_groups=fake_groups, by=cols, kid_subsets=kid_subsets, k=k, seed=int(seed),
@@ -645,7 +650,7 @@ def evaluate(
         # and on the model's reconstructions of the train images (their own latents, decoded
         # under their own conditions): what any sampler could teach at best with this decoder,
         # so the gap to "synthetic" is the sampler's and the gap to "real" the decoder's
-        rec_train = reconstruct_units(syn, train_units, train[conds])
+        rec_train = reconstruct_units(syn, train_units, train)
         clf_rec = train_classifier(
             rec_train, y_train, heads, spatial_dims=sd, epochs=classifier_epochs, seed=seed
         )

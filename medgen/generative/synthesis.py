@@ -114,6 +114,8 @@ class SynthesisResult:
             first draw; ``r``: ``r`` earlier draws were near-copies and replaced), else ``None``.
         rejected: :meth:`Synthesizer.sample_items` with a gate: one row per rejected draw
             (``item``, ``draw`` and the gate's columns), else ``None``.
+        masks: a mask-conditioned model (``mask_condition=True``): the lesion mask each image
+            was decoded under (``Bx1x[SPATIAL]``, 0/1, on the model's grid), else ``None``.
     """
 
     images: torch.Tensor
@@ -124,6 +126,7 @@ class SynthesisResult:
     sample_index: np.ndarray | None = None
     draw: np.ndarray | None = None
     rejected: pd.DataFrame | None = None
+    masks: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -154,6 +157,7 @@ class SynthesisResult:
             sample_index=self.indices[mask],
             draw=None if self.draw is None else np.asarray(self.draw)[mask],
             rejected=self.rejected,
+            masks=None if self.masks is None else self.masks[torch.from_numpy(mask)],
         )
 
     def _repr_html_(self) -> str:
@@ -379,6 +383,7 @@ class Synthesizer(GenerativeModel):
         guide_conditions: str | Sequence[str] | None = None,
         lesion_weight: float = 0.0,
         mask_column: str = "mask_path",
+        mask_condition: bool = False,
     ) -> None:
         super().__init__()
         if model not in MODELS:
@@ -423,7 +428,17 @@ class Synthesizer(GenerativeModel):
             ),
             "lesion_weight": float(lesion_weight),
             "mask_column": str(mask_column),
+            "mask_condition": bool(mask_condition),
         }
+        if self.options["mask_condition"] and model != "vae-gan":
+            raise ConfigError(
+                f"Synthesizer: mask_condition=True needs model='vae-gan' (its decoder takes the "
+                f"mask), not {model!r}."
+            )
+        if self.options["mask_condition"] and self.options["guide_weight"] > 0:
+            raise ConfigError(
+                "Synthesizer: mask_condition=True and guide_weight > 0 do not combine; use one."
+            )
         if not math.isfinite(self.options["lesion_weight"]) or self.options["lesion_weight"] < 0:
             raise ConfigError(
                 f"Synthesizer: lesion_weight must be a number >= 0 (0: off), not {lesion_weight!r}."
@@ -510,6 +525,7 @@ class Synthesizer(GenerativeModel):
                 guide_conditions=tuple(
                     self.conditions.index(g) for g in o["guide_conditions"] or []
                 ),
+                mask_condition=bool(o.get("mask_condition", False)),
                 **weights,
             )
             return
@@ -566,45 +582,67 @@ class Synthesizer(GenerativeModel):
     def _training_masks(
         self, df: pd.DataFrame, shapes: Sequence[tuple[int, ...]]
     ) -> np.ndarray | None:
-        """The train rows' lesion masks (``lesion_weight`` > 0) on the model's grid: ``N x
-        [SPATIAL]`` occupancy 0..1 (``mask > 0.5``, resized like the images), zeros for an empty
-        cell; ``None`` when ``lesion_weight`` is 0."""
-        from medgen.io import load
-
-        if float(self.options.get("lesion_weight", 0.0)) <= 0:
+        """The train rows' lesion masks (``lesion_weight`` > 0 or ``mask_condition``) on the
+        model's grid: ``N x [SPATIAL]`` occupancy 0..1 (``mask > 0.5``, resized like the
+        images), zeros for an empty cell; ``None`` when neither uses them."""
+        weighted = float(self.options.get("lesion_weight", 0.0)) > 0
+        conditioned = bool(self.options.get("mask_condition", False))
+        if not (weighted or conditioned):
             return None
+        why = "lesion_weight > 0 weights the L1 by" if weighted else "mask_condition decodes under"
+        off = "lesion_weight=0" if weighted else "mask_condition=False"
         col = str(self.options.get("mask_column", "mask_path"))
         if col not in df.columns:
             raise MedgenValueError(
-                f"fit: lesion_weight > 0 weights the L1 by lesion masks, but the manifest has no "
-                f"column {col!r}; add one (a mask file per row, empty for none), pass "
-                "mask_column=, or lesion_weight=0."
+                f"fit: {why} lesion masks, but the manifest has no column {col!r}; add one (a "
+                f"mask file per row, empty for none), pass mask_column=, or {off}."
+            )
+        masks, found = self._row_masks(df, "fit", shapes)
+        if found == 0:
+            raise MedgenValueError(
+                f"fit: {why} lesion masks but no train row's {col!r} mask has a lesion; check "
+                f"the column, or pass {off}."
+            )
+        if weighted:
+            w = 1 + float(self.options["lesion_weight"])
+            log.info("fit: lesion-weighted L1 (x%g) on %d train images with lesions", w, found)
+        return masks
+
+    def _row_masks(
+        self, df: pd.DataFrame, what: str, shapes: Sequence[tuple[int, ...]] | None = None
+    ) -> tuple[np.ndarray, int]:
+        """``(masks N x [SPATIAL] float32 occupancy 0..1 on the model's grid, rows with a
+        lesion)`` of the manifest rows ``df`` (column ``mask_column``; an empty cell: no
+        lesion). ``shapes``: the rows' image shapes, which each mask must have."""
+        from medgen.io import load
+
+        col = str(self.options.get("mask_column", "mask_path"))
+        if col not in df.columns:
+            raise MedgenValueError(
+                f"{what}: the manifest has no mask column {col!r}; add one (a mask file per row, "
+                "empty for none) or pass mask_column=."
             )
         sd = int(self.options["spatial_dims"])
         masks, found = [], 0
-        for row, shape in zip(df.to_dict("records"), shapes, strict=True):
+        rows = df.to_dict("records")
+        for i, row in enumerate(rows):
             path, iid = row.get(col), str(row["image_id"])
             if not isinstance(path, str) or not path:  # an empty cell (NaN in a CSV): no lesion
                 masks.append(np.zeros(self.image_size, dtype=np.float32))
                 continue
             m = _spatial_array(load(path), sd, f"mask {path}")
-            if m.shape != tuple(shape):
+            if shapes is not None and m.shape != tuple(shapes[i]):
                 raise MedgenValueError(
-                    f"fit: the lesion mask {path} (column {col!r}, image {iid}) has shape "
-                    f"{m.shape}, its image {tuple(shape)}; give masks on the images' grid."
+                    f"{what}: the lesion mask {path} (column {col!r}, image {iid}) has shape "
+                    f"{m.shape}, its image {tuple(shapes[i])}; give masks on the images' grid."
                 )
             # binarised at 0.5 as translation's masks are (a probability map: its confident part)
             lesion = m > 0.5
             found += int(bool(lesion.any()))
             masks.append(np.clip(_resize(lesion.astype(np.float32), self.image_size), 0, 1))
-        if found == 0:
-            raise MedgenValueError(
-                f"fit: lesion_weight > 0 but no train row's {col!r} mask has a lesion; check the "
-                "column, or pass lesion_weight=0."
-            )
-        w = 1 + float(self.options["lesion_weight"])
-        log.info("fit: lesion-weighted L1 (x%g) on %d train images with lesions", w, found)
-        return np.stack(masks).astype(np.float32)
+        if not masks:
+            return np.zeros((0, *self.image_size), dtype=np.float32), 0
+        return np.stack(masks).astype(np.float32), found
 
     def _training_data(
         self, cohort: Any
@@ -797,6 +835,10 @@ class Synthesizer(GenerativeModel):
             self.scale_factor = float(sf)
         elif self.options["latent_prior"] == "fitted":
             self._fit_latent_prior(images, index)
+        if self.options.get("mask_condition") and masks is not None:
+            from medgen.generative._mask_bank import MaskBank
+
+            self.nets["mask_bank"] = MaskBank.fit(masks, index).to(self.device)
         self.record_training(result, train_config=ec, data_hash=data_hash)
         self._weights_sha = None
         return self
@@ -972,14 +1014,22 @@ class Synthesizer(GenerativeModel):
         return x * (r[:, 1] - r[:, 0]).view(shape) + r[:, 0].view(shape)
 
     # ------------------------------------------------------------------ inference
-    def _decode_units(self, z: torch.Tensor, weights: list[torch.Tensor] | None) -> torch.Tensor:
+    def _decode_units(
+        self,
+        z: torch.Tensor,
+        weights: list[torch.Tensor] | None,
+        masks: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Unit images of latents ``z`` (``"vae-gan"``: under condition ``weights`` and, for a
+        mask-conditioned model, lesion ``masks`` ``Bx1x[SPATIAL]``; ``None``: no lesion)."""
         import torch
 
         ae: Any = self.networks()["autoencoder"]
         with torch.no_grad():
             if self.model == "vae-gan":
                 assert weights is not None
-                return torch.as_tensor(ae.decode(z, weights))
+                m = None if masks is None else masks.to(self.device)
+                return torch.as_tensor(ae.decode(z, weights, m))
             return torch.as_tensor(ae.decode_stage_2_outputs(z / self.scale_factor))
 
     def _latent_shape(self) -> tuple[int, ...]:
@@ -1030,12 +1080,13 @@ class Synthesizer(GenerativeModel):
         noise = torch.randn((total, *self._latent_shape()), generator=gen)
         gs = self.options["guidance_scale"] if guidance_scale is None else float(guidance_scale)
         steps = int(num_inference_steps or self.options["num_inference_steps"])
-        images = self._from_units(self._generate_units(noise, index, gs, steps, batch_size))
+        units, masks = self._generate_units(noise, index, gs, steps, batch_size)
         out = SynthesisResult(
-            images=images,
+            images=self._from_units(units),
             conditions=table,
             seed=int(seed),
             guidance_scale=gs if self.model == "ldm" else None,
+            masks=masks,
         )
         if reference is not None and reference is not False:
             out.memorisation = self._resolve_gate(reference, "sample").check(self, out)
@@ -1043,18 +1094,23 @@ class Synthesizer(GenerativeModel):
 
     def _generate_units(
         self, noise: torch.Tensor, index: np.ndarray, gs: float, steps: int, batch_size: int
-    ) -> torch.Tensor:
-        """Unit-intensity images ``Nx1x[SPATIAL]`` of latent ``noise`` under the condition
-        indices ``index`` (``N x K``), in consecutive batches of ``batch_size``."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(unit-intensity images Nx1x[SPATIAL], lesion masks or None)`` of latent ``noise``
+        under the condition indices ``index`` (``N x K``), in consecutive batches of
+        ``batch_size``; masks (``Nx1x[SPATIAL]``, 0/1) from a mask-conditioned model only."""
         import torch
 
-        outs = []
+        outs, mask_outs = [], []
+        bank: Any = self.nets.get("mask_bank")
         for i in range(0, len(noise), batch_size):
             z = noise[i : i + batch_size].to(self.device)
             idx = index[i : i + batch_size]
             if self.model == "vae-gan":
+                m = None if bank is None else bank.draw(z, idx)
                 z = self._prior_latents(z, idx)
-                outs.append(self._decode_units(z, self._weights(idx, len(idx))))
+                outs.append(self._decode_units(z, self._weights(idx, len(idx)), m))
+                if m is not None:
+                    mask_outs.append(m.cpu())
             else:
                 from medgen.generative.objectives.conditional import sample_ddim
 
@@ -1068,7 +1124,7 @@ class Synthesizer(GenerativeModel):
                     guidance_scale=gs,
                 )
                 outs.append(self._decode_units(lat, None))
-        return torch.cat(outs)
+        return torch.cat(outs), (torch.cat(mask_outs) if mask_outs else None)
 
     # ------------------------------------------------------------------ per-item sampling
     @staticmethod
@@ -1303,13 +1359,15 @@ class Synthesizer(GenerativeModel):
         steps = int(num_inference_steps or self.options["num_inference_steps"])
         draws = np.zeros(len(items_arr), dtype=np.int64)
 
-        def draw_images(pos: np.ndarray) -> torch.Tensor:
+        def draw_images(pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
             noise = self.item_noise(items_arr[pos], seed=seed, draw=draws[pos])
-            return self._from_units(self._generate_units(noise, index[pos], gs, steps, batch_size))
+            units, masks = self._generate_units(noise, index[pos], gs, steps, batch_size)
+            return self._from_units(units), masks
 
-        images = draw_images(np.arange(len(items_arr)))
+        images, masks = draw_images(np.arange(len(items_arr)))
         out = SynthesisResult(
             images=images,
+            masks=masks,
             conditions=table,
             seed=int(seed),
             guidance_scale=gs if self.model == "ldm" else None,
@@ -1342,13 +1400,17 @@ class Synthesizer(GenerativeModel):
                     "max_draws."
                 )
             draws[pos] += 1
+            sub_images, sub_masks = draw_images(pos)
             sub = SynthesisResult(
-                images=draw_images(pos),
+                images=sub_images,
                 conditions=table.iloc[pos],
                 seed=int(seed),
                 guidance_scale=out.guidance_scale,
+                masks=sub_masks,
             )
             images[torch.from_numpy(pos)] = sub.images
+            if masks is not None and sub_masks is not None:
+                masks[torch.from_numpy(pos)] = sub_masks
             sub_memo = gate.check(self, sub).reset_index(drop=True)
             for col in memo.columns:
                 values = memo[col].to_numpy().copy()
@@ -1475,7 +1537,9 @@ class Synthesizer(GenerativeModel):
             mu, _ = ae.encode(x)
         return mu * (self.scale_factor if self.model == "ldm" else 1.0)
 
-    def decode(self, latents: torch.Tensor, conditions: Any = None) -> torch.Tensor:
+    def decode(
+        self, latents: torch.Tensor, conditions: Any = None, *, masks: Any = None
+    ) -> torch.Tensor:
         """Images ``Bx1x[SPATIAL]`` (image units: the median training range) of ``latents``.
 
         Args:
@@ -1485,6 +1549,9 @@ class Synthesizer(GenerativeModel):
                 frequencies' mix of the condition embeddings). ``"ldm"``: the autoencoder is
                 unconditional, so conditions are checked but do not change the decoding (they
                 steer the diffusion in :meth:`sample` and :meth:`variations`).
+            masks: a mask-conditioned model (``mask_condition=True``): the lesion masks to
+                decode under, ``Bx1x[SPATIAL]`` or ``Bx[SPATIAL]`` on the model's grid (0..1);
+                ``None``: no lesion anywhere.
         """
         import torch
 
@@ -1494,7 +1561,29 @@ class Synthesizer(GenerativeModel):
             z = z[None]
         idx = self._optional_conditions(conditions, z.shape[0], "decode")
         weights = self._weights(idx, z.shape[0]) if self.model == "vae-gan" else None
-        return self._from_units(self._decode_units(z, weights))
+        m = self._check_masks(masks, z.shape[0], "decode")
+        return self._from_units(self._decode_units(z, weights, m))
+
+    def _check_masks(self, masks: Any, n: int, what: str) -> torch.Tensor | None:
+        """``masks`` as float ``n x 1 x [SPATIAL]`` (0..1), or ``None``."""
+        import torch
+
+        if masks is None:
+            return None
+        if "mask_bank" not in self.nets:
+            raise MedgenValueError(
+                f"{what}: masks= needs a mask-conditioned model (Synthesizer(mask_condition="
+                "True)); this one decodes from its latents and conditions alone."
+            )
+        m = torch.as_tensor(np.asarray(masks, dtype=np.float32))
+        if m.ndim == len(self.image_size) + 1:
+            m = m[:, None]
+        if tuple(m.shape) != (n, 1, *self.image_size):
+            raise MedgenValueError(
+                f"{what}: masks must be {n} x 1 x {'x'.join(map(str, self.image_size))} (one per "
+                f"latent, on the model's grid), not {tuple(m.shape)}."
+            )
+        return m.clamp(0.0, 1.0)
 
     def _is_latent(self, x: Any) -> bool:
         shape = tuple(np.shape(x))
@@ -1702,8 +1791,9 @@ class Synthesizer(GenerativeModel):
         Returns:
             The path of the manifest (``manifest.csv``: ``image_id``, ``image_path``,
             ``subject_id``, ``split``, ``source`` = ``synthetic``, the condition columns,
-            ``seed``, ``model_id``, ``near_copy``), which :meth:`medgen.Cohort.from_manifest`
-            loads. Beside it: ``memorisation.csv`` (the gate's table of every sample, with
+            ``seed``, ``model_id``, ``near_copy``; a mask-conditioned model's samples also
+            the ``mask_column`` of each image's lesion mask, saved under ``masks/`` like the
+            image), which :meth:`medgen.Cohort.from_manifest` loads. Beside it: ``memorisation.csv`` (the gate's table of every sample, with
             ``image_id`` and ``written``) and ``synthesis.json`` (model, seed, counts
             requested / written / dropped, the gate's settings and thresholds).
 
@@ -1779,6 +1869,20 @@ class Synthesizer(GenerativeModel):
                 "split": split,
                 "source": "synthetic",
             }
+            if samples.masks is not None:  # the lesion mask the image was decoded under
+                m = samples.masks[k].detach().cpu().numpy().astype(np.uint8)
+                mask_name = f"masks/{iid}_mask" + ("" if dicom else ".nii.gz")
+                (out / "masks").mkdir(exist_ok=True)
+                save(
+                    m[..., None] if dicom and sd == 2 else m,
+                    confined(out, mask_name),
+                    format=format,
+                    affine=affine,
+                    synthetic=True,
+                    derivation_description=f"{desc} lesion mask",
+                    dicom_tags={"SyntheticData": "YES"} if dicom else None,
+                )
+                row[str(self.options["mask_column"])] = mask_name
             for c in self.conditions:
                 row[c] = _py(samples.conditions[c].iloc[k])
             row["seed"] = samples.seed
@@ -1843,6 +1947,7 @@ class Synthesizer(GenerativeModel):
                 self.diffusion_config.autoencoder_steps if self.model == "ldm" else None
             ),
             "latent_prior": self._latent_prior_shape(),
+            "mask_bank": self._mask_bank_shape(),
             "normalisation": {
                 "method": "per-image robust range: (x - low) / (high - low)",
                 "percentiles": list(NORM_PERCENTILES),
@@ -1882,6 +1987,13 @@ class Synthesizer(GenerativeModel):
             )
         elif obj.model == "vae-gan":
             obj.options["latent_prior"] = "normal"  # saved before the fitted prior existed
+        bank = config.get("mask_bank")
+        if bank:
+            from medgen.generative._mask_bank import MaskBank
+
+            obj.nets["mask_bank"] = MaskBank(
+                int(bank["n"]), tuple(int(s) for s in bank["spatial"]), int(bank["k"])
+            )
         return obj
 
     def _prior_latents(self, noise: torch.Tensor, index: np.ndarray) -> torch.Tensor:
@@ -1899,6 +2011,10 @@ class Synthesizer(GenerativeModel):
         if prior is None:
             return None
         return {"n_cells": prior.n_cells, "dim": int(prior.mean.shape[1]), "rank": prior.rank}
+
+    def _mask_bank_shape(self) -> dict[str, Any] | None:
+        bank: Any = self.nets.get("mask_bank")
+        return None if bank is None else dict(bank.shape())
 
     @classmethod
     def train_config_from_dict(cls, d: Mapping[str, Any]) -> Any:
