@@ -80,7 +80,7 @@ def check_dataset(out_dir: str | os.PathLike[str], *, read_images: bool = True) 
     """
     from medgen._internal.runs import COMPLETE, check_complete
     from medgen.batch._generate import SPEC, _read_spec
-    from medgen.batch._shard import SHARDS, path_sha256
+    from medgen.batch._shard import MASK_COLUMN, MASK_SHA256, SHARDS, path_sha256
     from medgen.errors import MedgenError, MedgenFileNotFoundError, RunFolderError
 
     out = Path(out_dir).expanduser()
@@ -117,6 +117,7 @@ def check_dataset(out_dir: str | os.PathLike[str], *, read_images: bool = True) 
         problem("", "manifest.csv", f"item indices are not 0..{n - 1}, each once")
     listed: set[str] = set()
     checked = 0
+    masked = MASK_COLUMN in df.columns and MASK_SHA256 in df.columns
     for row in df.itertuples(index=False):
         rel = str(row.image_path)
         listed.add(rel)
@@ -127,6 +128,15 @@ def check_dataset(out_dir: str | os.PathLike[str], *, read_images: bool = True) 
         if path_sha256(p) != row.sha256:
             problem(row.image_id, rel, "sha256 differs from the manifest (corrupted or replaced)")
             continue
+        if masked:  # a mask-conditioned model's lesion mask, beside its image
+            mrel = str(getattr(row, MASK_COLUMN))
+            listed.add(mrel)
+            if not (out / mrel).exists():
+                problem(row.image_id, mrel, "lesion mask missing")
+                continue
+            if path_sha256(out / mrel) != getattr(row, MASK_SHA256):
+                problem(row.image_id, mrel, "lesion mask's sha256 differs from the manifest")
+                continue
         if read_images:
             from medgen.io import load
 

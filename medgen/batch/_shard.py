@@ -30,6 +30,10 @@ __all__ = ["cached_gate", "cached_synthesizer", "path_sha256", "run_shard", "sha
 
 #: the folder of the shards (image folders and manifest parts) inside the output folder
 SHARDS = "shards"
+#: a mask-conditioned model's datasets: the manifest columns of each image's lesion mask (the
+#: synthesizer's default ``mask_column``, so the dataset trains a lesion-weighted model as is)
+MASK_COLUMN = "mask_path"
+MASK_SHA256 = "mask_sha256"
 #: models and gates kept per process (a worker may serve two jobs in turn)
 _KEEP = 2
 _MODELS: OrderedDict[tuple[str, str, str], Synthesizer] = OrderedDict()
@@ -124,7 +128,9 @@ def item_where(job: dict[str, Any], items: range, rows: list[dict[str, Any]] | N
     return where or None
 
 
-def _save_image(img: np.ndarray, path: Path, job: dict[str, Any], item: int, draw: int) -> None:
+def _save_image(
+    img: np.ndarray, path: Path, job: dict[str, Any], item: int, draw: int, what: str = ""
+) -> None:
     from medgen.io import save
 
     dicom = job["format"] == "dicom"
@@ -143,7 +149,7 @@ def _save_image(img: np.ndarray, path: Path, job: dict[str, Any], item: int, dra
         affine=affine,
         synthetic=True,
         derivation_description=f"medgen {job['model_id']} seed {job['seed']} item {item} "
-        f"draw {draw}",
+        f"draw {draw}" + (f" {what}" if what else ""),
         dicom_tags=tags,
     )
 
@@ -200,6 +206,12 @@ def run_shard(job: dict[str, Any], shard: int, rows: list[dict[str, Any]] | None
             "split": job["split"],
             "source": "synthetic",
         }
+        if res.masks is not None:  # a mask-conditioned model: the mask the image was decoded under
+            mask_file = f"{iid}_mask" + ("" if job["format"] == "dicom" else ".nii.gz")
+            mask = res.masks[j].detach().cpu().numpy().astype(np.uint8)
+            _save_image(mask, folder / mask_file, job, item, int(draws[j]), what="lesion mask")
+            row[MASK_COLUMN] = f"{SHARDS}/{name}/{mask_file}"
+            row[MASK_SHA256] = path_sha256(folder / mask_file)
         for c in job["conditions"]:
             row[c] = values[c][j]
         row.update(
