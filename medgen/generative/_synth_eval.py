@@ -51,6 +51,8 @@ POOL = {2: 8, 3: 4}
 CLASSIFIER_DENSENET = (16, 8, (2, 2, 2))
 #: width of its embedding, the input of the per-condition heads
 CLASSIFIER_EMBEDDING = 64
+#: why a mask-conditioned model's evaluation reads the held-out and train rows' masks
+MASKED_RECONSTRUCTION = "a mask-conditioned model reconstructs each image under its lesion mask"
 
 
 # ------------------------------------------------------------------------------------ images
@@ -121,7 +123,9 @@ def reconstruct_units(
     index = condition_index(rows[list(syn.conditions)], syn.conditions, syn.vocabulary)
     masks = None
     if "mask_bank" in syn.nets:
-        masks = torch.from_numpy(syn._row_masks(rows, "evaluate")[0][:, None])
+        masks = torch.from_numpy(
+            syn._row_masks(rows, "evaluate", because=MASKED_RECONSTRUCTION)[0][:, None]
+        )
     ae: Any = syn.networks()["autoencoder"]
     out = []
     with torch.no_grad():

@@ -592,12 +592,7 @@ class Synthesizer(GenerativeModel):
         why = "lesion_weight > 0 weights the L1 by" if weighted else "mask_condition decodes under"
         off = "lesion_weight=0" if weighted else "mask_condition=False"
         col = str(self.options.get("mask_column", "mask_path"))
-        if col not in df.columns:
-            raise MedgenValueError(
-                f"fit: {why} lesion masks, but the manifest has no column {col!r}; add one (a "
-                f"mask file per row, empty for none), pass mask_column=, or {off}."
-            )
-        masks, found = self._row_masks(df, "fit", shapes)
+        masks, found = self._row_masks(df, "fit", shapes, because=f"{why} lesion masks", off=off)
         if found == 0:
             raise MedgenValueError(
                 f"fit: {why} lesion masks but no train row's {col!r} mask has a lesion; check "
@@ -609,18 +604,27 @@ class Synthesizer(GenerativeModel):
         return masks
 
     def _row_masks(
-        self, df: pd.DataFrame, what: str, shapes: Sequence[tuple[int, ...]] | None = None
+        self,
+        df: pd.DataFrame,
+        what: str,
+        shapes: Sequence[tuple[int, ...]] | None = None,
+        *,
+        because: str,
+        off: str = "",
     ) -> tuple[np.ndarray, int]:
         """``(masks N x [SPATIAL] float32 occupancy 0..1 on the model's grid, rows with a
         lesion)`` of the manifest rows ``df`` (column ``mask_column``; an empty cell: no
-        lesion). ``shapes``: the rows' image shapes, which each mask must have."""
+        lesion). ``shapes``: the rows' image shapes, which each mask must have. ``because``
+        (why masks are needed) and ``off`` (the option that turns that off) go into the error
+        of a missing column."""
         from medgen.io import load
 
         col = str(self.options.get("mask_column", "mask_path"))
         if col not in df.columns:
+            fix = f"pass mask_column=, or {off}" if off else "or pass mask_column="
             raise MedgenValueError(
-                f"{what}: the manifest has no mask column {col!r}; add one (a mask file per row, "
-                "empty for none) or pass mask_column=."
+                f"{what}: {because}, but the manifest has no column {col!r}; add one (a mask "
+                f"file per row, empty for none), {fix}."
             )
         sd = int(self.options["spatial_dims"])
         masks, found = [], 0
@@ -1793,9 +1797,10 @@ class Synthesizer(GenerativeModel):
             ``subject_id``, ``split``, ``source`` = ``synthetic``, the condition columns,
             ``seed``, ``model_id``, ``near_copy``; a mask-conditioned model's samples also
             the ``mask_column`` of each image's lesion mask, saved under ``masks/`` like the
-            image), which :meth:`medgen.Cohort.from_manifest` loads. Beside it: ``memorisation.csv`` (the gate's table of every sample, with
-            ``image_id`` and ``written``) and ``synthesis.json`` (model, seed, counts
-            requested / written / dropped, the gate's settings and thresholds).
+            image), which :meth:`medgen.Cohort.from_manifest` loads. Beside it:
+            ``memorisation.csv`` (the gate's table of every sample, with ``image_id`` and
+            ``written``) and ``synthesis.json`` (model, seed, counts requested / written /
+            dropped, the gate's settings and thresholds).
 
         Raises:
             OutputPathError: ``out_dir`` exists and is not empty.
@@ -1840,6 +1845,8 @@ class Synthesizer(GenerativeModel):
                 dropped,
             )
         out.mkdir(parents=True, exist_ok=True)
+        if samples.masks is not None:
+            (out / "masks").mkdir(exist_ok=True)
         desc = f"medgen {self.model_id} seed {samples.seed}"
         sd = int(self.options["spatial_dims"])
         affine = np.eye(4)
@@ -1872,7 +1879,6 @@ class Synthesizer(GenerativeModel):
             if samples.masks is not None:  # the lesion mask the image was decoded under
                 m = samples.masks[k].detach().cpu().numpy().astype(np.uint8)
                 mask_name = f"masks/{iid}_mask" + ("" if dicom else ".nii.gz")
-                (out / "masks").mkdir(exist_ok=True)
                 save(
                     m[..., None] if dicom and sd == 2 else m,
                     confined(out, mask_name),
@@ -2014,7 +2020,7 @@ class Synthesizer(GenerativeModel):
 
     def _mask_bank_shape(self) -> dict[str, Any] | None:
         bank: Any = self.nets.get("mask_bank")
-        return None if bank is None else dict(bank.shape())
+        return None if bank is None else bank.shape()
 
     @classmethod
     def train_config_from_dict(cls, d: Mapping[str, Any]) -> Any:

@@ -232,3 +232,17 @@ def test_batch_datasets_carry_and_check_their_masks(
     assert not report.ok
     problems = dict(zip(report.problems["image_id"], report.problems["problem"], strict=True))
     assert problems == {df["image_id"][2]: "lesion mask missing"}
+
+
+def test_reconstructions_need_the_rows_masks(
+    masked: tuple[Synthesizer, Path], tiny_manifest: Path
+) -> None:
+    from medgen.generative._synth_eval import reconstruct_units
+
+    syn, _ = masked
+    rows = pd.read_csv(tiny_manifest).head(3).drop(columns=["mask_path"])
+    with pytest.raises(MedgenValueError) as err:
+        reconstruct_units(syn, torch.zeros(3, 1, 32, 32), rows)
+    msg = str(err.value)
+    assert msg.startswith("evaluate: a mask-conditioned model reconstructs each image under")
+    assert "no column 'mask_path'" in msg and "pass mask_column=" in msg

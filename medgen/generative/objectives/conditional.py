@@ -170,9 +170,8 @@ class ConditionalAutoencoder(nn.Module):
             return None
         spatial = self.latent_shape[1:]
         w = next(self.mask_embedding.parameters())
-        if mask is None:
-            m = w.new_zeros((batch, 1, *spatial))
-            pooled = torch.cat([m, m], dim=1)
+        if mask is None:  # both poolings of an empty mask
+            pooled = w.new_zeros((batch, 2, *spatial))
         else:
             m = mask.to(w)
             f: Any = nn.functional
