@@ -22,6 +22,7 @@ Extended suite (``--suite``; issue 17)::
     python benchmarks/classify.py --suite --threads 1 --budget 120 --pretrain-budget 240 \
         --cohort OUT/cohort/manifest.csv --out bench_suite --memory
     python benchmarks/classify.py --suite --preset tiny --budget 3 --pretrain-budget 3 --n-boot 50
+    python benchmarks/classify.py --suite --row-steps 1656 --pretrain-budget 600 ...  # step budget
 
 On the demo cohort (simulated into ``--out/cohort`` unless ``--cohort``), images resized to
 ``--image-size`` (64x64), one process, ``--threads`` torch threads:
@@ -31,7 +32,9 @@ On the demo cohort (simulated into ``--out/cohort`` unless ``--cohort``), images
      ``--vit-model``; MAE on a ViT with a convolutional stem, such as ``vit_hybrid``, is refused
      up front: see :func:`mae_problem`; ``--vit-method contrastive`` pretrains it with SimCLR
      instead) and ``pretrain(method="contrastive", model=--cnn-model)``;
-  2. rows, each trained for ``--budget`` seconds (``time_budget_s``; ``patience=None``, the best
+  2. rows, each trained for ``--budget`` seconds (``time_budget_s``), or with ``--row-steps N``
+     for about N optimiser steps (whole epochs, no time budget: the learning-rate schedule then
+     follows steps, so the machine's load cannot change it; ``patience=None``, the best
      validation epoch kept, seed ``--seed``; learning rate, augmentation and schedule: the model's
      training recipe unless ``--vit-lr``/``--cnn-lr``/``--*-train-kwargs``): ``densenet121``, the
      small ``densenet``, the ViT from scratch, the MAE ViT from scratch when ``--mae-model``
@@ -63,6 +66,7 @@ import argparse
 import inspect
 import json
 import logging
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -268,14 +272,39 @@ def _fractions(text: str) -> list[float]:
     return fr
 
 
+#: seconds per optimiser step for the wall-time estimate of a step budget (``--row-steps``):
+#: ``vit_hybrid`` at batch 16 on one loaded thread (1,656 steps in 630 s), the slowest row but
+#: DenseNet121; the small DenseNet is about 10x faster, so this over-estimates most suites.
+SECONDS_PER_STEP = 0.4
+
+
+def row_epochs(n_train: int, args: argparse.Namespace) -> int:
+    """Epochs of a row: ``--epochs`` under a time budget; under ``--row-steps N`` the fewest
+    whole epochs of ``ceil(n_train / --batch)`` steps that reach N steps, so every row (100 %
+    or 10 % of the labels) trains about the same number of optimiser steps."""
+    if not args.row_steps:
+        return int(args.epochs)
+    per_epoch = max(1, math.ceil(n_train / args.batch))
+    return max(1, math.ceil(args.row_steps / per_epoch))
+
+
+def row_budget_text(args: argparse.Namespace) -> str:
+    """How each row's training is bounded, for the printed headers."""
+    if args.row_steps:
+        return f"{args.row_steps} optimiser steps (no time budget)"
+    return f"{args.budget:.0f} s"
+
+
 def estimate_wall_s(args: argparse.Namespace) -> dict[str, float]:
-    """The suite's expected wall time: budgets plus the fixed costs of :data:`OVERHEAD_S`."""
+    """The suite's expected wall time: budgets plus the fixed costs of :data:`OVERHEAD_S`
+    (a step budget counts :data:`SECONDS_PER_STEP` per step)."""
     n_main, n_label = len(suite_rows(args)), len(label_rows(args))
     n_train = n_main + n_label
+    per_row = args.row_steps * SECONDS_PER_STEP if args.row_steps else args.budget
     parts = {
         "simulate": OVERHEAD_S["simulate"] if args.cohort is None else 0.0,
         "pretrain": (1 if args.vit_only else 2) * (args.pretrain_budget + OVERHEAD_S["pretrain"]),
-        "train": n_train * (args.budget + OVERHEAD_S["train"]),
+        "train": n_train * (per_row + OVERHEAD_S["train"]),
         "explain": n_main * OVERHEAD_S["explain"],
         "memory": OVERHEAD_S["memory"] if args.memory else 0.0,
     }
@@ -328,9 +357,8 @@ def auc_ci(
 def fit_row(
     row: Row, cohort: Any, args: argparse.Namespace, inits: dict[tuple[str, str], Path]
 ) -> tuple[dict[str, Any], Any]:
-    """Train one row for ``--budget`` seconds and score it on the test split."""
-    import math
-
+    """Train one row for ``--budget`` seconds (or ``--row-steps`` steps) and score it on the
+    test split."""
     from sklearn.metrics import roc_auc_score
 
     from medgen.classify import get_model_spec, train
@@ -344,14 +372,15 @@ def fit_row(
         kwargs["lr"] = 3e-4 if vit else 1e-3  # a medgen without per-model recipes
     kwargs.update(json.loads(args.vit_train_kwargs if vit else args.cnn_train_kwargs))
     co = subsample_train(cohort, row.fraction, seed=args.seed)
+    n_train = int((co.df["split"] == "train").sum())
     t = time.perf_counter()
     clf = train(
         co,
         model=row.model,
         image_size=(args.image_size, args.image_size),
-        epochs=args.epochs,
+        epochs=row_epochs(n_train, args),
         batch_size=args.batch,
-        time_budget_s=args.budget,
+        time_budget_s=None if args.row_steps else args.budget,
         patience=None,
         seed=args.seed,
         progress=False,
@@ -369,7 +398,8 @@ def fit_row(
         "init": row.init or "scratch",
         "label_fraction": row.fraction,
         "n_train": clf.metrics["n_train"],
-        "budget_s": args.budget,
+        "budget_s": None if args.row_steps else args.budget,
+        "row_steps": args.row_steps,
         "test_auc": auc,
         "auc_low": lo,
         "auc_high": hi,
@@ -514,7 +544,7 @@ def run_suite(args: argparse.Namespace) -> None:
         f"{args.image_size}x{args.image_size}, batch {args.batch}, seed {args.seed}"
     )
     print(
-        f"CPU budget: {args.budget:.0f} s of training per row ({est['n_train']:.0f} trainings: "
+        f"CPU budget: {row_budget_text(args)} of training per row ({est['n_train']:.0f} trainings: "
         f"{len(main_rows)} rows + {len(extra_rows)} label-efficiency), "
         f"{args.pretrain_budget:.0f} s per pretraining ({METHOD_LABEL[args.vit_method]} "
         f"{mae_model(args)}"
@@ -607,7 +637,7 @@ def run_suite(args: argparse.Namespace) -> None:
     _write(pd.DataFrame(pre_rows), out / "suite_pretrain.csv")
 
     print(
-        f"\n## rows: {args.budget:.0f} s training each, test AUC [95 % bootstrap CI], "
+        f"\n## rows: {row_budget_text(args)} of training each, test AUC [95 % bootstrap CI], "
         "pointing game on the test lesion images (random-map baseline)"
     )
     head = (
@@ -652,7 +682,7 @@ def run_suite(args: argparse.Namespace) -> None:
     label = [{**r, "pair": r["model"]} for r in results if (r["model"], r["init"]) in keys]
     if extra_rows:
         print(
-            f"\n## label efficiency: {args.budget:.0f} s training each, train split subsampled "
+            f"\n## label efficiency: {row_budget_text(args)} of training each, train split subsampled "
             f"by subject (seed {args.seed}); pretraining saw all training images"
         )
     for row in extra_rows:
@@ -864,6 +894,13 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("--image-size", type=int, default=64)
     su.add_argument("--batch", type=int, default=16, help="training batch size")
     su.add_argument("--seed", type=int, default=0)
+    su.add_argument(
+        "--row-steps",
+        type=int,
+        default=None,
+        help="train every row for about this many optimiser steps instead of --budget seconds "
+        "(whole epochs; the learning-rate schedule then follows steps, not the machine's load)",
+    )
     su.add_argument("--pretrain-budget", type=float, default=240.0, help="seconds per pretraining")
     su.add_argument("--pretrain-batch", type=int, default=32)
     su.add_argument(
@@ -919,6 +956,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.suite or args.plan:
         args.epochs = args.epochs or 10_000  # the suite's rows stop on their time budget
+        if args.row_steps is not None and args.row_steps < 1:
+            raise SystemExit(
+                f"--row-steps must be a positive number of steps, not {args.row_steps}"
+            )
         run_suite(args)
         return
     models = args.models.split(",")

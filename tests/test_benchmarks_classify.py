@@ -102,3 +102,23 @@ def test_mae_model_gets_its_own_scratch_row(bench: ModuleType) -> None:
     assert names[2:5] == ["vit_hybrid (scratch)", "vit (scratch)", "vit + MAE"]
     assert {(r.model, r.init) for r in bench.label_rows(args)} == {("vit", None), ("vit", "mae")}
     assert bench.mae_problem("vit", 32) is None
+
+
+def test_row_steps_give_every_row_the_same_steps(bench: ModuleType) -> None:
+    args = bench.build_parser().parse_args(
+        ["--suite", "--row-steps", "1656", "--batch", "16", "--cohort", "m.csv"]
+    )
+    # 1,100 training images: 69 steps per epoch, 24 epochs = 1,656 steps exactly
+    assert bench.row_epochs(1100, args) == 24
+    # 10 % of the labels (110 images, 7 steps per epoch): enough whole epochs to reach 1,656
+    e = bench.row_epochs(110, args)
+    assert e == 237 and 1656 <= e * 7 < 1656 + 7
+    assert bench.row_epochs(3, args) == 1656  # one step per epoch
+    assert "1656 optimiser steps" in bench.row_budget_text(args)
+    est = bench.estimate_wall_s(args)
+    assert est["train"] == pytest.approx(
+        est["n_train"] * (1656 * bench.SECONDS_PER_STEP + bench.OVERHEAD_S["train"])
+    )
+    timed = bench.build_parser().parse_args(["--suite", "--epochs", "7", "--budget", "60"])
+    assert bench.row_epochs(110, timed) == 7  # a time budget keeps --epochs as the cap
+    assert bench.row_budget_text(timed) == "60 s"
