@@ -128,28 +128,30 @@ def item_where(job: dict[str, Any], items: range, rows: list[dict[str, Any]] | N
     return where or None
 
 
-def _save_image(
-    img: np.ndarray, path: Path, job: dict[str, Any], item: int, draw: int, what: str = ""
+def _save_item(
+    img: np.ndarray,
+    path: Path,
+    job: dict[str, Any],
+    item: int,
+    draw: int,
+    mask: np.ndarray | None = None,
+    mask_path: Path | None = None,
 ) -> None:
-    from medgen.io import save
+    from medgen.generative._synth_write import save_sample
 
-    dicom = job["format"] == "dicom"
-    sd = int(job["spatial_dims"])
-    affine = np.eye(4)
-    for k, s in enumerate(list(job["spacing"])[:3]):
-        affine[k, k] = float(s)
     tags = None
-    if dicom:
+    if job["format"] == "dicom":
         label = f"SYNTHETIC^{item:0{int(job['id_width'])}d}"
-        tags = {"SyntheticData": "YES", "PatientName": label, "PatientID": label}
-    save(
-        img[..., None] if dicom and sd == 2 else img,  # DICOM is volumetric
+        tags = {"PatientName": label, "PatientID": label}
+    save_sample(
+        img,
         path,
         format=job["format"],
-        affine=affine,
-        synthetic=True,
-        derivation_description=f"medgen {job['model_id']} seed {job['seed']} item {item} "
-        f"draw {draw}" + (f" {what}" if what else ""),
+        spatial_dims=int(job["spatial_dims"]),
+        spacing=job["spacing"],
+        description=f"medgen {job['model_id']} seed {job['seed']} item {item} draw {draw}",
+        mask=mask,
+        mask_path=mask_path,
         dicom_tags=tags,
     )
 
@@ -198,7 +200,19 @@ def run_shard(job: dict[str, Any], shard: int, rows: list[dict[str, Any]] | None
         file = iid if job["format"] == "dicom" else f"{iid}.nii.gz"
         path = folder / file  # a safe_file_name in the confined shard folder
         img = res.images[j].detach().cpu().numpy().astype(np.float32)
-        _save_image(img, path, job, item, int(draws[j]))
+        mask = mask_file = None
+        if res.masks is not None:  # a mask-conditioned model: the mask the image was decoded under
+            mask_file = f"{iid}_mask" + ("" if job["format"] == "dicom" else ".nii.gz")
+            mask = res.masks[j].detach().cpu().numpy().astype(np.uint8)
+        _save_item(
+            img,
+            path,
+            job,
+            item,
+            int(draws[j]),
+            mask=mask,
+            mask_path=None if mask_file is None else folder / mask_file,
+        )
         row: dict[str, Any] = {
             "image_id": iid,
             "image_path": f"{SHARDS}/{name}/{file}",
@@ -206,10 +220,7 @@ def run_shard(job: dict[str, Any], shard: int, rows: list[dict[str, Any]] | None
             "split": job["split"],
             "source": "synthetic",
         }
-        if res.masks is not None:  # a mask-conditioned model: the mask the image was decoded under
-            mask_file = f"{iid}_mask" + ("" if job["format"] == "dicom" else ".nii.gz")
-            mask = res.masks[j].detach().cpu().numpy().astype(np.uint8)
-            _save_image(mask, folder / mask_file, job, item, int(draws[j]), what="lesion mask")
+        if mask_file is not None:
             row[MASK_COLUMN] = f"{SHARDS}/{name}/{mask_file}"
             row[MASK_SHA256] = path_sha256(folder / mask_file)
         for c in job["conditions"]:

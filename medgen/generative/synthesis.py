@@ -1813,7 +1813,7 @@ class Synthesizer(GenerativeModel):
         from medgen._internal.files import write_table, write_text_atomic
         from medgen._internal.paths import confined, safe_file_name
         from medgen._internal.provenance import package_versions
-        from medgen.io import save
+        from medgen.generative._synth_write import save_sample
 
         out = check_write_target(out_dir, format=format, split=split, what="samples")
         memo = samples.memorisation
@@ -1848,10 +1848,6 @@ class Synthesizer(GenerativeModel):
         if samples.masks is not None:
             (out / "masks").mkdir(exist_ok=True)
         desc = f"medgen {self.model_id} seed {samples.seed}"
-        sd = int(self.options["spatial_dims"])
-        affine = np.eye(4)
-        for k, s in enumerate(self.spacing[:3]):
-            affine[k, k] = s
         rows = []
         short = self.weights_sha256[:12]
         near_of = dict(zip(ids_all, flags.tolist(), strict=True))
@@ -1860,14 +1856,19 @@ class Synthesizer(GenerativeModel):
             img = samples.images[k].detach().cpu().numpy().astype(np.float32)
             dicom = format == "dicom"
             name = iid if dicom else f"{iid}.nii.gz"
-            save(
-                img[..., None] if dicom and sd == 2 else img,  # DICOM is volumetric
+            mask = mask_name = None
+            if samples.masks is not None:  # the lesion mask the image was decoded under
+                mask = samples.masks[k].detach().cpu().numpy().astype(np.uint8)
+                mask_name = f"masks/{iid}_mask" + ("" if dicom else ".nii.gz")
+            save_sample(
+                img,
                 confined(out, name),
                 format=format,
-                affine=affine,
-                synthetic=True,
-                derivation_description=desc,
-                dicom_tags={"SyntheticData": "YES"} if dicom else None,
+                spatial_dims=int(self.options["spatial_dims"]),
+                spacing=self.spacing,
+                description=desc,
+                mask=mask,
+                mask_path=None if mask_name is None else confined(out, mask_name),
             )
             row: dict[str, Any] = {
                 "image_id": iid,
@@ -1876,18 +1877,7 @@ class Synthesizer(GenerativeModel):
                 "split": split,
                 "source": "synthetic",
             }
-            if samples.masks is not None:  # the lesion mask the image was decoded under
-                m = samples.masks[k].detach().cpu().numpy().astype(np.uint8)
-                mask_name = f"masks/{iid}_mask" + ("" if dicom else ".nii.gz")
-                save(
-                    m[..., None] if dicom and sd == 2 else m,
-                    confined(out, mask_name),
-                    format=format,
-                    affine=affine,
-                    synthetic=True,
-                    derivation_description=f"{desc} lesion mask",
-                    dicom_tags={"SyntheticData": "YES"} if dicom else None,
-                )
+            if mask_name is not None:
                 row[str(self.options["mask_column"])] = mask_name
             for c in self.conditions:
                 row[c] = _py(samples.conditions[c].iloc[k])

@@ -290,7 +290,7 @@ def test_disk_full_keeps_finished_shards_and_resumes(
 ) -> None:  # fmt: skip
     import medgen.batch._shard as shard
 
-    real = shard._save_image
+    real = shard._save_item
     calls = {"n": 0}
 
     def full_disk(*args: Any, **kwargs: Any) -> None:
@@ -299,13 +299,13 @@ def test_disk_full_keeps_finished_shards_and_resumes(
             raise OSError(errno.ENOSPC, "No space left on device", str(args[1]))
         real(*args, **kwargs)
 
-    monkeypatch.setattr(shard, "_save_image", full_disk)
+    monkeypatch.setattr(shard, "_save_item", full_disk)
     out = tmp_path / "full"
     with pytest.raises(MedgenRuntimeError, match=r"No space left on device.*the 2 finished shards of 6 are kept.*rerun the same command"):  # fmt: skip
         generate(run_dir, 48, out, **_gated(rejecting_reference), progress=False)
     kept = {p.name: p.read_bytes() for p in (out / "shards").glob("shard-*[0-9].csv")}
     assert sorted(kept) == ["shard-00000.csv", "shard-00001.csv"]
-    monkeypatch.setattr(shard, "_save_image", real)
+    monkeypatch.setattr(shard, "_save_item", real)
     generate(run_dir, 48, out, **_gated(rejecting_reference), progress=False)
     _same(gated, out)
 
