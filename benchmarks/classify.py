@@ -22,12 +22,13 @@ Extended suite (``--suite``; issue 17)::
     python benchmarks/classify.py --suite --threads 1 --budget 120 --pretrain-budget 240 \
         --cohort OUT/cohort/manifest.csv --out bench_suite --memory
     python benchmarks/classify.py --suite --preset tiny --budget 3 --pretrain-budget 3 --n-boot 50
-    python benchmarks/classify.py --suite --row-steps 1656 --pretrain-budget 600 ...  # step budget
+    python benchmarks/classify.py --suite --row-steps 1656 --pretrain-steps 600 ...  # step budgets
 
 On the demo cohort (simulated into ``--out/cohort`` unless ``--cohort``), images resized to
 ``--image-size`` (64x64), one process, ``--threads`` torch threads:
 
   1. pretraining on the ``train`` split's images, labels ignored, ``--pretrain-budget`` seconds
+     (or ``--pretrain-steps`` steps)
      each: ``pretrain(method=--vit-method, model=--mae-model)`` (default ``mae`` and
      ``--vit-model``; MAE on a ViT with a convolutional stem, such as ``vit_hybrid``, is refused
      up front: see :func:`mae_problem`; ``--vit-method contrastive`` pretrains it with SimCLR
@@ -276,6 +277,9 @@ def _fractions(text: str) -> list[float]:
 #: ``vit_hybrid`` at batch 16 on one loaded thread (1,656 steps in 630 s), the slowest row but
 #: DenseNet121; the small DenseNet is about 10x faster, so this over-estimates most suites.
 SECONDS_PER_STEP = 0.4
+#: the same for a pretraining step (``--pretrain-steps``; contrastive ``vit_hybrid``, batch 32,
+#: two views: 580 steps in 607 s on one loaded thread)
+SECONDS_PER_PRETRAIN_STEP = 1.05
 
 
 def row_epochs(n_train: int, args: argparse.Namespace) -> int:
@@ -286,6 +290,23 @@ def row_epochs(n_train: int, args: argparse.Namespace) -> int:
         return int(args.epochs)
     per_epoch = max(1, math.ceil(n_train / args.batch))
     return max(1, math.ceil(args.row_steps / per_epoch))
+
+
+def pretrain_epochs(n_images: int, args: argparse.Namespace) -> int:
+    """Epochs of a pretraining: ``--epochs`` under ``--pretrain-budget`` seconds; under
+    ``--pretrain-steps N`` the fewest whole epochs of ``ceil(n_images / --pretrain-batch)``
+    steps that reach N."""
+    if not args.pretrain_steps:
+        return int(args.epochs)
+    per_epoch = max(1, math.ceil(n_images / args.pretrain_batch))
+    return max(1, math.ceil(args.pretrain_steps / per_epoch))
+
+
+def pretrain_budget_text(args: argparse.Namespace) -> str:
+    """How each pretraining is bounded, for the printed headers."""
+    if args.pretrain_steps:
+        return f"{args.pretrain_steps} steps"
+    return f"{args.pretrain_budget:.0f} s"
 
 
 def row_budget_text(args: argparse.Namespace) -> str:
@@ -301,9 +322,14 @@ def estimate_wall_s(args: argparse.Namespace) -> dict[str, float]:
     n_main, n_label = len(suite_rows(args)), len(label_rows(args))
     n_train = n_main + n_label
     per_row = args.row_steps * SECONDS_PER_STEP if args.row_steps else args.budget
+    per_pretrain = (
+        args.pretrain_steps * SECONDS_PER_PRETRAIN_STEP
+        if args.pretrain_steps
+        else args.pretrain_budget
+    )
     parts = {
         "simulate": OVERHEAD_S["simulate"] if args.cohort is None else 0.0,
-        "pretrain": (1 if args.vit_only else 2) * (args.pretrain_budget + OVERHEAD_S["pretrain"]),
+        "pretrain": (1 if args.vit_only else 2) * (per_pretrain + OVERHEAD_S["pretrain"]),
         "train": n_train * (per_row + OVERHEAD_S["train"]),
         "explain": n_main * OVERHEAD_S["explain"],
         "memory": OVERHEAD_S["memory"] if args.memory else 0.0,
@@ -546,7 +572,7 @@ def run_suite(args: argparse.Namespace) -> None:
     print(
         f"CPU budget: {row_budget_text(args)} of training per row ({est['n_train']:.0f} trainings: "
         f"{len(main_rows)} rows + {len(extra_rows)} label-efficiency), "
-        f"{args.pretrain_budget:.0f} s per pretraining ({METHOD_LABEL[args.vit_method]} "
+        f"{pretrain_budget_text(args)} per pretraining ({METHOD_LABEL[args.vit_method]} "
         f"{mae_model(args)}"
         + ("" if args.vit_only else f", contrastive {args.cnn_model}")
         + f"), each on {args.threads} thread(s)"
@@ -601,9 +627,9 @@ def run_suite(args: argparse.Namespace) -> None:
                 out_dir=out / f"pretrain_{method}_{model}",
                 overwrite=True,
                 image_size=(args.image_size, args.image_size),
-                epochs=args.epochs,
+                epochs=pretrain_epochs(int((co.df["split"] == "train").sum()), args),
                 batch_size=args.pretrain_batch,
-                time_budget_s=args.pretrain_budget,
+                time_budget_s=None if args.pretrain_steps else args.pretrain_budget,
                 seed=args.seed,
                 device="cpu",
                 progress=False,
@@ -618,7 +644,8 @@ def run_suite(args: argparse.Namespace) -> None:
             {
                 "method": method,
                 "model": model,
-                "budget_s": args.pretrain_budget,
+                "budget_s": None if args.pretrain_steps else args.pretrain_budget,
+                "pretrain_steps": args.pretrain_steps,
                 "n_images": m["n_images"],
                 "epochs": m["epochs_run"],
                 "steps": steps,
@@ -902,6 +929,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(whole epochs; the learning-rate schedule then follows steps, not the machine's load)",
     )
     su.add_argument("--pretrain-budget", type=float, default=240.0, help="seconds per pretraining")
+    su.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=None,
+        help="pretrain for about this many steps instead of --pretrain-budget seconds (whole "
+        "epochs of the train split; every pretraining of the suite)",
+    )
     su.add_argument("--pretrain-batch", type=int, default=32)
     su.add_argument(
         "--reuse-pretrain",
@@ -956,6 +990,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.suite or args.plan:
         args.epochs = args.epochs or 10_000  # the suite's rows stop on their time budget
+        if args.pretrain_steps is not None and args.pretrain_steps < 1:
+            raise SystemExit(
+                f"--pretrain-steps must be a positive number of steps, not {args.pretrain_steps}"
+            )
         if args.row_steps is not None and args.row_steps < 1:
             raise SystemExit(
                 f"--row-steps must be a positive number of steps, not {args.row_steps}"

@@ -122,3 +122,18 @@ def test_row_steps_give_every_row_the_same_steps(bench: ModuleType) -> None:
     timed = bench.build_parser().parse_args(["--suite", "--epochs", "7", "--budget", "60"])
     assert bench.row_epochs(110, timed) == 7  # a time budget keeps --epochs as the cap
     assert bench.row_budget_text(timed) == "60 s"
+
+
+def test_pretrain_steps_bound_the_pretraining(bench: ModuleType) -> None:
+    args = bench.build_parser().parse_args(
+        ["--suite", "--pretrain-steps", "600", "--pretrain-batch", "32", "--cohort", "m.csv"]
+    )
+    assert bench.pretrain_epochs(1100, args) == 18  # 35 steps per epoch: 630 >= 600
+    assert bench.pretrain_budget_text(args) == "600 steps"
+    est = bench.estimate_wall_s(args)
+    assert est["pretrain"] == pytest.approx(
+        2 * (600 * bench.SECONDS_PER_PRETRAIN_STEP + bench.OVERHEAD_S["pretrain"])
+    )
+    timed = bench.build_parser().parse_args(["--suite", "--epochs", "9"])
+    assert bench.pretrain_epochs(1100, timed) == 9
+    assert bench.pretrain_budget_text(timed) == "240 s"
