@@ -282,24 +282,26 @@ SECONDS_PER_STEP = 0.4
 SECONDS_PER_PRETRAIN_STEP = 1.05
 
 
+def epochs_for_steps(n_images: int, batch: int, steps: int | None, otherwise: int) -> int:
+    """The fewest whole epochs of ``ceil(n_images / batch)`` steps that reach ``steps``;
+    ``otherwise`` (the ``--epochs`` cap of a time budget) when no step budget is given."""
+    if not steps:
+        return int(otherwise)
+    per_epoch = max(1, math.ceil(n_images / batch))
+    return max(1, math.ceil(steps / per_epoch))
+
+
 def row_epochs(n_train: int, args: argparse.Namespace) -> int:
-    """Epochs of a row: ``--epochs`` under a time budget; under ``--row-steps N`` the fewest
-    whole epochs of ``ceil(n_train / --batch)`` steps that reach N steps, so every row (100 %
-    or 10 % of the labels) trains about the same number of optimiser steps."""
-    if not args.row_steps:
-        return int(args.epochs)
-    per_epoch = max(1, math.ceil(n_train / args.batch))
-    return max(1, math.ceil(args.row_steps / per_epoch))
+    """Epochs of a row: ``--epochs`` under a time budget; under ``--row-steps N`` enough whole
+    epochs of ``--batch`` for N steps, so every row (100 % or 10 % of the labels) trains about
+    the same number of optimiser steps."""
+    return epochs_for_steps(n_train, args.batch, args.row_steps, args.epochs)
 
 
 def pretrain_epochs(n_images: int, args: argparse.Namespace) -> int:
     """Epochs of a pretraining: ``--epochs`` under ``--pretrain-budget`` seconds; under
-    ``--pretrain-steps N`` the fewest whole epochs of ``ceil(n_images / --pretrain-batch)``
-    steps that reach N."""
-    if not args.pretrain_steps:
-        return int(args.epochs)
-    per_epoch = max(1, math.ceil(n_images / args.pretrain_batch))
-    return max(1, math.ceil(args.pretrain_steps / per_epoch))
+    ``--pretrain-steps N`` enough whole epochs of ``--pretrain-batch`` for N steps."""
+    return epochs_for_steps(n_images, args.pretrain_batch, args.pretrain_steps, args.epochs)
 
 
 def pretrain_budget_text(args: argparse.Namespace) -> str:
