@@ -426,8 +426,9 @@ def interpolate_command(
     from medgen.errors import MedgenValueError
     from medgen.generative._synth_eval import _middle
     from medgen.generative._synth_report import strip_figure
+    from medgen.generative._synth_write import save_sample
     from medgen.generative.synthesis import Synthesizer
-    from medgen.io import load, save
+    from medgen.io import load
 
     if steps < 2:
         raise MedgenValueError(f"--steps must be an integer >= 2, not {steps}.")
@@ -439,20 +440,17 @@ def interpolate_command(
     units, _ = syn._to_units(path, "interpolation")
     with run_lock(output, what="synth interpolate output", owned=INTERPOLATE_OWNED):
         _prepare_output(output, INTERPOLATE_OWNED, overwrite, "synth interpolate output")
-        affine = np.eye(4)
-        for k, sp in enumerate(syn.spacing[:3]):
-            affine[k, k] = sp
         rows, names = [], []
         for k in range(steps):
             name = f"interp-{k:03d}.nii.gz"
             t = k / (steps - 1)
-            save(
-                path[k].numpy().astype(np.float32),
+            save_sample(
+                path[k].numpy(),
                 output / name,
                 format="nifti",
-                affine=affine,
-                synthetic=True,
-                derivation_description=f"medgen {syn.model_id} interpolation t={t:.3f}",
+                spatial_dims=int(syn.options["spatial_dims"]),
+                spacing=syn.spacing,
+                description=f"medgen {syn.model_id} interpolation t={t:.3f}",
             )
             rows.append({"step": k, "t": t, "file": name, "model_id": syn.model_id})
             names.append(name)
