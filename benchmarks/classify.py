@@ -216,7 +216,10 @@ class Row:
 
 
 def suite_rows(args: argparse.Namespace) -> list[Row]:
-    """The main rows (100 % of the labels): baseline CNNs, the ViT pair and the CNN pair."""
+    """The main rows (100 % of the labels): baseline CNNs, the ViT pair and the CNN pair; none
+    with ``--label-only``."""
+    if args.label_only:  # only the label-efficiency rows below 100 %
+        return []
     if args.vit_only:  # a seed check of the ViT pair
         mae = mae_model(args)
         return [
@@ -236,6 +239,17 @@ def suite_rows(args: argparse.Namespace) -> list[Row]:
         Row(f"{args.cnn_model} + {METHOD_LABEL['contrastive']}", args.cnn_model, "contrastive")
     )
     return rows
+
+
+def pretrain_plan(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The (method, model) pretrainings the rows need, once each (a ViT and a CNN may share one):
+    the ViT's, and the CNN's unless ``--vit-only``; with ``--label-only`` those of ``--pairs``."""
+    plan = [(args.vit_method, mae_model(args))]
+    if not args.vit_only:  # the seed check trains no CNN pair
+        plan.append(("contrastive", args.cnn_model))
+    if args.label_only:
+        plan = [k for k in plan if (k[1], k[0]) in _pair_keys(args)]
+    return list(dict.fromkeys(plan))
 
 
 def mae_model(args: argparse.Namespace) -> str:
@@ -331,7 +345,7 @@ def estimate_wall_s(args: argparse.Namespace) -> dict[str, float]:
     )
     parts = {
         "simulate": OVERHEAD_S["simulate"] if args.cohort is None else 0.0,
-        "pretrain": (1 if args.vit_only else 2) * (per_pretrain + OVERHEAD_S["pretrain"]),
+        "pretrain": len(pretrain_plan(args)) * (per_pretrain + OVERHEAD_S["pretrain"]),
         "train": n_train * (per_row + OVERHEAD_S["train"]),
         "explain": n_main * OVERHEAD_S["explain"],
         "memory": OVERHEAD_S["memory"] if args.memory else 0.0,
@@ -606,11 +620,8 @@ def run_suite(args: argparse.Namespace) -> None:
     print("\n## pretraining on the train split's images (labels ignored)")
     inits: dict[tuple[str, str], Path] = {}
     pre_rows = []
-    plan = [(args.vit_method, mae_model(args))]
-    if not args.vit_only:  # the seed check trains no CNN pair
-        plan.append(("contrastive", args.cnn_model))
     earlier = _earlier_pretraining(out) if args.reuse_pretrain else {}
-    for method, model in dict.fromkeys(plan):  # once each (a ViT and a CNN may share one)
+    for method, model in pretrain_plan(args):
         if (method, model) in earlier:
             inits[(method, model)] = out / f"pretrain_{method}_{model}"
             pre_rows.append({**earlier[(method, model)], "reused": True})
@@ -969,6 +980,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--vit-only",
         action="store_true",
         help="only the ViT pair's rows (with --pairs vit: a quicker check of another --seed)",
+    )
+    su.add_argument(
+        "--label-only",
+        action="store_true",
+        help="only the pretraining and the label-efficiency rows below 100 %% (no 100 %% rows: "
+        "e.g. a longer --pretrain-steps checked where the gain target is measured)",
     )
     su.add_argument("--fractions", default="0.1,0.25,1", help="shares of the training labels")
     su.add_argument("--mask-column", default="mask_path")

@@ -137,3 +137,32 @@ def test_pretrain_steps_bound_the_pretraining(bench: ModuleType) -> None:
     timed = bench.build_parser().parse_args(["--suite", "--epochs", "9"])
     assert bench.pretrain_epochs(1100, timed) == 9
     assert bench.pretrain_budget_text(timed) == "240 s"
+
+
+def test_label_only_trains_no_full_rows(bench: ModuleType) -> None:
+    args = bench.build_parser().parse_args(
+        [
+            "--suite",
+            "--label-only",
+            "--pairs",
+            "vit",
+            "--vit-method",
+            "contrastive",
+            "--vit-model",
+            "vit_hybrid",
+            "--fractions",
+            "0.1",
+            "--row-steps",
+            "100",
+        ]
+    )
+    assert bench.suite_rows(args) == []
+    assert [(r.init, r.fraction) for r in bench.label_rows(args)] == [
+        (None, 0.1),
+        ("contrastive", 0.1),
+    ]
+    assert bench.pretrain_plan(args) == [("contrastive", "vit_hybrid")]  # not the CNN's
+    est = bench.estimate_wall_s(args)
+    assert est["n_train"] == 2 and est["explain"] == 0
+    full = bench.build_parser().parse_args(["--suite"])
+    assert bench.pretrain_plan(full) == [("mae", "vit"), ("contrastive", "densenet")]
