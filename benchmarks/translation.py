@@ -112,8 +112,12 @@ def fit_models(
         if name == "pix2pix":
             variants = []
             advs = args.pix2pix_adv_weight or [None]
-            for dw, lw, adv in itertools.product(args.detail_weight, args.lesion_weight, advs):
+            for dw, lw, adv, law in itertools.product(
+                args.detail_weight, args.lesion_weight, advs, args.lesion_adv_weight
+            ):
                 p2p: dict[str, Any] = {**nets, "mse_weight": 1.0}
+                if law > 0:
+                    p2p["lesion_adv_weight"] = law
                 if dw > 0:
                     p2p["detail_weight"] = dw
                 if lw > 0:
@@ -122,7 +126,7 @@ def fit_models(
                     p2p["detail_sigma"] = args.detail_sigma
                 if adv is not None:
                     p2p["adv_weight"] = adv
-                variants.append((pix2pix_label(dw, lw, adv, args), {"pix2pix": p2p}))
+                variants.append((pix2pix_label(dw, lw, adv, args, law), {"pix2pix": p2p}))
         for label, kwargs in variants:
             t = Translator(
                 name,
@@ -156,7 +160,11 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
 
 
 def pix2pix_label(
-    detail_weight: float, lesion_weight: float, adv_weight: float | None, args: argparse.Namespace
+    detail_weight: float,
+    lesion_weight: float,
+    adv_weight: float | None,
+    args: argparse.Namespace,
+    lesion_adv_weight: float = 0.0,
 ) -> str:
     """The row label of a pix2pix variant: ``"pix2pix"`` with today's options, else the options
     that differ, e.g. ``"pix2pix detail=2"`` or ``"pix2pix lesion=10 adv=0.1"``."""
@@ -169,6 +177,8 @@ def pix2pix_label(
         parts.append(f"sigma={args.detail_sigma:g}")
     if adv_weight is not None:
         parts.append(f"adv={adv_weight:g}")
+    if lesion_adv_weight > 0:
+        parts.append(f"lesion_adv={lesion_adv_weight:g}")
     return " ".join(parts)
 
 
@@ -357,6 +367,15 @@ def main() -> None:
         default=[0.0],
         help="pix2pix mask-weighted L1 (Pix2PixConfig.lesion_weight; the training rows' lesion "
         "masks); several values: one pix2pix each (with every --detail-weight), 'lesion=W'",
+    )
+    p.add_argument(
+        "--lesion-adv-weight",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="pix2pix adversarial term on the lesion cells (Pix2PixConfig.lesion_adv_weight; "
+        "the training rows' lesion masks; needs an adversarial weight > 0); several values: one "
+        "pix2pix each, 'lesion_adv=W'",
     )
     p.add_argument(
         "--detail-sigma",

@@ -688,7 +688,7 @@ class Translator(GenerativeModel):
     ) -> tuple[list[np.ndarray], list[np.ndarray], list[str] | None, list[np.ndarray] | None]:
         """``(source images, target images, target paths, lesion masks)`` that :meth:`fit`
         trains on: the selected factual training rows, or pix2pix's aligned pairs (with their
-        lesion masks when ``lesion_weight`` > 0, else ``None``)."""
+        lesion masks when ``lesion_weight`` or ``lesion_adv_weight`` > 0, else ``None``)."""
         from medgen.generative._restorer import load_images
 
         if self.model == "pix2pix":
@@ -710,7 +710,7 @@ class Translator(GenerativeModel):
         self, cohort: Any
     ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
         """The aligned (source, target) training pairs of ``cohort`` (see :meth:`fit`) and,
-        when pix2pix's ``lesion_weight`` > 0, each pair's lesion mask: the union of the
+        when pix2pix's ``lesion_weight`` or ``lesion_adv_weight`` > 0, each pair's lesion mask: the union of the
         ``mask_path`` masks of the source training row and of its counterfactual target row
         (training rows only; all zeros where a row has none)."""
         from pathlib import Path
@@ -794,7 +794,7 @@ class Translator(GenerativeModel):
                 )
             a.append(x)
             b.append(y)
-        if self.pix2pix_config().lesion_weight <= 0:
+        if not self.pix2pix_config().needs_masks:
             return a, b, None
         masks = []
         for x, (ms, mt) in zip(a, mask_paths, strict=True):
@@ -811,9 +811,9 @@ class Translator(GenerativeModel):
             masks.append(m)
         if not any(m.any() for m in masks):
             raise MedgenValueError(
-                "Translator.fit: pix2pix lesion_weight > 0 weights the L1 by the training rows' "
-                "lesion masks, but no training pair has one (manifest column 'mask_path'); add "
-                "the masks or use detail_weight, which needs none."
+                "Translator.fit: pix2pix lesion_weight / lesion_adv_weight > 0 train on the "
+                "training rows' lesion masks, but no training pair has one (manifest column "
+                "'mask_path'); add the masks or use detail_weight, which needs none."
             )
         return a, b, masks
 
@@ -859,10 +859,11 @@ class Translator(GenerativeModel):
             for i, arr in enumerate(imgs):
                 h.update(f"{tag}{i}{arr.shape}".encode())
                 h.update(np.ascontiguousarray(arr).tobytes())
-        if self.model == "pix2pix" and self.pix2pix_config().lesion_weight > 0:
+        if self.model == "pix2pix" and self.pix2pix_config().needs_masks:
             if _masks is None:
                 raise ConfigError(
-                    "Translator.fit_images: pix2pix lesion_weight > 0 needs lesion masks, which "
+                    "Translator.fit_images: pix2pix lesion_weight / lesion_adv_weight > 0 need "
+                    "lesion masks, which "
                     "fit(cohort) reads from the training rows' 'mask_path' column; call fit, or "
                     "use detail_weight (no masks needed)."
                 )
@@ -929,7 +930,7 @@ class Translator(GenerativeModel):
         ec = self._engine_config(config)
         cfg = self.pix2pix_config()
         pairs: list[tuple[np.ndarray, ...]] = []
-        use_masks = masks is not None and cfg.lesion_weight > 0
+        use_masks = masks is not None and cfg.needs_masks
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             ux, uy = unit_range(x, NORM_PERCENTILES), unit_range(y, NORM_PERCENTILES)
             extra = (masks[i].astype(np.float32),) if use_masks and masks is not None else ()

@@ -116,6 +116,8 @@ def test_old_config_without_the_option_loads_as_before(cohort: Any, tmp_path: Pa
         ({"detail_sigma": 0.0}, "detail_sigma"),
         ({"detail_sigma": float("nan")}, "detail_sigma"),
         ({"lesion_weight": -0.5}, "lesion_weight"),
+        ({"lesion_adv_weight": -1.0}, "lesion_adv_weight"),
+        ({"lesion_adv_weight": 1.0, "adv_weight": 0.0}, "lesion_adv_weight"),
     ],
 )
 def test_bad_detail_options(options: dict[str, Any], name: str) -> None:
@@ -164,7 +166,7 @@ def test_lesion_weight_reads_training_masks_only(cohort: Any, tmp_path: Path) ->
     df.to_csv(manifest, index=False)
     other = Translator("pix2pix", source=A, target=B, patch_size=16, pix2pix=options)
     assert other.fit(manifest, config=ENGINE).data_hash != t.data_hash
-    with pytest.raises(ConfigError, match="lesion_weight > 0 needs lesion masks"):
+    with pytest.raises(ConfigError, match="lesion_adv_weight > 0 need lesion masks"):
         t.fit_images([np.ones((16, 16))], [np.ones((16, 16))])
     medgen.io.save(np.ones((1, 8, 8), np.float32), tmp_path / "small.nii.gz")
     df.loc[df["split"] == "train", "mask_path"] = str(tmp_path / "small.nii.gz")
@@ -175,3 +177,39 @@ def test_lesion_weight_reads_training_masks_only(cohort: Any, tmp_path: Path) ->
     df.to_csv(manifest, index=False)
     with pytest.raises(MedgenValueError, match=r"no training pair has one.*'mask_path'"):
         t.fit(manifest, config=ENGINE)
+
+
+def test_lesion_cells_and_masked_lsgan() -> None:
+    from medgen.generative.objectives.paired import lesion_cells, masked_lsgan
+
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[0, 0, 3:5, 26:28] = 1.0  # a 2x2 lesion in the top-right cell of a 4x4 grid
+    cells = lesion_cells(mask, (4, 4))
+    assert cells.shape == (2, 1, 4, 4)
+    assert cells.sum() == 1 and cells[0, 0, 0, 3] == 1  # the second image has none
+    logits = torch.randn(2, 1, 4, 4, requires_grad=True)
+    loss = masked_lsgan(logits, cells, real=True)
+    assert float(loss.detach()) == pytest.approx(float((logits[0, 0, 0, 3].detach() - 1) ** 2))
+    loss.backward()
+    assert logits.grad is not None
+    outside = logits.grad.clone()
+    outside[0, 0, 0, 3] = 0
+    assert float(outside.abs().sum()) == 0.0  # only the lesion cell pulls the generator
+    fake = masked_lsgan(logits.detach(), cells, real=False)
+    assert float(fake) == pytest.approx(float(logits[0, 0, 0, 3] ** 2))
+    assert float(masked_lsgan(logits, torch.zeros_like(cells), real=True)) == 0.0
+    cube = torch.zeros(1, 1, 8, 8, 8)
+    cube[..., 0, 0, 0] = 1.0
+    assert lesion_cells(cube, (2, 2, 2)).sum() == 1
+
+
+def test_lesion_adversarial_term_trains_on_masks(cohort: Any) -> None:
+    options = {"lesion_adv_weight": 1.0, "adv_weight": 0.1, "adv_warmup_steps": 0}
+    t = _fit(cohort, **options)
+    _, _, masks = t._pairs(cohort)
+    assert masks is not None  # the term reads the training rows' masks, as lesion_weight does
+    lesion = [epoch["adv_lesion"] for epoch in t.history]
+    assert len(lesion) == 2 and all(np.isfinite(v) and v > 0 for v in lesion)
+    plain = _fit(cohort, adv_weight=0.1, adv_warmup_steps=0)
+    assert all("adv_lesion" not in epoch for epoch in plain.history)
+    assert plain.weights_sha256 != t.weights_sha256 and plain.data_hash != t.data_hash
