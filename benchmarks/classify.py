@@ -23,6 +23,8 @@ Extended suite (``--suite``; issue 17)::
         --cohort OUT/cohort/manifest.csv --out bench_suite --memory
     python benchmarks/classify.py --suite --preset tiny --budget 3 --pretrain-budget 3 --n-boot 50
     python benchmarks/classify.py --suite --row-steps 1656 --pretrain-steps 600 ...  # step budgets
+    python benchmarks/classify.py --suite --label-only --pairs vit --vit-only --fractions 0.1 \
+        --pretrain-steps 2400 ...   # a longer pretraining, measured only where the gain is
 
 On the demo cohort (simulated into ``--out/cohort`` unless ``--cohort``), images resized to
 ``--image-size`` (64x64), one process, ``--threads`` torch threads:
@@ -270,7 +272,8 @@ def label_rows(args: argparse.Namespace) -> list[Row]:
         model, method = pairs[pair]
         for f in _fractions(args.fractions):
             if f < 1.0:
-                out.append(Row(f"{model} (scratch) {f:.0%}", model, None, f))
+                if not args.skip_scratch:
+                    out.append(Row(f"{model} (scratch) {f:.0%}", model, None, f))
                 out.append(Row(f"{model} + {METHOD_LABEL[method]} {f:.0%}", model, method, f))
     return out
 
@@ -986,6 +989,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only the pretraining and the label-efficiency rows below 100 %% (no 100 %% rows: "
         "e.g. a longer --pretrain-steps checked where the gain target is measured)",
+    )
+    su.add_argument(
+        "--skip-scratch",
+        action="store_true",
+        help="with --label-only: no from-scratch label rows (a seed's scratch row does not depend "
+        "on the pretraining and gives the same AUC for the same seed and --row-steps; compare "
+        "with an earlier run's)",
     )
     su.add_argument("--fractions", default="0.1,0.25,1", help="shares of the training labels")
     su.add_argument("--mask-column", default="mask_path")

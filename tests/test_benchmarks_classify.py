@@ -164,5 +164,7 @@ def test_label_only_trains_no_full_rows(bench: ModuleType) -> None:
     assert bench.pretrain_plan(args) == [("contrastive", "vit_hybrid")]  # not the CNN's
     est = bench.estimate_wall_s(args)
     assert est["n_train"] == 2 and est["explain"] == 0
+    args.skip_scratch = True
+    assert [(r.init, r.fraction) for r in bench.label_rows(args)] == [("contrastive", 0.1)]
     full = bench.build_parser().parse_args(["--suite"])
     assert bench.pretrain_plan(full) == [("mae", "vit"), ("contrastive", "densenet")]
