@@ -180,7 +180,8 @@ def test_lesion_weight_reads_training_masks_only(cohort: Any, tmp_path: Path) ->
 
 
 def test_lesion_cells_and_masked_lsgan() -> None:
-    from medgen.generative.objectives.paired import lesion_cells, masked_lsgan
+    from medgen.generative.objectives._common import masked_lsgan
+    from medgen.generative.objectives.paired import lesion_cells
 
     mask = torch.zeros(2, 1, 32, 32)
     mask[0, 0, 3:5, 26:28] = 1.0  # a 2x2 lesion in the top-right cell of a 4x4 grid

@@ -20,6 +20,7 @@ __all__ = [
     "generator_optimizers",
     "kl_divergence",
     "lesion_weighted_l1",
+    "masked_lsgan",
     "random_patches",
     "unit_range",
 ]
@@ -32,19 +33,33 @@ def conditional_discriminator_step(
     x: torch.Tensor,
     y: torch.Tensor,
     pred: torch.Tensor,
+    *,
+    cells: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One step of a conditional PatchGAN (pix2pix): real pairs ``(x, y)`` against fakes
     ``(x, pred)`` (detached), the half-sum of the two adversarial losses, back-propagated into
-    the ``"discriminator"`` optimiser; returns the detached loss for the logs."""
+    the ``"discriminator"`` optimiser; returns the detached loss for the logs. ``cells`` (a 0/1
+    map on the output grid, pix2pix's ``lesion_adv_weight``): the same real/fake losses
+    averaged over those cells are added, so the discriminator learns what a lesion looks like."""
     with ctx.autocast():
         real = discriminator(torch.cat([x, y], dim=1))[-1]
         fake = discriminator(torch.cat([x, pred.detach()], dim=1))[-1]
-        loss_d = 0.5 * (
-            adv_loss(real, target_is_real=True, for_discriminator=True)
-            + adv_loss(fake, target_is_real=False, for_discriminator=True)
+        loss_d = adv_loss(real, target_is_real=True, for_discriminator=True) + adv_loss(
+            fake, target_is_real=False, for_discriminator=True
         )
+        if cells is not None:
+            loss_d = loss_d + masked_lsgan(real, cells, real=True)
+            loss_d = loss_d + masked_lsgan(fake, cells, real=False)
+        loss_d = 0.5 * loss_d
     ctx.backward(loss_d, "discriminator")
     return loss_d.detach()
+
+
+def masked_lsgan(logits: torch.Tensor, cells: torch.Tensor, *, real: bool) -> torch.Tensor:
+    """The least-squares adversarial loss (``(D - 1)^2`` for ``real``, ``D^2`` otherwise)
+    averaged over the cells where ``cells`` is 1; 0 (with a gradient path) where there are none."""
+    err = (logits.float() - (1.0 if real else 0.0)) ** 2
+    return (err * cells).sum() / cells.sum().clamp(min=1.0)
 
 
 def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,7 @@ from medgen.generative.objectives._common import (
     generator_optimizers,
     kl_divergence,
     lesion_weighted_l1,
+    masked_lsgan,
 )
 
 if TYPE_CHECKING:
@@ -134,9 +135,10 @@ class Pix2PixConfig(PairedConfig):
             ``lesion_adv_weight``, and the discriminator's real/fake loss on the same cells
             added to its own. Why: the L1 regresses a lesion it is unsure of towards the
             background (T1 -> T2 rendered lesions at 0.66-0.71 of their contrast,
-            docs/translation.md), and in the plain adversarial term a lesion is 1-4 of
-            about 200 cells. Needs masks (read like ``lesion_weight``'s) and
-            ``adv_weight > 0`` (the discriminator); 0 (the default): the same training bitwise.
+            docs/translation.md), and in the plain adversarial term a lesion is 1-4 of the
+            36 cells of a 32-pixel training patch (196 at 64). Needs masks (read like
+            ``lesion_weight``'s) and ``adv_weight > 0`` (the discriminator); 0 (the default):
+            the same training bitwise.
 
     The loss options are :class:`PairedConfig`'s, with pix2pix's balance by default: L1 plus
     ``adv_weight = 0.01`` LSGAN (the paper's lambda = 100 for L1 against 1 for the GAN), Adam
@@ -410,13 +412,9 @@ class PairedObjective(Objective):
             "loss_g": loss_g.detach(),
             **{k: v.detach() for k, v in terms.items()},
         }
-        if adv_on and discriminator is not None and cells is not None:
-            logs["loss_d"] = _lesion_discriminator_step(
-                ctx, discriminator, adv_loss, x, y, pred, cells
-            )
-        elif adv_on and discriminator is not None:
+        if adv_on and discriminator is not None:
             logs["loss_d"] = conditional_discriminator_step(
-                ctx, discriminator, adv_loss, x, y, pred
+                ctx, discriminator, adv_loss, x, y, pred, cells=cells
             )
         return logs
 
@@ -429,34 +427,3 @@ def lesion_cells(mask: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
         nn.functional.adaptive_max_pool2d if len(grid) == 2 else nn.functional.adaptive_max_pool3d
     )
     return (pool(mask.float(), tuple(int(g) for g in grid)) > 0.5).float()  # type: ignore[operator]
-
-
-def masked_lsgan(logits: torch.Tensor, cells: torch.Tensor, *, real: bool) -> torch.Tensor:
-    """The least-squares adversarial loss (``(D - 1)^2`` for ``real``, ``D^2`` otherwise)
-    averaged over the cells where ``cells`` is 1; 0 (with a gradient path) where there are none."""
-    err = (logits.float() - (1.0 if real else 0.0)) ** 2
-    return (err * cells).sum() / cells.sum().clamp(min=1.0)
-
-
-def _lesion_discriminator_step(
-    ctx: Any,
-    discriminator: nn.Module,
-    adv_loss: Any,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    pred: torch.Tensor,
-    cells: torch.Tensor,
-) -> torch.Tensor:
-    """:func:`conditional_discriminator_step` plus the same real/fake loss averaged over the
-    lesion cells (``lesion_adv_weight``), so the discriminator learns what a lesion looks like."""
-    with ctx.autocast():
-        real = discriminator(torch.cat([x, y], dim=1))[-1]
-        fake = discriminator(torch.cat([x, pred.detach()], dim=1))[-1]
-        loss_d = 0.5 * (
-            adv_loss(real, target_is_real=True, for_discriminator=True)
-            + adv_loss(fake, target_is_real=False, for_discriminator=True)
-            + masked_lsgan(real, cells, real=True)
-            + masked_lsgan(fake, cells, real=False)
-        )
-    ctx.backward(loss_d, "discriminator")
-    return loss_d.detach()
