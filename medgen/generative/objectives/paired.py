@@ -135,7 +135,7 @@ class Pix2PixConfig(PairedConfig):
             ``lesion_adv_weight``, and the discriminator's real/fake loss on the same cells
             added to its own. Why: the L1 regresses a lesion it is unsure of towards the
             background (T1 -> T2 rendered lesions at 0.66-0.71 of their contrast,
-            docs/translation.md), and in the plain adversarial term a lesion is 1-4 of the
+            docs/translation.md), and in the plain adversarial term a lesion is a few of the
             36 cells of a 32-pixel training patch (196 at 64). Needs masks (read like
             ``lesion_weight``'s) and ``adv_weight > 0`` (the discriminator); 0 (the default):
             the same training bitwise.
