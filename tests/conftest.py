@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -12,6 +16,23 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # pseudonyms are keyed by a project secret (docs/privacy.md): tests use their own, never the
 # user's ~/.config/medgen one; subprocesses of CLI tests inherit it
 os.environ.setdefault("MEDGEN_PROJECT_SECRET", "medgen-test-suite-secret")
+
+
+@pytest.fixture(scope="session")
+def load_benchmark() -> Callable[[str], ModuleType]:
+    """A loader of ``benchmarks/<name>.py`` as the module ``<name>_benchmark`` (the scripts are
+    not a package); registered in ``sys.modules``, where dataclasses resolve their module."""
+
+    def load(name: str) -> ModuleType:
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(autouse=True, scope="session")

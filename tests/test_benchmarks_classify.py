@@ -3,8 +3,7 @@ label subsampling, the AUC bootstrap and the targets table, without training any
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -14,14 +13,8 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "classify.py"
-    spec = importlib.util.spec_from_file_location("classify_benchmark", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark: Callable[[str], ModuleType]) -> ModuleType:
+    return load_benchmark("classify")
 
 
 def test_plan_counts_every_training(bench: ModuleType) -> None:

@@ -3,9 +3,7 @@ latents drawn from known Gaussians (no network trained)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import numpy as np
@@ -14,14 +12,8 @@ import torch
 
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "synthesis_priors.py"
-    spec = importlib.util.spec_from_file_location("synthesis_priors_benchmark", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark: Callable[[str], ModuleType]) -> ModuleType:
+    return load_benchmark("synthesis_priors")
 
 
 def _latents() -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,7 @@ the pretrained models imports): slices, volumes, files, modality tags and the lo
 
 from __future__ import annotations
 
-import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -14,13 +14,8 @@ BAND = (60, 130)
 
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "restoration.py"
-    spec = importlib.util.spec_from_file_location("restoration_benchmark", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark: Callable[[str], ModuleType]) -> ModuleType:
+    return load_benchmark("restoration")
 
 
 def test_held_out_slices_tagged_with_modality(bench: ModuleType) -> None:
