@@ -69,13 +69,7 @@ class AnchoredPrior(nn.Module):
 def training_latents(syn: Any, manifest: Path) -> tuple[np.ndarray, np.ndarray, int]:
     """Posterior means of the train split (``N x D``), their combination cells, the cell count."""
     images, _, index, _, _ = syn._training_data(manifest)
-    ae = syn.nets["autoencoder"]
-    mus = []
-    with torch.no_grad():
-        for i in range(0, len(images), 64):
-            x = torch.from_numpy(images[i : i + 64][:, None]).to(syn.device)
-            mus.append(ae.encode(x)[0].double().cpu())
-    latents = torch.cat(mus).reshape(len(images), -1).numpy()
+    latents = syn._posterior_means(images)
     return latents, syn._combined(index), math.prod(syn._num_classes())
 
 

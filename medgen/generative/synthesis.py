@@ -850,9 +850,17 @@ class Synthesizer(GenerativeModel):
     def _fit_latent_prior(self, images: np.ndarray, index: np.ndarray) -> None:
         """The VAE-GAN's sampling density: a Gaussian per condition combination fitted to the
         posterior means of the training images (:mod:`medgen.generative._latent_prior`)."""
-        import torch
 
         from medgen.generative._latent_prior import LatentPrior
+
+        n_cells = math.prod(self._num_classes())
+        prior = LatentPrior.fit(self._posterior_means(images), self._combined(index), n_cells)
+        self.nets["latent_prior"] = prior.to(self.device)
+
+    def _posterior_means(self, images: np.ndarray) -> np.ndarray:
+        """The autoencoder's posterior means of ``images`` (``N x [SPATIAL]`` in unit
+        intensities), flattened: ``N x D`` float64, in batches of 64."""
+        import torch
 
         ae: Any = self.nets["autoencoder"]
         mus = []
@@ -860,10 +868,7 @@ class Synthesizer(GenerativeModel):
             for i in range(0, len(images), 64):
                 x = torch.from_numpy(images[i : i + 64][:, None]).to(self.device)
                 mus.append(ae.encode(x)[0].double().cpu())
-        latents = torch.cat(mus).reshape(len(images), -1).numpy()
-        n_cells = math.prod(self._num_classes())
-        prior = LatentPrior.fit(latents, self._combined(index), n_cells)
-        self.nets["latent_prior"] = prior.to(self.device)
+        return torch.cat(mus).reshape(len(images), -1).numpy()
 
     # ------------------------------------------------------------------ conditions
     def _value_index(self, col: str, value: Any) -> int:
