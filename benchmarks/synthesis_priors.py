@@ -74,18 +74,13 @@ def training_latents(syn: Any, manifest: Path) -> tuple[np.ndarray, np.ndarray, 
 
 
 def make_prior(variant: str, latents: np.ndarray, cells: np.ndarray, n_cells: int) -> Any:
-    import medgen.generative._latent_prior as lp
+    from medgen.generative._latent_prior import LatentPrior
 
-    shipped = lp.MAX_RANK
-    try:
-        if variant.startswith("rank"):
-            lp.MAX_RANK = int(variant[4:])
-            return lp.LatentPrior.fit(latents, cells, n_cells)
-        if variant.startswith("anchor"):
-            base = lp.LatentPrior.fit(latents, cells, n_cells)
-            return AnchoredPrior(base, latents, cells, float(variant[6:]))
-    finally:
-        lp.MAX_RANK = shipped
+    if variant.startswith("rank"):
+        return LatentPrior.fit(latents, cells, n_cells, max_rank=int(variant[4:]))
+    if variant.startswith("anchor"):
+        base = LatentPrior.fit(latents, cells, n_cells)
+        return AnchoredPrior(base, latents, cells, float(variant[6:]))
     raise SystemExit(f"--variants: unknown variant {variant!r}; use rankR or anchorL")
 
 

@@ -74,16 +74,21 @@ class LatentPrior(nn.Module):
 
     @classmethod
     def fit(
-        cls, latents: NDArray[np.floating], cells: NDArray[np.integer], n_cells: int
+        cls,
+        latents: NDArray[np.floating],
+        cells: NDArray[np.integer],
+        n_cells: int,
+        *,
+        max_rank: int = MAX_RANK,
     ) -> LatentPrior:
         """The density of ``latents`` (``N x D``) whose combinations are ``cells`` (``N``, in
-        ``0 .. n_cells - 1``)."""
+        ``0 .. n_cells - 1``), with at most ``max_rank`` principal directions."""
         from sklearn.covariance import LedoitWolf
 
         x = np.asarray(latents, dtype=np.float64).reshape(len(latents), -1)
         c = np.asarray(cells, dtype=np.int64)
         n, dim = x.shape
-        rank = int(max(1, min(MAX_RANK, dim, n - 1)))
+        rank = int(max(1, min(max_rank, dim, n - 1)))
         pooled = x.mean(0)
         means = np.tile(pooled, (n_cells + 1, 1))
         counts = np.zeros(n_cells + 1)
