@@ -35,7 +35,9 @@ pix2pix variants: ``--detail-weight W [W ...]`` trains one pix2pix per value on 
 ``pix2pix detail=W``), ``--lesion-weight W [W ...]`` likewise for the mask-weighted L1
 (``lesion_weight``: the training rows' lesion masks; ``pix2pix lesion=W``) and ``--pix2pix-adv-weight W [W ...]`` for the adversarial weight
 (``adv=W``); every combination is trained. ``--detail-sigma`` sets that option for all of them
-(named in the row label, e.g. ``pix2pix detail=2 adv=0.1``).
+(named in the row label, e.g. ``pix2pix detail=2 adv=0.1``); ``--lesion-adv-weight`` and
+``--lesion-contrast-weight`` likewise for the two other lesion terms (``lesion_adv=W``,
+``lesion_contrast=W``).
 """
 
 from __future__ import annotations
@@ -112,12 +114,18 @@ def fit_models(
         if name == "pix2pix":
             variants = []
             advs = args.pix2pix_adv_weight or [None]
-            for dw, lw, adv, law in itertools.product(
-                args.detail_weight, args.lesion_weight, advs, args.lesion_adv_weight
+            for dw, lw, adv, law, lcw in itertools.product(
+                args.detail_weight,
+                args.lesion_weight,
+                advs,
+                args.lesion_adv_weight,
+                args.lesion_contrast_weight,
             ):
                 p2p: dict[str, Any] = {**nets, "mse_weight": 1.0}
                 if law > 0:
                     p2p["lesion_adv_weight"] = law
+                if lcw > 0:
+                    p2p["lesion_contrast_weight"] = lcw
                 if dw > 0:
                     p2p["detail_weight"] = dw
                 if lw > 0:
@@ -126,7 +134,8 @@ def fit_models(
                     p2p["detail_sigma"] = args.detail_sigma
                 if adv is not None:
                     p2p["adv_weight"] = adv
-                variants.append((pix2pix_label(dw, lw, adv, args, law), {"pix2pix": p2p}))
+                label = pix2pix_label(dw, lw, adv, args, law, lcw)
+                variants.append((label, {"pix2pix": p2p}))
         for label, kwargs in variants:
             t = Translator(
                 name,
@@ -165,6 +174,7 @@ def pix2pix_label(
     adv_weight: float | None,
     args: argparse.Namespace,
     lesion_adv_weight: float = 0.0,
+    lesion_contrast_weight: float = 0.0,
 ) -> str:
     """The row label of a pix2pix variant: ``"pix2pix"`` with today's options, else the options
     that differ, e.g. ``"pix2pix detail=2"`` or ``"pix2pix lesion=10 adv=0.1"``."""
@@ -179,6 +189,8 @@ def pix2pix_label(
         parts.append(f"adv={adv_weight:g}")
     if lesion_adv_weight > 0:
         parts.append(f"lesion_adv={lesion_adv_weight:g}")
+    if lesion_contrast_weight > 0:
+        parts.append(f"lesion_contrast={lesion_contrast_weight:g}")
     return " ".join(parts)
 
 
@@ -376,6 +388,14 @@ def main() -> None:
         help="pix2pix adversarial term on the lesion cells (Pix2PixConfig.lesion_adv_weight; "
         "the training rows' lesion masks; needs an adversarial weight > 0); several values: one "
         "pix2pix each, 'lesion_adv=W'",
+    )
+    p.add_argument(
+        "--lesion-contrast-weight",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="pix2pix lesion-contrast term (Pix2PixConfig.lesion_contrast_weight; the training "
+        "rows' lesion masks); several values: one pix2pix each, 'lesion_contrast=W'",
     )
     p.add_argument(
         "--detail-sigma",

@@ -688,7 +688,7 @@ class Translator(GenerativeModel):
     ) -> tuple[list[np.ndarray], list[np.ndarray], list[str] | None, list[np.ndarray] | None]:
         """``(source images, target images, target paths, lesion masks)`` that :meth:`fit`
         trains on: the selected factual training rows, or pix2pix's aligned pairs (with their
-        lesion masks when ``lesion_weight`` or ``lesion_adv_weight`` > 0, else ``None``)."""
+        lesion masks when a lesion term (``Pix2PixConfig.needs_masks``) is on, else ``None``)."""
         from medgen.generative._restorer import load_images
 
         if self.model == "pix2pix":
@@ -710,7 +710,7 @@ class Translator(GenerativeModel):
         self, cohort: Any
     ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
         """The aligned (source, target) training pairs of ``cohort`` (see :meth:`fit`) and,
-        when pix2pix's ``lesion_weight`` or ``lesion_adv_weight`` > 0, each pair's lesion mask: the union of the
+        when a pix2pix lesion term is on (``Pix2PixConfig.needs_masks``), each pair's lesion mask: the union of the
         ``mask_path`` masks of the source training row and of its counterfactual target row
         (training rows only; all zeros where a row has none)."""
         from pathlib import Path
@@ -811,7 +811,8 @@ class Translator(GenerativeModel):
             masks.append(m)
         if not any(m.any() for m in masks):
             raise MedgenValueError(
-                "Translator.fit: pix2pix lesion_weight / lesion_adv_weight > 0 train on the "
+                "Translator.fit: pix2pix lesion terms (lesion_weight, lesion_adv_weight, "
+                "lesion_contrast_weight > 0) train on the "
                 "training rows' lesion masks, but no training pair has one (manifest column "
                 "'mask_path'); add the masks or use detail_weight, which needs none."
             )
@@ -862,7 +863,8 @@ class Translator(GenerativeModel):
         if self.model == "pix2pix" and self.pix2pix_config().needs_masks:
             if _masks is None:
                 raise ConfigError(
-                    "Translator.fit_images: pix2pix lesion_weight / lesion_adv_weight > 0 need "
+                    "Translator.fit_images: pix2pix lesion terms (lesion_weight, "
+                    "lesion_adv_weight, lesion_contrast_weight > 0) need "
                     "lesion masks, which "
                     "fit(cohort) reads from the training rows' 'mask_path' column; call fit, or "
                     "use detail_weight (no masks needed)."

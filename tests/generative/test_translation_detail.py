@@ -14,6 +14,7 @@ import torch
 
 from medgen.errors import ConfigError
 from medgen.generative import Translator, load
+from medgen.generative.objectives._common import lesion_contrast_loss
 from medgen.generative.objectives.paired import Pix2PixConfig, detail_weight_map
 
 A, B = {"site": "site_A"}, {"site": "site_B"}
@@ -118,6 +119,8 @@ def test_old_config_without_the_option_loads_as_before(cohort: Any, tmp_path: Pa
         ({"lesion_weight": -0.5}, "lesion_weight"),
         ({"lesion_adv_weight": -1.0}, "lesion_adv_weight"),
         ({"lesion_adv_weight": 1.0, "adv_weight": 0.0}, "lesion_adv_weight"),
+        ({"lesion_contrast_weight": -1.0}, "lesion_contrast_weight"),
+        ({"lesion_contrast_weight": "1"}, "lesion_contrast_weight"),
     ],
 )
 def test_bad_detail_options(options: dict[str, Any], name: str) -> None:
@@ -166,7 +169,7 @@ def test_lesion_weight_reads_training_masks_only(cohort: Any, tmp_path: Path) ->
     df.to_csv(manifest, index=False)
     other = Translator("pix2pix", source=A, target=B, patch_size=16, pix2pix=options)
     assert other.fit(manifest, config=ENGINE).data_hash != t.data_hash
-    with pytest.raises(ConfigError, match="lesion_adv_weight > 0 need lesion masks"):
+    with pytest.raises(ConfigError, match="lesion_contrast_weight > 0\\) need lesion masks"):
         t.fit_images([np.ones((16, 16))], [np.ones((16, 16))])
     medgen.io.save(np.ones((1, 8, 8), np.float32), tmp_path / "small.nii.gz")
     df.loc[df["split"] == "train", "mask_path"] = str(tmp_path / "small.nii.gz")
@@ -213,4 +216,56 @@ def test_lesion_adversarial_term_trains_on_masks(cohort: Any) -> None:
     assert len(lesion) == 2 and all(np.isfinite(v) and v > 0 for v in lesion)
     plain = _fit(cohort, adv_weight=0.1, adv_warmup_steps=0)
     assert all("adv_lesion" not in epoch for epoch in plain.history)
+    assert plain.weights_sha256 != t.weights_sha256 and plain.data_hash != t.data_hash
+
+
+def _contrast_by_hand(img: np.ndarray, mask: np.ndarray, ring: int = 2) -> float:
+    """A patch's lesion contrast the slow way: mean inside, minus mean outside the mask grown
+    by a (2 ring + 1)-wide square (scipy's grey dilation)."""
+    from scipy import ndimage
+
+    grown = ndimage.grey_dilation(mask, size=(2 * ring + 1,) * mask.ndim, mode="constant")
+    inside, outside = mask, 1.0 - grown
+    return float((img * inside).sum() / inside.sum() - (img * outside).sum() / outside.sum())
+
+
+@pytest.mark.parametrize("shape", [(12, 12), (8, 8, 8)])
+def test_lesion_contrast_loss_matches_its_definition(shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(0)
+    pred, target = rng.normal(size=(3, 1, *shape)), rng.normal(size=(3, 1, *shape))
+    mask = np.zeros((3, 1, *shape))
+    mask[0, 0, 2:5, 3:6] = 1.0  # a block lesion (a slab in 3D)
+    mask[1, 0, 1, 1] = 0.5  # one soft pixel; patch 2 has no lesion and does not count
+    t = {k: torch.tensor(v, dtype=torch.float32) for k, v in
+         (("p", pred), ("y", target), ("m", mask))}  # fmt: skip
+    got = float(lesion_contrast_loss(t["p"], t["y"], t["m"]))
+    want = np.mean(
+        [
+            abs(
+                _contrast_by_hand(pred[i, 0], mask[i, 0])
+                - _contrast_by_hand(target[i, 0], mask[i, 0])
+            )
+            for i in (0, 1)
+        ]
+    )
+    assert got == pytest.approx(want, rel=1e-5)
+    # a constant offset changes no contrast; a lesion-only change does, by exactly its size
+    assert float(lesion_contrast_loss(t["y"] + 0.3, t["y"], t["m"])) == pytest.approx(0, abs=1e-6)
+    brighter = t["y"] + 0.25 * (t["m"] > 0.9).float()
+    assert float(lesion_contrast_loss(brighter, t["y"], t["m"])) == pytest.approx(0.25 / 2)
+    none = lesion_contrast_loss(t["p"].requires_grad_(), t["y"], torch.zeros_like(t["m"]))
+    none.backward()
+    assert float(none) == 0.0 and t["p"].grad is not None  # no lesion: 0, still differentiable
+
+
+def test_lesion_contrast_term_trains_on_masks(cohort: Any) -> None:
+    t = _fit(cohort, lesion_contrast_weight=2.0)
+    _, _, masks = t._pairs(cohort)
+    assert masks is not None and t.pix2pix_config().needs_masks
+    contrast = [epoch["contrast_lesion"] for epoch in t.history]
+    assert len(contrast) == 2 and all(np.isfinite(v) and v > 0 for v in contrast)
+    plain = _fit(cohort)
+    zero = _fit(cohort, lesion_contrast_weight=0.0)
+    assert zero.weights_sha256 == plain.weights_sha256  # off: bitwise today's training
+    assert all("contrast_lesion" not in epoch for epoch in plain.history)
     assert plain.weights_sha256 != t.weights_sha256 and plain.data_hash != t.data_hash

@@ -19,6 +19,7 @@ __all__ = [
     "foreground_slices",
     "generator_optimizers",
     "kl_divergence",
+    "lesion_contrast_loss",
     "lesion_weighted_l1",
     "masked_lsgan",
     "random_patches",
@@ -102,6 +103,41 @@ def lesion_weighted_l1(
     if mask is not None and lesion_weight > 0:
         weight = (1.0 if base is None else base) + float(lesion_weight) * mask.float()
     return torch.mean(err if weight is None else weight * err)
+
+
+def lesion_contrast_loss(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *, ring: int = 2
+) -> torch.Tensor:
+    """Mean over the patches with lesion pixels of ``|C(pred) - C(target)|``, where ``C`` is a
+    patch's lesion contrast: its mean inside ``mask`` minus its mean outside the mask dilated by
+    ``ring`` pixels (a max-pool of edge ``2 ring + 1``, so a square ring; soft masks weigh in
+    proportion). This is the training-patch form of ``evaluate_translation``'s
+    ``lesion_contrast`` (which uses the image's foreground and a cross-shaped ring), so the
+    term penalises exactly the under- or over-rendered lesion that the per-pixel L1 leaves when
+    the output's lesion is off by the same amount everywhere. 0 (with a gradient path) when no
+    patch holds a lesion.
+
+    ``pred``, ``target``, ``mask``: ``BxCx[SPATIAL]`` (2D or 3D).
+
+    Example:
+        >>> y = torch.zeros(1, 1, 8, 8)
+        >>> m = torch.zeros(1, 1, 8, 8)
+        >>> m[..., 3:5, 3:5] = 1.0
+        >>> y[m > 0] = 1.0
+        >>> round(float(lesion_contrast_loss(0.5 * y, y, m)), 6)
+        0.5
+    """
+    m = mask.float()
+    pool = nn.functional.max_pool2d if m.ndim == 4 else nn.functional.max_pool3d
+    outside = 1.0 - pool(m, kernel_size=2 * ring + 1, stride=1, padding=ring)  # type: ignore[operator]
+    dims = tuple(range(1, m.ndim))
+    n_in, n_out = m.sum(dim=dims), outside.sum(dim=dims)
+    has = (n_in > 0) & (n_out > 0)
+    err = pred.float() - target.float()  # C(pred) - C(target) is the contrast of the error
+    diff = (err * m).sum(dim=dims) / n_in.clamp(min=1e-6) - (err * outside).sum(
+        dim=dims
+    ) / n_out.clamp(min=1e-6)
+    return (diff.abs() * has).sum() / has.sum().clamp(min=1)
 
 
 def generator_optimizers(
