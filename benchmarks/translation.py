@@ -261,11 +261,12 @@ def figure(cohort: Any, models: dict[str, Any], task: str, path: Path) -> None:
     x = load(row["image_path"]).numpy()[0]
     panels = [("source", x), ("truth", load(row["truth_path"]).numpy()[0])]
     panels += [(m, t.apply(x)) for m, t in models.items() if m == "histogram" or is_learned(m)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.4))
+    lines = max(len(name.split(" ")) for name, _ in panels)  # a variant's options, one a line
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.2 + 0.18 * lines))
     for ax, (name, img) in zip(axes, panels, strict=True):
         lo, hi = np.percentile(img, (0.5, 99.5))
         ax.imshow(np.rot90(img), cmap="gray", vmin=lo, vmax=hi)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name.replace(" ", "\n"), fontsize=8)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
