@@ -134,6 +134,7 @@ def fit_models(
                     p2p["detail_sigma"] = args.detail_sigma
                 if adv is not None:
                     p2p["adv_weight"] = adv
+                p2p.update(parse_options(args.pix2pix_set))
                 label = pix2pix_label(dw, lw, adv, args, law, lcw)
                 variants.append((label, {"pix2pix": p2p}))
         for label, kwargs in variants:
@@ -155,12 +156,15 @@ def fit_models(
 
 def parse_options(items: list[str] | None) -> dict[str, Any]:
     """``["cycle_weight=2", "lr_g=1e-3"]`` -> ``{"cycle_weight": 2.0, "lr_g": 0.001}`` (numbers
-    where they parse, else strings)."""
+    where they parse, ``true`` / ``false`` as booleans, else strings)."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SystemExit(f"expected KEY=VALUE, not {item!r}")
+        if value.strip().lower() in ("true", "false"):
+            out[key.strip()] = value.strip().lower() == "true"
+            continue
         try:
             out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
         except ValueError:
@@ -191,6 +195,7 @@ def pix2pix_label(
         parts.append(f"lesion_adv={lesion_adv_weight:g}")
     if lesion_contrast_weight > 0:
         parts.append(f"lesion_contrast={lesion_contrast_weight:g}")
+    parts += [item.replace(" ", "") for item in getattr(args, "pix2pix_set", None) or []]
     return " ".join(parts)
 
 
@@ -364,6 +369,14 @@ def main() -> None:
         default=None,
         metavar="KEY=VALUE",
         help="another CycleGANConfig option, e.g. cycle_weight=2 (repeatable)",
+    )
+    p.add_argument(
+        "--pix2pix-set",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="another Pix2PixConfig option for every pix2pix variant, e.g. num_res_units=2 "
+        "(repeatable; named in the row label)",
     )
     p.add_argument(
         "--detail-weight",
