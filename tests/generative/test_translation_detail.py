@@ -121,6 +121,8 @@ def test_old_config_without_the_option_loads_as_before(cohort: Any, tmp_path: Pa
         ({"lesion_adv_weight": 1.0, "adv_weight": 0.0}, "lesion_adv_weight"),
         ({"lesion_contrast_weight": -1.0}, "lesion_contrast_weight"),
         ({"lesion_contrast_weight": "1"}, "lesion_contrast_weight"),
+        ({"lesion_contrast_warmup_steps": -1}, "lesion_contrast_warmup_steps"),
+        ({"lesion_contrast_warmup_steps": 2.5}, "lesion_contrast_warmup_steps"),
     ],
 )
 def test_bad_detail_options(options: dict[str, Any], name: str) -> None:
@@ -269,3 +271,13 @@ def test_lesion_contrast_term_trains_on_masks(cohort: Any) -> None:
     assert zero.weights_sha256 == plain.weights_sha256  # off: bitwise today's training
     assert all("contrast_lesion" not in epoch for epoch in plain.history)
     assert plain.weights_sha256 != t.weights_sha256 and plain.data_hash != t.data_hash
+
+
+def test_lesion_contrast_warmup_starts_the_term_late(cohort: Any) -> None:
+    late = _fit(cohort, lesion_contrast_weight=2.0, lesion_contrast_warmup_steps=5)
+    on = [epoch.get("contrast_lesion") for epoch in late.history]  # 5 steps an epoch
+    assert on[0] is None or not np.isfinite(on[0])  # epoch 1: steps 0-4, before the warm-up
+    assert on[1] is not None and np.isfinite(on[1]) and on[1] > 0
+    plain = _fit(cohort)
+    never = _fit(cohort, lesion_contrast_weight=2.0, lesion_contrast_warmup_steps=10)
+    assert never.weights_sha256 == plain.weights_sha256  # off for all 10 steps: unchanged

@@ -154,6 +154,8 @@ class Pix2PixConfig(PairedConfig):
             visible-lesion ratio to 0.75-0.91 and keeps site A -> B lesions within 15 % on
             every seed, for 1.2-4.5 dB of PSNR; 10 breaks the translation. Needs masks (read
             like ``lesion_weight``'s); 0 (the default): the same training bitwise.
+        lesion_contrast_warmup_steps: the lesion-contrast term is off before this step (the
+            L1 fits the anatomy first); 0 (the default): on from the first step.
 
     The loss options are :class:`PairedConfig`'s, with pix2pix's balance by default: L1 plus
     ``adv_weight = 0.01`` LSGAN (the paper's lambda = 100 for L1 against 1 for the GAN), Adam
@@ -175,6 +177,7 @@ class Pix2PixConfig(PairedConfig):
     lesion_weight: float = 0.0
     lesion_adv_weight: float = 0.0
     lesion_contrast_weight: float = 0.0
+    lesion_contrast_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         owner = "Pix2PixConfig"
@@ -193,7 +196,12 @@ class Pix2PixConfig(PairedConfig):
         _checks.check_positive(self, owner, ("detail_sigma",))
         _checks.check_network(self, owner)
         _checks.check_patch_size(self, owner)
-        _checks.check_int(self, owner, ("num_res_units", "num_layers_d"), minimum=0)
+        _checks.check_int(
+            self,
+            owner,
+            ("num_res_units", "num_layers_d", "lesion_contrast_warmup_steps"),
+            minimum=0,
+        )
         _checks.check_int(self, owner, ("discriminator_channels",), minimum=1)
 
     @property
@@ -401,7 +409,8 @@ class PairedObjective(Objective):
                 base = detail_weight_map(y, detail, sigma=float(getattr(c, "detail_sigma", 1.0)))
             terms["l1"] = lesion_weighted_l1(pred, y, batch.get("mask"), lesion, base=base)
             lesion_contrast = float(getattr(c, "lesion_contrast_weight", 0.0))
-            if lesion_contrast > 0 and batch.get("mask") is not None:
+            warm = ctx.step >= int(getattr(c, "lesion_contrast_warmup_steps", 0))
+            if lesion_contrast > 0 and warm and batch.get("mask") is not None:
                 terms["contrast_lesion"] = lesion_contrast_loss(pred, y, batch["mask"])
             if c.mse_weight > 0:
                 terms["mse"] = torch.mean((pred.float() - y.float()) ** 2)
