@@ -810,10 +810,11 @@ class Translator(GenerativeModel):
                     m |= lesion
             masks.append(m)
         if not any(m.any() for m in masks):
+            from medgen.generative.objectives.paired import LESION_TERMS
+
             raise MedgenValueError(
-                "Translator.fit: pix2pix lesion terms (lesion_weight, lesion_adv_weight, "
-                "lesion_contrast_weight > 0) train on the "
-                "training rows' lesion masks, but no training pair has one (manifest column "
+                f"Translator.fit: pix2pix lesion terms ({', '.join(LESION_TERMS)} > 0) train on "
+                "the training rows' lesion masks, but no training pair has one (manifest column "
                 "'mask_path'); add the masks or use detail_weight, which needs none."
             )
         return a, b, masks
@@ -862,10 +863,11 @@ class Translator(GenerativeModel):
                 h.update(np.ascontiguousarray(arr).tobytes())
         if self.model == "pix2pix" and self.pix2pix_config().needs_masks:
             if _masks is None:
+                from medgen.generative.objectives.paired import LESION_TERMS
+
                 raise ConfigError(
-                    "Translator.fit_images: pix2pix lesion terms (lesion_weight, "
-                    "lesion_adv_weight, lesion_contrast_weight > 0) need "
-                    "lesion masks, which "
+                    f"Translator.fit_images: pix2pix lesion terms ({', '.join(LESION_TERMS)} "
+                    "> 0) need lesion masks, which "
                     "fit(cohort) reads from the training rows' 'mask_path' column; call fit, or "
                     "use detail_weight (no masks needed)."
                 )

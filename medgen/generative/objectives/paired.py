@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from medgen.generative._nets import GeneratorOutput
 
 __all__ = [
+    "LESION_TERMS",
     "PAIRED_LOG_KEYS",
     "PairedConfig",
     "PairedObjective",
@@ -68,7 +69,7 @@ __all__ = [
 PAIRED_LOG_KEYS = ("loss_g", "l1", "mse", "ssim", "kl", "adv", "loss_d")
 
 #: pix2pix's options that train on the training rows' lesion masks (any > 0: masks are read)
-_LESION_TERMS = ("lesion_weight", "lesion_adv_weight", "lesion_contrast_weight")
+LESION_TERMS = ("lesion_weight", "lesion_adv_weight", "lesion_contrast_weight")
 
 
 def check_paired_options(obj: Any, owner: str) -> None:
@@ -207,7 +208,7 @@ class Pix2PixConfig(PairedConfig):
     @property
     def needs_masks(self) -> bool:
         """Whether training reads the training rows' lesion masks (a lesion term is on)."""
-        return any(getattr(self, name) > 0 for name in _LESION_TERMS)
+        return any(getattr(self, name) > 0 for name in LESION_TERMS)
 
 
 def build_pix2pix_networks(config: Pix2PixConfig) -> dict[str, nn.Module]:
